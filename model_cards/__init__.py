@@ -1,0 +1,1 @@
+"""Model-card templates (shipped as package data ``steering_adapter.model_cards``)."""

@@ -1,0 +1,8 @@
+"""The steering method as a PEFT tuner, laid out like PEFT's own tuners (config / layer / model)."""
+
+from .config import SteeringConfig
+from .layer import SteeringLayer
+from .model import SteeringModel
+from .registration import register
+
+__all__ = ["SteeringConfig", "SteeringLayer", "SteeringModel", "register"]

@@ -1,0 +1,152 @@
+"""``SteeringConfig``: the configuration of a steering adapter (``adapter_config.json``).
+
+The required fields follow the on-disk contract (format v1): ``layers``, ``scale``, ``layer_scales``, ``mode``,
+``positions``, ``hidden_size``, ``num_hidden_layers`` plus PEFT's own ``peft_type``, ``task_type``,
+``base_model_name_or_path`` and ``revision``. Everything else is optional.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+
+from .registration import PEFT_TYPE_NAME
+
+MODES = ("add", "ablate")
+POSITIONS = ("all",)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SteeringConfig(PeftConfig):
+    """Configuration of a steering adapter.
+
+    A steering adapter adds ``scale * layer_scales[i] * v_i`` to the output hidden state of each decoder block ``i``
+    in ``layers`` (``mode="add"``), or removes the component along ``v_i`` (``mode="ablate"``), at every token
+    position, during prompt processing and every decoding step.
+
+    Args:
+        layers (`list[int]`):
+            0-based indices of the decoder blocks whose **output** is steered. Block ``i`` output is transformers'
+            ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i + 1}``.
+        scale (`float`, defaults to 1.0):
+            Global multiplier α. Negative values remove the behaviour the vectors point to (for refusal vectors:
+            fewer refusals); positive values induce it.
+        layer_scales (`dict[str, float]`, *optional*):
+            Per-layer multiplier ``s_i``; keys are layer indices as strings. Missing layers use 1.0.
+        mode (`str`, defaults to ``"add"``):
+            ``"add"``: ``h <- h + scale * s_i * v_i``. ``"ablate"``: ``h <- h - (h . u_i) u_i`` with
+            ``u_i = v_i / ||v_i||`` (directional ablation; ``scale`` and ``layer_scales`` are ignored).
+        positions (`str`, defaults to ``"all"``):
+            Which token positions are steered. Only ``"all"`` (every position) is defined in format v1.
+        hidden_size (`int`, *optional*):
+            Hidden size of the model the vectors belong to. Checked at attach time; filled from the model when
+            left empty.
+        num_hidden_layers (`int`, *optional*):
+            Number of decoder blocks of that model. Checked at attach time; filled from the model when left empty.
+        blocks_path (`str`, *optional*):
+            Dotted path of the ``nn.ModuleList`` of text decoder blocks, for architectures that are not found
+            automatically (see :mod:`steering_adapter.blocks`). Leave empty for Llama, Qwen, Gemma, GPT-2, ...
+        init_vectors (`str`, defaults to ``"unset"``):
+            Initial value of vectors created before weights are loaded. ``"unset"`` (NaN) makes a vector that was
+            never loaded fail loudly at the first forward pass; ``"zeros"`` starts from a no-op, for training.
+        steering_metadata (`dict`, *optional*):
+            Provenance: method (MD/RMD/WRMD), λ, judge, datasets and sizes, selection metrics, library version,
+            creation time. Never affects behaviour.
+        format_version (`int`, defaults to 1):
+            Version of the on-disk steering-adapter contract.
+    """
+
+    layers: list[int] = field(default_factory=list, metadata={"help": "0-based indices of steered decoder blocks"})
+    scale: float = field(default=1.0, metadata={"help": "global multiplier alpha"})
+    layer_scales: dict[str, float] | None = field(default=None, metadata={"help": "per-layer multipliers"})
+    mode: str = field(default="add", metadata={"help": "'add' or 'ablate'"})
+    positions: str = field(default="all", metadata={"help": "token positions that are steered"})
+    hidden_size: int | None = field(default=None, metadata={"help": "hidden size of the base model"})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "number of decoder blocks of the base"})
+    blocks_path: str | None = field(default=None, metadata={"help": "explicit path of the decoder-block list"})
+    init_vectors: str = field(default="unset", metadata={"help": "'unset' (NaN until loaded) or 'zeros'"})
+    steering_metadata: dict[str, Any] | None = field(default=None, metadata={"help": "provenance (free form)"})
+    format_version: int = field(default=FORMAT_VERSION, metadata={"help": "steering adapter format version"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType[PEFT_TYPE_NAME]
+        if self.task_type is None:
+            self.task_type = "CAUSAL_LM"
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise ``ValueError`` naming the bad one."""
+        if isinstance(self.layers, int) or not isinstance(self.layers, (list, tuple)):
+            raise ValueError(f"SteeringConfig.layers must be a list of block indices, got {self.layers!r}")
+        layers = list(self.layers)
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise ValueError(f"SteeringConfig.layers must hold non-negative ints, got {layer!r}")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"SteeringConfig.layers has duplicates: {layers}")
+        self.layers = sorted(layers)
+        if self.num_hidden_layers is not None:
+            bad = [layer for layer in self.layers if layer >= self.num_hidden_layers]
+            if bad:
+                raise ValueError(
+                    f"unknown layer index {bad}: the model has num_hidden_layers={self.num_hidden_layers} "
+                    f"(valid 0..{self.num_hidden_layers - 1})"
+                )
+        if self.mode not in MODES:
+            raise ValueError(f"unknown steering mode {self.mode!r}; expected one of {MODES}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; format v1 defines {POSITIONS}")
+        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not math.isfinite(self.scale):
+            raise ValueError(f"SteeringConfig.scale must be a finite number, got {self.scale!r}")
+        self.scale = float(self.scale)
+        if self.layer_scales is not None:
+            cleaned: dict[str, float] = {}
+            for key, value in self.layer_scales.items():
+                if str(key) not in {str(layer) for layer in self.layers}:
+                    raise ValueError(f"layer_scales has key {key!r}, which is not in layers {self.layers}")
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"layer_scales[{key!r}] must be a finite number, got {value!r}")
+                cleaned[str(key)] = float(value)
+            self.layer_scales = cleaned
+        for name in ("hidden_size", "num_hidden_layers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"SteeringConfig.{name} must be a positive int, got {value!r}")
+        if self.init_vectors not in ("unset", "zeros"):
+            raise ValueError(f"init_vectors must be 'unset' or 'zeros', got {self.init_vectors!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"adapter format_version {self.format_version} is newer than this library supports "
+                f"({FORMAT_VERSION}); upgrade steering-adapter"
+            )
+
+    def layer_scale(self, layer: int) -> float:
+        """The per-layer multiplier ``s_i`` (1.0 when not given)."""
+        if not self.layer_scales:
+            return 1.0
+        return float(self.layer_scales.get(str(layer), 1.0))
+
+    def effective_scale(self, layer: int) -> float:
+        """``scale * s_i``: the factor applied to ``v_i`` in ``add`` mode."""
+        return self.scale * self.layer_scale(layer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """Load the config, refusing adapters that carry no safetensors weights (pickle files are never read)."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        from ..adapter_files import require_safetensors
+
+        require_safetensors(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["layers"] = list(self.layers)
+        return data
+

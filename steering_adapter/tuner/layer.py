@@ -1,0 +1,222 @@
+"""``SteeringLayer``: the module wrapper that steers the output of one decoder block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .config import SteeringConfig
+
+# One step of the steering plan applied to a block's output: ("add", delta[d]) or ("ablate", unit[d]).
+PlanStep = tuple[str, torch.Tensor]
+
+
+def _first_parameter(module: nn.Module) -> torch.Tensor | None:
+    return next(module.parameters(), None)
+
+
+def split_block_output(output: Any) -> tuple[torch.Tensor, Any]:
+    """Return the hidden states of a decoder block's output and a function-free description to rebuild it.
+
+    Blocks return a tensor (most transformers 5 decoder layers), a tuple whose first item is the hidden states
+    (GPT-2, GPT-NeoX, older releases), or a ``ModelOutput``.
+    """
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple):
+        return output[0], output
+    if hasattr(output, "to_tuple") and hasattr(output, "keys"):
+        return output[next(iter(output.keys()))], output
+    raise TypeError(f"cannot steer a decoder block that returns {type(output).__name__}")
+
+
+def join_block_output(hidden: torch.Tensor, rest: Any) -> Any:
+    """Inverse of :func:`split_block_output` with new hidden states."""
+    if rest is None:
+        return hidden
+    if isinstance(rest, tuple) and not hasattr(rest, "keys"):
+        return (hidden, *rest[1:])
+    rest[next(iter(rest.keys()))] = hidden
+    return rest
+
+
+def apply_plan(hidden: torch.Tensor, plan: list[PlanStep]) -> torch.Tensor:
+    """Apply steering steps to hidden states ``[..., d]`` in order."""
+    for op, tensor in plan:
+        if op == "add":
+            hidden = hidden + tensor
+        else:  # ablate: h - (h . u) u
+            hidden = hidden - torch.matmul(hidden, tensor).unsqueeze(-1) * tensor
+    return hidden
+
+
+class SteeringLayer(nn.Module, BaseTunerLayer):
+    """Wraps a decoder block and edits its output hidden states with the active steering adapters.
+
+    For each active adapter (in activation order), with ``h`` the block output ``[batch, seq, hidden]``:
+    ``add`` mode computes ``h + scale * s_i * v_i``; ``ablate`` mode computes ``h - (h . u) u``, ``u = v / ||v||``.
+    The effective deltas are computed once per (vectors, scales, dtype, device) and cached; runs of consecutive
+    ``add`` adapters are folded into a single add per block per step.
+
+    The edit runs as the *first* forward hook of the wrapped block rather than after the call, so every other hook
+    on the block (transformers' ``output_hidden_states`` recorder, user probes) sees the steered states.
+
+    Args:
+        base_layer: the decoder block.
+        adapter_name: name of the first adapter.
+        layer_index: 0-based index of the block in the decoder.
+        config: the adapter's :class:`SteeringConfig`.
+    """
+
+    adapter_layer_names = ("steering_vector",)
+    other_param_names = ("steering_mode", "steering_factor")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, layer_index: int, config: SteeringConfig) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.layer_index = layer_index
+        self.steering_vector = nn.ParameterDict({})
+        self.steering_mode: dict[str, str] = {}
+        self.steering_factor: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self._plan_key: tuple | None = None
+        self._plan: list[PlanStep] = []
+        self._hook_handle = base_layer.register_forward_hook(self._steer_output, prepend=True)
+        self.update_layer(adapter_name, config)
+
+    # ----------------------------------------------------------------------------------------------- adapters
+    def update_layer(self, adapter_name: str, config: SteeringConfig, vector: torch.Tensor | None = None) -> None:
+        """Create (or reset) the vector of ``adapter_name`` on this block.
+
+        Args:
+            adapter_name: adapter name.
+            config: its configuration (mode, scale, layer scale, hidden size, initial value).
+            vector: optional initial vector ``[hidden_size]``; otherwise NaN (``init_vectors="unset"``) or zeros.
+        """
+        reference = _first_parameter(self.base_layer)
+        device = reference.device if reference is not None else None
+        hidden_size = config.hidden_size
+        if vector is not None:
+            data = vector.detach().to(device=device, dtype=torch.float32).clone()
+        else:
+            if hidden_size is None:
+                raise ValueError("SteeringConfig.hidden_size must be known before vectors are created")
+            fill = float("nan") if config.init_vectors == "unset" else 0.0
+            data = torch.full((hidden_size,), fill, dtype=torch.float32, device=device)
+        self.steering_vector[adapter_name] = nn.Parameter(data, requires_grad=False)
+        self.steering_mode[adapter_name] = config.mode
+        self.steering_factor[adapter_name] = config.effective_scale(self.layer_index)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+        self.invalidate_cache()
+
+    def set_factor(self, adapter_name: str, factor: float) -> None:
+        """Set ``scale * s_i`` for one adapter on this block."""
+        self.steering_factor[adapter_name] = float(factor)
+        self.invalidate_cache()
+
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        self.invalidate_cache()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self.invalidate_cache()
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached deltas (they are rebuilt lazily at the next forward)."""
+        self._plan_key = None
+        self._plan = []
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        # Vectors stay float32 (deltas are cast per dtype when cached); only the device follows the block.
+        reference = _first_parameter(self.base_layer)
+        target = device if device is not None else (reference.device if reference is not None else None)
+        if target is None or adapter_name not in self.steering_vector:
+            return
+        parameter = self.steering_vector[adapter_name]
+        if parameter.device != target and parameter.device.type != "meta":
+            self.steering_vector[adapter_name] = nn.Parameter(parameter.data.to(target), parameter.requires_grad)
+        self.invalidate_cache()
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def _active_steps(self) -> list[tuple[str, nn.Parameter, str, float]]:
+        return [
+            (name, self.steering_vector[name], self.steering_mode[name], self.steering_factor[name])
+            for name in self.active_adapters
+            if name in self.steering_vector
+        ]
+
+    def _build_plan(self, steps, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
+        plan: list[PlanStep] = []
+        pending: torch.Tensor | None = None
+        for name, vector, mode, factor in steps:
+            if not torch.isfinite(vector).all():
+                raise ValueError(
+                    f"steering vector of adapter {name!r} for block {self.layer_index} is not finite: it was never "
+                    "loaded (missing from the adapter file?) or holds NaN/Inf"
+                )
+            if mode == "add":
+                delta = vector.to(device=device, dtype=torch.float32) * factor
+                pending = delta if pending is None else pending + delta
+                continue
+            if pending is not None:
+                plan.append(("add", pending.to(dtype)))
+                pending = None
+            norm = torch.linalg.vector_norm(vector)
+            if norm == 0:
+                raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {self.layer_index})")
+            plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype)))
+        if pending is not None:
+            plan.append(("add", pending.to(dtype)))
+        return plan
+
+    def steering_plan(self, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
+        """The steps applied to this block's output for hidden states of ``dtype`` on ``device`` (cached)."""
+        steps = self._active_steps()
+        if torch.is_grad_enabled() and any(vector.requires_grad for _, vector, _, _ in steps):
+            return self._build_plan(steps, dtype, device)  # training: keep the graph, no cache
+        key = (dtype, device, tuple((n, id(v), v._version, m, f) for n, v, m, f in steps))
+        if key != self._plan_key:
+            with torch.no_grad(), torch.inference_mode(False):
+                self._plan = self._build_plan(steps, dtype, device)
+            self._plan_key = key
+        return self._plan
+
+    def _steer_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self._disable_adapters or not self.steering_vector:
+            return None
+        hidden, rest = split_block_output(output)
+        plan = self.steering_plan(hidden.dtype, hidden.device)
+        if not plan:
+            return None
+        return join_block_output(apply_plan(hidden, plan), rest)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_layer(*args, **kwargs)
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """Detach the steering hook and give back the original block (called by ``unload()``)."""
+        if merge:
+            self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        self._hook_handle.remove()
+        return self.get_base_layer()
+
+    # ------------------------------------------------------------------------------------------------ merge
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise ValueError(
+            "steering adapters edit activations and cannot be merged into weights; keep the adapter attached, or "
+            "call unload() to get the base model back"
+        )
+
+    def unmerge(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"steering.{super().__repr__()}"
