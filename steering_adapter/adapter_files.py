@@ -21,7 +21,9 @@ def _local_dir(path: str, subfolder: str | None) -> str:
     return os.path.join(path, subfolder) if subfolder else path
 
 
-def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | None = None, **kwargs: Any) -> str:
+def resolve_adapter_file(
+    path_or_repo_id: str, filename: str, subfolder: str | None = None, **kwargs: Any
+) -> str:
     """Local path of ``filename`` in an adapter folder, downloading it from the Hub when needed.
 
     Raises:
@@ -76,7 +78,11 @@ def vector_key(blocks_path: str, layer: int) -> str:
 
 
 def validate_vectors(
-    state_dict: dict[str, torch.Tensor], layers: list[int], blocks_path: str, hidden_size: int | None, source: str
+    state_dict: dict[str, torch.Tensor],
+    layers: list[int],
+    blocks_path: str,
+    hidden_size: int | None,
+    source: str,
 ) -> dict[int, torch.Tensor]:
     """Check a saved state dict against the config and return ``{layer: vector}``.
 
@@ -105,7 +111,9 @@ def validate_vectors(
                 f"expected ({hidden_size},)"
             )
         if not tensor.is_floating_point():
-            raise ValueError(f"{source}: steering vector for layer {layer} has non-float dtype {tensor.dtype}")
+            raise ValueError(
+                f"{source}: steering vector for layer {layer} has non-float dtype {tensor.dtype}"
+            )
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{source}: steering vector for layer {layer} contains NaN or Inf")
         vectors[layer] = tensor

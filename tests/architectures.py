@@ -9,9 +9,19 @@ VOCAB = 128
 HIDDEN = 32
 LAYERS = 4
 
-_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 # model_type -> extra config fields
 _ARCHS: dict[str, dict] = {
@@ -19,12 +29,29 @@ _ARCHS: dict[str, dict] = {
     "mistral": {"sliding_window": None},
     "qwen2": {},
     "qwen3": {"head_dim": 8},
-    "qwen3_moe": {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-                  "decoder_sparse_step": 1, "mlp_only_layers": []},
-    "qwen3_next": {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-                   "shared_expert_intermediate_size": 16, "linear_num_value_heads": 4, "linear_num_key_heads": 2,
-                   "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 2,
-                   "full_attention_interval": 2, "decoder_sparse_step": 1, "mlp_only_layers": []},
+    "qwen3_moe": {
+        "head_dim": 8,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    },
+    "qwen3_next": {
+        "head_dim": 8,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 16,
+        "linear_num_value_heads": 4,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+        "linear_conv_kernel_dim": 2,
+        "full_attention_interval": 2,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    },
     "gemma2": {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 16},
     "gemma3_text": {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 16},
     "phi3": {},
@@ -35,15 +62,23 @@ _ARCHS: dict[str, dict] = {
 
 ARCHITECTURES = tuple(_ARCHS)
 # Where each architecture keeps its decoder blocks.
-BLOCK_PATHS = {arch: "model.layers" for arch in ARCHITECTURES} | {"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+BLOCK_PATHS = {arch: "model.layers" for arch in ARCHITECTURES} | {
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
 
 
 def tiny_config(arch: str):
     """A transformers config of ``arch`` with hidden size 32 and 4 blocks."""
     fields = dict(_COMMON) | _ARCHS[arch]
     if arch == "gpt2":
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads"):
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+        ):
             fields.pop(key)
     return AutoConfig.for_model(arch, **fields)
 
@@ -61,7 +96,13 @@ def tiny_multimodal_model(seed: int = 0) -> PreTrainedModel:
 
     torch.manual_seed(seed)
     text = dict(_COMMON) | _ARCHS["gemma3_text"]
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
-                  image_size=28, patch_size=14)
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
     config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
     return Gemma3ForConditionalGeneration(config).eval()

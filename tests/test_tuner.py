@@ -75,7 +75,9 @@ def test_output_hidden_states_report_steered_states():
     vectors = random_vectors([1])
     captured = {}
     block = base.model.layers[1]
-    handle = block.register_forward_hook(lambda m, a, o: captured.setdefault("h", (o[0] if isinstance(o, tuple) else o)))
+    handle = block.register_forward_hook(
+        lambda m, a, o: captured.setdefault("h", (o[0] if isinstance(o, tuple) else o))
+    )
     with contract_hooks(base, "model.layers", [{"vectors": vectors, "scale": 3.0}]), torch.no_grad():
         base(ids)
     handle.remove()

@@ -114,7 +114,9 @@ class SteeringModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
         # Decoder blocks have no ``weight``; the vectors are already on the block's device.
         setattr(parent, child_name, new_module)
 
@@ -133,7 +135,11 @@ class SteeringModel(BaseTuner):
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             blocks_path = find_decoder_blocks(base, config.blocks_path).path
         validate_vectors(
-            state_dict, config.layers, blocks_path, config.hidden_size, source=f"steering adapter {adapter_name!r}"
+            state_dict,
+            config.layers,
+            blocks_path,
+            config.hidden_size,
+            source=f"steering adapter {adapter_name!r}",
         )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
@@ -209,7 +215,9 @@ class SteeringModel(BaseTuner):
         configs = [self._require_adapter(name) for name in adapters]
         for name, config in zip(adapters, configs, strict=True):
             if config.mode != "add":
-                raise ValueError(f"adapter {name!r} is in {config.mode!r} mode; only 'add' adapters can be combined")
+                raise ValueError(
+                    f"adapter {name!r} is in {config.mode!r} mode; only 'add' adapters can be combined"
+                )
         sizes = {config.hidden_size for config in configs}
         if len(sizes) != 1:
             raise ValueError(f"adapters have different hidden sizes {sorted(sizes)}")
