@@ -1,0 +1,60 @@
+"""Publishing steering adapters to the Hugging Face Hub (or any Hub-compatible endpoint)."""
+
+from __future__ import annotations
+
+import os
+
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, read_config_dict
+from .tuner.config import SteeringConfig
+
+
+def push_adapter(
+    adapter_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a saved steering adapter folder to a Hub model repo (created if needed).
+
+    The folder is checked first: it must hold ``adapter_config.json`` (a valid ``STEERING`` config) and
+    ``adapter_model.safetensors``; a model card is written from the config when ``README.md`` is missing.
+
+    Args:
+        adapter_dir: folder written by :func:`steering_adapter.save_adapter` or ``PeftModel.save_pretrained``.
+        repo_id: ``"org/name"``.
+        private: create the repo as private.
+        token: Hub token (defaults to the logged-in one / ``HF_TOKEN``).
+        revision: branch to push to.
+        commit_message: defaults to a message naming the layers and scale.
+
+    Returns:
+        The URL of the commit.
+    """
+    from huggingface_hub import HfApi
+
+    from .cards import write_model_card
+
+    adapter_dir = os.fspath(adapter_dir)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not os.path.isfile(os.path.join(adapter_dir, name)):
+            raise ValueError(f"{adapter_dir} is not a steering adapter folder: {name} is missing")
+    config = read_config_dict(adapter_dir)
+    if config.get("peft_type") != "STEERING":
+        raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')!r} adapter, not a STEERING adapter")
+    SteeringConfig.from_peft_type(**config)  # validates every field
+    if not os.path.isfile(os.path.join(adapter_dir, "README.md")):
+        write_model_card(adapter_dir)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    message = commit_message or f"steering adapter: layers {config['layers']}, scale {config['scale']}"
+    info = api.upload_folder(
+        folder_path=adapter_dir,
+        repo_id=repo_id,
+        revision=revision,
+        commit_message=message,
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", "*.json", "*.png"],
+    )
+    return info.commit_url
