@@ -13,7 +13,7 @@ from .versions import check_versions
 
 check_versions()
 
-from .tuner import SteeringConfig, SteeringLayer, SteeringModel, register  # noqa: E402
+from .tuner import SteeringConfig, SteeringLayer, SteeringModel, register, set_adapter_scale  # noqa: E402
 
 register()
 
@@ -29,4 +29,5 @@ __all__ = [
     "check_versions",
     "register",
     "save_adapter",
+    "set_adapter_scale",
 ]

@@ -262,3 +262,16 @@ def test_merge_is_refused():
     model = adapter_from_vectors(tiny_model("llama"), vectors_for([1]))
     with pytest.raises(ValueError, match="cannot be merged"):
         model.merge_and_unload()
+
+
+def test_set_adapter_scale_on_transformers_loaded_adapter(tmp_path):
+    vectors = vectors_for([2])
+    folder = write_contract_adapter(tmp_path / "x", "llama", vectors, scale=1.0)
+    model = tiny_model("llama")
+    model.load_adapter(folder, adapter_name="s")
+    steering_adapter.set_adapter_scale(model, -4.0, "s")
+    torch.testing.assert_close(logits(model), expected_logits("llama", vectors, -4.0), atol=ATOL, rtol=1e-5)
+    with pytest.raises(ValueError, match="no steering adapter named 'nope'"):
+        steering_adapter.set_adapter_scale(model, 1.0, "nope")
+    with pytest.raises(ValueError, match="finite"):
+        steering_adapter.set_adapter_scale(model, float("nan"), "s")

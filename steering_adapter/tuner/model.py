@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import torch
@@ -54,6 +55,27 @@ def check_model_fits(config: SteeringConfig, model: nn.Module) -> tuple[str, int
         raise ValueError("SteeringConfig.layers is empty: name at least one decoder block to steer")
     config.validate()
     return blocks.path, len(blocks)
+
+
+def set_adapter_scale(model: nn.Module, scale: float, adapter_name: str = "default") -> None:
+    """Change the scale α of a steering adapter attached to ``model``, through any flow.
+
+    Works on a ``PeftModel``, on its ``SteeringModel`` and on a transformers model that got the adapter from
+    ``load_adapter``. The config is updated too, so saving afterwards records the new scale.
+
+    Raises:
+        ValueError: no steering adapter of that name, or a non-finite scale.
+    """
+    configs = getattr(model, "peft_config", None) or {}
+    config = configs.get(adapter_name)
+    if not isinstance(config, SteeringConfig):
+        raise ValueError(f"no steering adapter named {adapter_name!r}; attached: {sorted(configs)}")
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    config.scale = float(scale)
+    for module in model.modules():
+        if isinstance(module, SteeringLayer) and adapter_name in module.steering_factor:
+            module.set_factor(adapter_name, config.effective_scale(module.layer_index))
 
 
 class SteeringModel(BaseTuner):
@@ -188,12 +210,7 @@ class SteeringModel(BaseTuner):
 
     def set_scale(self, scale: float, adapter_name: str = "default") -> None:
         """Change the global multiplier α of an attached adapter (kept in its config, so it is saved too)."""
-        config = self._require_adapter(adapter_name)
-        config.scale = float(scale)
-        config.validate()
-        for layer in self._steering_layers():
-            if adapter_name in layer.steering_factor:
-                layer.set_factor(adapter_name, config.effective_scale(layer.layer_index))
+        set_adapter_scale(self, scale, adapter_name)
 
     def add_weighted_adapter(
         self, adapters: list[str], weights: list[float], adapter_name: str, scale: float = 1.0

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up (or refresh) .venv with the tested dependency pins. Safe to re-run; does nothing slow when up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+# The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests and linters.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+# Benchmark peer: steering-vectors declares transformers<5 but its hooks work with 5.x, so no dependencies.
+.venv/bin/python -m pip install -q --no-deps "steering-vectors==0.12.2"
