@@ -39,7 +39,7 @@ def main() -> None:
         else:
             model.enable_adapters()
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"--- {label}\n{text}\n")
 
 

@@ -18,6 +18,7 @@ from .tuner import SteeringConfig, SteeringLayer, SteeringModel, register, set_a
 register()
 
 from .builder import adapter_from_vectors, save_adapter  # noqa: E402
+from .hub import push_adapter  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "SteeringModel",
     "adapter_from_vectors",
     "check_versions",
+    "push_adapter",
     "register",
     "save_adapter",
     "set_adapter_scale",

@@ -214,3 +214,16 @@ def test_get_peft_model_with_config_then_set_vectors():
     model.base_model.set_vectors(vectors)
     got = model.base_model.get_vectors()
     assert set(got) == {0, 3} and torch.equal(got[0], vectors[0])
+
+
+def test_vectors_frozen_by_default_and_trainable_on_request():
+    model = adapter_from_vectors(tiny_model("llama"), random_vectors([1]))
+    assert not any(p.requires_grad for p in model.parameters())
+    config = SteeringConfig(layers=[1], inference_mode=False, init_vectors="zeros")
+    trainable = get_peft_model(tiny_model("llama"), config)
+    names = [n for n, p in trainable.named_parameters() if p.requires_grad]
+    assert names == ["base_model.model.model.layers.1.steering_vector.default"]
+    loss = trainable(input_ids(), labels=input_ids()).loss
+    loss.backward()
+    grad = trainable.base_model.model.model.layers[1].steering_vector["default"].grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -57,28 +57,25 @@ class SteeringConfig(PeftConfig):
         steering_metadata (`dict`, *optional*):
             Provenance: method (MD/RMD/WRMD), λ, judge, datasets and sizes, selection metrics, library version,
             creation time. Never affects behaviour.
+        inference_mode (`bool`, defaults to True):
+            Vectors are frozen (``requires_grad=False``). Set ``False`` to train them with PEFT as usual.
         format_version (`int`, defaults to 1):
             Version of the on-disk steering-adapter contract.
     """
 
-    layers: list[int] = field(
-        default_factory=list, metadata={"help": "0-based indices of steered decoder blocks"}
+    inference_mode: bool = field(
+        default=True, metadata={"help": "steering vectors are computed, not trained: frozen unless set to False"}
     )
+    layers: list[int] = field(default_factory=list, metadata={"help": "0-based indices of steered decoder blocks"})
     scale: float = field(default=1.0, metadata={"help": "global multiplier alpha"})
     layer_scales: dict[str, float] | None = field(default=None, metadata={"help": "per-layer multipliers"})
     mode: str = field(default="add", metadata={"help": "'add' or 'ablate'"})
     positions: str = field(default="all", metadata={"help": "token positions that are steered"})
     hidden_size: int | None = field(default=None, metadata={"help": "hidden size of the base model"})
-    num_hidden_layers: int | None = field(
-        default=None, metadata={"help": "number of decoder blocks of the base"}
-    )
-    blocks_path: str | None = field(
-        default=None, metadata={"help": "explicit path of the decoder-block list"}
-    )
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "number of decoder blocks of the base"})
+    blocks_path: str | None = field(default=None, metadata={"help": "explicit path of the decoder-block list"})
     init_vectors: str = field(default="unset", metadata={"help": "'unset' (NaN until loaded) or 'zeros'"})
-    steering_metadata: dict[str, Any] | None = field(
-        default=None, metadata={"help": "provenance (free form)"}
-    )
+    steering_metadata: dict[str, Any] | None = field(default=None, metadata={"help": "provenance (free form)"})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "steering adapter format version"})
 
     def __post_init__(self) -> None:
@@ -110,11 +107,7 @@ class SteeringConfig(PeftConfig):
             raise ValueError(f"unknown steering mode {self.mode!r}; expected one of {MODES}")
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown positions {self.positions!r}; format v1 defines {POSITIONS}")
-        if (
-            not isinstance(self.scale, (int, float))
-            or isinstance(self.scale, bool)
-            or not math.isfinite(self.scale)
-        ):
+        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not math.isfinite(self.scale):
             raise ValueError(f"SteeringConfig.scale must be a finite number, got {self.scale!r}")
         self.scale = float(self.scale)
         if self.layer_scales is not None:

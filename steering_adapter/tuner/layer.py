@@ -74,9 +74,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("steering_vector",)
     other_param_names = ("steering_mode", "steering_factor")
 
-    def __init__(
-        self, base_layer: nn.Module, adapter_name: str, layer_index: int, config: SteeringConfig
-    ) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, layer_index: int, config: SteeringConfig) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.layer_index = layer_index
@@ -92,9 +90,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         self.update_layer(adapter_name, config)
 
     # ----------------------------------------------------------------------------------------------- adapters
-    def update_layer(
-        self, adapter_name: str, config: SteeringConfig, vector: torch.Tensor | None = None
-    ) -> None:
+    def update_layer(self, adapter_name: str, config: SteeringConfig, vector: torch.Tensor | None = None) -> None:
         """Create (or reset) the vector of ``adapter_name`` on this block.
 
         Args:
@@ -136,9 +132,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         self._plan_key = None
         self._plan = []
 
-    def _move_adapter_to_device_of_base_layer(
-        self, adapter_name: str, device: torch.device | None = None
-    ) -> None:
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         # Vectors stay float32 (deltas are cast per dtype when cached); only the device follows the block.
         reference = _first_parameter(self.base_layer)
         target = device if device is not None else (reference.device if reference is not None else None)
@@ -146,9 +140,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
             return
         parameter = self.steering_vector[adapter_name]
         if parameter.device != target and parameter.device.type != "meta":
-            self.steering_vector[adapter_name] = nn.Parameter(
-                parameter.data.to(target), parameter.requires_grad
-            )
+            self.steering_vector[adapter_name] = nn.Parameter(parameter.data.to(target), parameter.requires_grad)
         self.invalidate_cache()
 
     # ---------------------------------------------------------------------------------------------- forward
@@ -177,9 +169,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
                 pending = None
             norm = torch.linalg.vector_norm(vector)
             if norm == 0:
-                raise ValueError(
-                    f"cannot ablate a zero steering vector (adapter {name!r}, block {self.layer_index})"
-                )
+                raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {self.layer_index})")
             plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype)))
         if pending is not None:
             plan.append(("add", pending.to(dtype)))

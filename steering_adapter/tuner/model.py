@@ -136,9 +136,7 @@ class SteeringModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
-    def _replace_module(
-        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
-    ) -> None:
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # Decoder blocks have no ``weight``; the vectors are already on the block's device.
         setattr(parent, child_name, new_module)
 
@@ -232,9 +230,7 @@ class SteeringModel(BaseTuner):
         configs = [self._require_adapter(name) for name in adapters]
         for name, config in zip(adapters, configs, strict=True):
             if config.mode != "add":
-                raise ValueError(
-                    f"adapter {name!r} is in {config.mode!r} mode; only 'add' adapters can be combined"
-                )
+                raise ValueError(f"adapter {name!r} is in {config.mode!r} mode; only 'add' adapters can be combined")
         sizes = {config.hidden_size for config in configs}
         if len(sizes) != 1:
             raise ValueError(f"adapters have different hidden sizes {sorted(sizes)}")
