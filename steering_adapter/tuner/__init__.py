@@ -2,7 +2,7 @@
 
 from .config import SteeringConfig
 from .layer import SteeringLayer
-from .model import SteeringModel, set_adapter_scale
+from .model import SteeringModel, set_adapter_scale, steering_disabled
 from .registration import register
 
-__all__ = ["SteeringConfig", "SteeringLayer", "SteeringModel", "register", "set_adapter_scale"]
+__all__ = ["SteeringConfig", "SteeringLayer", "SteeringModel", "register", "set_adapter_scale", "steering_disabled"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
+from collections.abc import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
@@ -76,6 +78,24 @@ def set_adapter_scale(model: nn.Module, scale: float, adapter_name: str = "defau
     for module in model.modules():
         if isinstance(module, SteeringLayer) and adapter_name in module.steering_factor:
             module.set_factor(adapter_name, config.effective_scale(module.layer_index))
+
+
+@contextlib.contextmanager
+def steering_disabled(model: nn.Module) -> Iterator[None]:
+    """Context manager: every steering layer in ``model`` passes its block output through unchanged.
+
+    Works on a ``PeftModel`` and on a transformers model with adapters from ``load_adapter``; restores each layer's
+    previous state on exit.
+    """
+    layers = [module for module in model.modules() if isinstance(module, SteeringLayer)]
+    previous = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, previous, strict=True):
+            layer._disable_adapters = state
 
 
 class SteeringModel(BaseTuner):

