@@ -1,0 +1,499 @@
+"""Sampling K answers per prompt, with the model's own log-probability of each answer.
+
+This is the first measuring stage of the refusal-confidence score (``docs/method.md`` §1): for each prompt ``x`` the
+model under study (a plain transformers model, one with steering adapters loaded, or a ``PeftModel``) answers ``K``
+times; each answer keeps its text, the reasoning of thinking models, and ``mean_logprob``, the mean token
+log-probability of the answer tokens (``log p̄_k``, whose softmax weights the judge labels in
+:func:`~steering_adapter.scoring.refusal_confidence`).
+
+Choices, all documented where they are made:
+
+- **Formatting**: each prompt is one user turn (optionally after a system turn) passed through the tokenizer's chat
+  template with ``add_generation_prompt=True``; tokenizers without a template get the plain text (system prompt,
+  blank line, prompt) with their own special tokens. Batches are left-padded by hand (the tokenizer's
+  ``padding_side`` does not matter).
+- **Sampling**: ``temperature > 0`` samples ``k`` answers per prompt with ``num_return_sequences=k``, ``top_p`` and
+  ``top_k`` (``0`` = off, like the authors' vLLM ``top_k=-1``; transformers would otherwise default to 50).
+  ``temperature == 0`` decodes greedily once per prompt and repeats that answer ``k`` times.
+- **Seeds**: each batch is sampled under its own seed derived from ``seed`` and the batch index, inside
+  ``torch.random.fork_rng`` (the caller's global RNG state is left alone). The same prompts, ``batch_size`` and seed
+  give the same answers on the same hardware.
+- **Log-probabilities**: after generation, one teacher-forced forward pass over prompt + answer (same model, same
+  adapters) gives ``log_softmax`` of the **raw** logits, i.e. the model's own distribution at temperature 1 without
+  top-p/top-k truncation, gathered at the generated tokens. This is what vLLM returns by default (the authors' code)
+  and it does not depend on the sampling temperature. It is exact, and costs far less memory than keeping the
+  per-step logits of ``generate``.
+- **Answer tokens**: the generated tokens up to and including the first end-of-sequence token (any of the model's
+  ``generation_config.eos_token_id`` and the tokenizer's ``eos_token_id``); the eos token is part of the answer's
+  likelihood, as in vLLM's token list. For thinking models, only the tokens after the token that completes the
+  ``</think>`` marker count, and the answer text is the text after the marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Answer",
+    "PromptSamples",
+    "THINK_END",
+    "format_chat",
+    "sample_answers",
+    "split_reasoning",
+]
+
+THINK_END = "</think>"
+THINK_START = "<think>"
+
+# Upper bound on the number of logit entries (rows x answer positions x vocabulary) materialised at once in the
+# log-probability pass; rows are processed in chunks to stay under it (about 1 GiB of float32).
+_LOGITS_BUDGET = 2**28
+
+
+@dataclass
+class Answer:
+    """One sampled answer.
+
+    Attributes:
+        text: the judged answer: the decoded answer tokens, after the ``</think>`` marker for thinking models,
+            stripped of surrounding whitespace and special tokens.
+        reasoning: the reasoning before ``</think>`` (without ``<think>``), or ``None`` when there is no reasoning.
+        mean_logprob: mean log-probability (natural log) of the answer tokens under the model, ``log p̄``; NaN when
+            the answer has no tokens (e.g. a thinking model cut off before ``</think>``).
+        num_tokens: number of answer tokens in the mean (the eos token included when the answer ended on it).
+        finished: ``True`` when generation stopped on an eos token, ``False`` when cut by ``max_new_tokens``.
+        token_ids: the answer token ids the mean is taken over (for re-scoring under another model).
+    """
+
+    text: str
+    reasoning: str | None
+    mean_logprob: float
+    num_tokens: int
+    finished: bool = True
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (NaN ``mean_logprob`` becomes ``None``)."""
+        record = asdict(self)
+        if not math.isfinite(record["mean_logprob"]):
+            record["mean_logprob"] = None
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Answer:
+        """Inverse of :meth:`to_dict`."""
+        mean_logprob = record.get("mean_logprob")
+        return cls(
+            text=record["text"],
+            reasoning=record.get("reasoning"),
+            mean_logprob=float("nan") if mean_logprob is None else float(mean_logprob),
+            num_tokens=int(record["num_tokens"]),
+            finished=bool(record.get("finished", True)),
+            token_ids=[int(token) for token in record.get("token_ids", [])],
+        )
+
+
+@dataclass
+class PromptSamples:
+    """The ``k`` answers to one prompt.
+
+    Attributes:
+        prompt: the user prompt as given.
+        answers: ``k`` :class:`Answer` objects, in sampling order.
+        prompt_id: the caller's identifier (``prompt_ids``), or the prompt's index in the input list as a string.
+    """
+
+    prompt: str
+    answers: list[Answer]
+    prompt_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict."""
+        return {"prompt": self.prompt, "prompt_id": self.prompt_id, "answers": [a.to_dict() for a in self.answers]}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> PromptSamples:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            prompt=record["prompt"],
+            answers=[Answer.from_dict(answer) for answer in record["answers"]],
+            prompt_id=record.get("prompt_id"),
+        )
+
+
+def split_reasoning(text: str, marker: str | None = THINK_END) -> tuple[str | None, str]:
+    """Split a thinking model's output into reasoning and answer at the **first** ``marker``.
+
+    Args:
+        text: the decoded output.
+        marker: end-of-reasoning marker; ``None`` never splits.
+
+    Returns:
+        ``(reasoning, answer)``: the text before the marker without a leading ``<think>`` and the text after it,
+        both stripped; ``(None, text.strip())`` when the marker is absent.
+
+    Example::
+
+        >>> split_reasoning("<think>They ask about X.</think>\\n\\nX is ...")
+        ('They ask about X.', 'X is ...')
+    """
+    if not marker or marker not in text:
+        return None, text.strip()
+    reasoning, _, answer = text.partition(marker)
+    reasoning = reasoning.strip()
+    if reasoning.startswith(THINK_START):
+        reasoning = reasoning[len(THINK_START) :].strip()
+    return reasoning, answer.strip()
+
+
+def format_chat(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    *,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Render conversations as the model sees them just before it answers.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        conversations: lists of ``{"role": ..., "content": ...}`` messages.
+        chat_template_kwargs: extra template variables (e.g. ``{"enable_thinking": False}``).
+
+    Returns:
+        One string per conversation: ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``, or,
+        without a chat template, the message contents joined by blank lines (the same plain-text fallback as
+        :func:`steering_adapter.activations.format_prompts`).
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        return ["\n\n".join(message["content"] for message in messages) for messages in conversations]
+    extra = dict(chat_template_kwargs or {})
+    return [
+        tokenizer.apply_chat_template(
+            [dict(message) for message in messages], add_generation_prompt=True, tokenize=False, **extra
+        )
+        for messages in conversations
+    ]
+
+
+def _user_conversation(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": prompt}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def _derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed from ``seed`` and ``parts``, stable across processes (no ``hash()``)."""
+    digest = hashlib.sha256(repr((int(seed), *parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def _pad_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(pad, int):
+        return pad
+    return eos_ids[0] if eos_ids else 0
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """Every token id that ends an answer: the model's generation-config eos ids and the tokenizer's eos id."""
+    ids: list[int] = []
+    generation_config = getattr(model, "generation_config", None)
+    candidates = [getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)]
+    for value in candidates:
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return ids
+
+
+def _encode_left_padded(
+    tokenizer: Any, texts: Sequence[str], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise and left-pad ``texts``: ``input_ids`` and ``attention_mask``, both ``[len(texts), width]``."""
+    # A chat template already holds the special tokens (BOS, ...); plain text gets the tokenizer's own.
+    add_special = getattr(tokenizer, "chat_template", None) is None
+    encoded = [list(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special)["input_ids"]]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("a prompt tokenised to zero tokens; give non-empty prompts or a tokenizer that adds BOS")
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _answer_lengths(generated: torch.Tensor, eos_ids: Sequence[int]) -> tuple[list[int], list[bool]]:
+    """Per row: number of generated tokens up to and including the first eos, and whether an eos was hit."""
+    lengths, finished = [], []
+    width = generated.shape[1]
+    is_eos = torch.isin(generated, torch.tensor(list(eos_ids), device=generated.device)) if eos_ids else None
+    for row in range(generated.shape[0]):
+        hits = is_eos[row].nonzero() if is_eos is not None else []
+        if len(hits):
+            lengths.append(int(hits[0]) + 1)
+            finished.append(True)
+        else:
+            lengths.append(width)
+            finished.append(False)
+    return lengths, finished
+
+
+def _marker_token_index(tokenizer: Any, ids: Sequence[int], marker: str) -> int | None:
+    """Smallest ``n`` such that ``decode(ids[:n])`` contains ``marker`` (binary search), or ``None``."""
+
+    def contains(n: int) -> bool:
+        return marker in tokenizer.decode(list(ids[:n]), skip_special_tokens=False)
+
+    if not ids or not contains(len(ids)):
+        return None
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if contains(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _split_tokens(
+    tokenizer: Any, content_ids: list[int], marker: str | None, thinking: bool | None
+) -> tuple[str | None, str, int | None]:
+    """Reasoning text, answer text and the index of the first answer token (``None``: no answer tokens)."""
+    text = tokenizer.decode(content_ids, skip_special_tokens=True)
+    if thinking is False or not marker:
+        return None, text.strip(), 0
+    start = _marker_token_index(tokenizer, content_ids, marker)
+    if start is None:
+        if thinking:  # a thinking model cut off (or stopped) before the end of its reasoning
+            reasoning = text.strip()
+            if reasoning.startswith(THINK_START):
+                reasoning = reasoning[len(THINK_START) :].strip()
+            return reasoning, "", None
+        return None, text.strip(), 0
+    if marker in text:
+        reasoning, answer = split_reasoning(text, marker)
+    else:  # the marker is a special token, removed by skip_special_tokens: split on tokens instead
+        reasoning = tokenizer.decode(content_ids[:start], skip_special_tokens=True).strip()
+        answer = tokenizer.decode(content_ids[start:], skip_special_tokens=True).strip()
+        if reasoning.startswith(THINK_START):
+            reasoning = reasoning[len(THINK_START) :].strip()
+    return reasoning, answer, start
+
+
+def _forward_kwargs(model: nn.Module) -> tuple[bool, bool]:
+    """Whether the underlying transformers model accepts ``position_ids`` and ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return "position_ids" in parameters, "logits_to_keep" in parameters
+
+
+@torch.no_grad()
+def _token_logprobs(
+    model: nn.Module,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    lengths: Sequence[int],
+) -> list[torch.Tensor]:
+    """Log-probabilities (float32, raw logits) of each row's first ``lengths[r]`` generated tokens.
+
+    Args:
+        sequences: ``[rows, prompt_width + new]`` left-padded prompts followed by the generated tokens.
+        attention_mask: ``[rows, prompt_width + new]``, ``0`` on left padding and after each answer's end.
+        prompt_width: width of the (padded) prompt part.
+        lengths: answer lengths per row.
+
+    Returns:
+        One ``[lengths[r]]`` tensor per row, on CPU.
+    """
+    rows, total = sequences.shape
+    new = total - prompt_width
+    takes_positions, takes_logits_to_keep = _forward_kwargs(model)
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
+    kept = new + 1 if takes_logits_to_keep else total
+    chunk = max(1, _LOGITS_BUDGET // max(1, kept * vocab))
+    results: list[torch.Tensor] = []
+    for start in range(0, rows, chunk):
+        ids = sequences[start : start + chunk]
+        mask = attention_mask[start : start + chunk]
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+        if takes_positions:
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        if takes_logits_to_keep:
+            kwargs["logits_to_keep"] = new + 1
+        logits = model(**kwargs).logits
+        # logits[:, j] predicts the token after position j; keep the ones predicting the generated tokens.
+        logits = logits[:, -(new + 1) : -1]
+        for offset in range(ids.shape[0]):
+            length = lengths[start + offset]
+            targets = ids[offset, prompt_width : prompt_width + length]
+            logprobs = torch.log_softmax(logits[offset, :length].float(), dim=-1)
+            results.append(logprobs.gather(-1, targets[:, None].to(logprobs.device))[:, 0].cpu())
+    return results
+
+
+def sample_answers(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    k: int = 5,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    prompt_ids: Sequence[str] | None = None,
+    thinking: bool | None = None,
+    think_end: str | None = THINK_END,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    generate_kwargs: Mapping[str, Any] | None = None,
+) -> list[PromptSamples]:
+    """Sample ``k`` answers per prompt and the mean log-probability of each answer.
+
+    Args:
+        model: a causal LM (transformers model, with or without loaded adapters, or a ``PeftModel``); used as is
+            (put it in ``eval()`` mode yourself).
+        tokenizer: its tokenizer.
+        prompts: user prompts.
+        k: answers per prompt (``K``; the authors use 5).
+        max_new_tokens: generation budget per answer (reasoning included for thinking models).
+        temperature: sampling temperature (authors: 1.0); ``0`` means greedy decoding, done once per prompt and
+            repeated ``k`` times (use ``k=1``).
+        top_p: nucleus sampling mass (``1.0`` = off).
+        top_k: top-k sampling (``0`` = off).
+        seed: base seed; each batch uses a seed derived from it and the batch index.
+        batch_size: prompts per ``generate`` call (each expands to ``k`` rows).
+        system_prompt: optional system message before each prompt.
+        progress: show a tqdm bar over prompts.
+        prompt_ids: identifiers stored in :attr:`PromptSamples.prompt_id`; default the index as a string.
+        thinking: ``None`` splits reasoning off when ``think_end`` appears in the output; ``True`` marks a model that
+            always reasons first (no marker: the answer is empty and ``mean_logprob`` NaN); ``False`` never splits.
+        think_end: end-of-reasoning marker.
+        chat_template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": True}``).
+        generate_kwargs: extra ``model.generate`` arguments (e.g. ``repetition_penalty``, ``logits_processor``).
+
+    Returns:
+        One :class:`PromptSamples` per prompt, in input order, each with ``k`` :class:`Answer` objects.
+        ``mean_logprob`` comes from a second, teacher-forced forward pass over prompt + answer under the same model:
+        the model's own log-probabilities (raw logits, temperature 1, no top-p/top-k), whatever the sampling
+        temperature.
+
+    Raises:
+        ValueError: empty or non-string prompts, ``k < 1``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
+            ``batch_size < 1``, ``max_new_tokens < 1``, ``prompt_ids`` of the wrong length.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    bad = [i for i, prompt in enumerate(prompts) if not isinstance(prompt, str) or not prompt.strip()]
+    if bad:
+        raise ValueError(f"prompts must be non-empty strings; bad entries at positions {bad[:10]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
+    greedy = temperature == 0
+    if greedy and k > 1:
+        warnings.warn(f"temperature=0 is greedy: the k={k} answers of each prompt will be identical", stacklevel=2)
+
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = _pad_id(tokenizer, eos_ids)
+    device = _input_device(model)
+    texts = format_chat(
+        tokenizer,
+        [_user_conversation(prompt, system_prompt) for prompt in prompts],
+        chat_template_kwargs=chat_template_kwargs,
+    )
+    generation: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_ids or None,
+    }
+    if greedy:
+        generation.update(do_sample=False, num_return_sequences=1)
+    else:
+        generation.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, num_return_sequences=k)
+    generation.update(generate_kwargs or {})
+    rows_per_prompt = 1 if greedy else k
+    fork_devices = [device] if device.type == "cuda" else []
+
+    results: list[PromptSamples] = []
+    bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress)
+    try:
+        for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
+            batch_texts = texts[start : start + batch_size]
+            input_ids, attention_mask = _encode_left_padded(tokenizer, batch_texts, pad_id, device)
+            with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(_derive_seed(seed, "batch", batch_index))
+                sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation)
+            if not isinstance(sequences, torch.Tensor):  # return_dict_in_generate=True passed by the caller
+                sequences = sequences.sequences
+            width = input_ids.shape[1]
+            generated = sequences[:, width:]
+            lengths, finished = _answer_lengths(generated, eos_ids)
+            row_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
+            positions = torch.arange(generated.shape[1], device=generated.device)[None, :]
+            answer_mask = (positions < torch.tensor(lengths, device=generated.device)[:, None]).long()
+            full_mask = torch.cat([row_mask, answer_mask.to(row_mask.device)], dim=1)
+            token_logprobs = _token_logprobs(model, sequences, full_mask, width, lengths)
+
+            for offset, prompt in enumerate(prompts[start : start + batch_size]):
+                answers = []
+                for row in range(offset * rows_per_prompt, (offset + 1) * rows_per_prompt):
+                    ids = generated[row, : lengths[row]].tolist()
+                    content = ids[:-1] if finished[row] else ids
+                    reasoning, text, first = _split_tokens(tokenizer, content, think_end, thinking)
+                    segment = slice(len(ids), len(ids)) if first is None else slice(first, len(ids))
+                    logprobs = token_logprobs[row][segment]
+                    answers.append(
+                        Answer(
+                            text=text,
+                            reasoning=reasoning,
+                            mean_logprob=float(logprobs.mean()) if len(logprobs) else float("nan"),
+                            num_tokens=len(logprobs),
+                            finished=finished[row],
+                            token_ids=ids[segment],
+                        )
+                    )
+                if greedy:
+                    answers = [answers[0]] + [Answer(**asdict(answers[0])) for _ in range(k - 1)]
+                index = start + offset
+                prompt_id = str(prompt_ids[index]) if prompt_ids is not None else str(index)
+                results.append(PromptSamples(prompt=prompt, answers=answers, prompt_id=prompt_id))
+            bar.update(len(batch_texts))
+    finally:
+        bar.close()
+    return results

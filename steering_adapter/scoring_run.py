@@ -1,0 +1,280 @@
+"""A resumable measuring run: prompts → K answers → judgments → refusal confidence ``c(x)``.
+
+Everything produced is appended to ``log_dir`` as soon as it exists, so an interrupted run (crash, ``kill``, a judge
+endpoint going down) resumes where it stopped and ends with the same scores as an uninterrupted run:
+
+- ``answers.jsonl``: one record per prompt, ``{"key", "prompt", "prompt_id", "settings", "answers": [...]}``;
+- ``judgments.jsonl``: one record per prompt and judge, ``{"key", "prompt_key", "judge", "judgments": [...]}``;
+  a prompt whose judgments include a backend error (label 0 with ``error``) is not logged, so a re-run retries it;
+- ``scores.json``: written atomically at the end: settings, judge, ``summary`` (see
+  :func:`~steering_adapter.scoring.summarize`) and one entry per input prompt.
+
+The key of a prompt is a hash of its text and of the sampling settings (``k``, temperature, seed, system prompt,
+...); judgments are keyed by the prompt key and the judge's :attr:`~steering_adapter.judges.Judge.name`. Changing a
+setting or the judge therefore never reuses stale records. The model is not part of the key: use one ``log_dir`` per
+model (and per adapter and steering strength).
+
+Determinism: prompts are processed in fixed chunks of ``batch_size`` unique prompts, in input order; each chunk is
+sampled under a seed derived from ``seed`` and the keys of the whole chunk. When a chunk was only partly logged, the
+whole chunk is sampled again (same prompts, same seed, same answers) and only the missing records are written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from .generation import Answer, _derive_seed, sample_answers
+from .judges.base import Judge, Judgment
+from .records import JsonlLog, atomic_write_json, stable_key
+from .scoring import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
+
+__all__ = ["PromptScore", "load_scores", "prompt_key", "sampling_settings", "score_prompts"]
+
+ANSWERS_FILE = "answers.jsonl"
+JUDGMENTS_FILE = "judgments.jsonl"
+SCORES_FILE = "scores.json"
+
+# sample_answers arguments that score_prompts sets itself, or that do not change the samples.
+_NOT_SETTINGS = {"model", "tokenizer", "prompts", "batch_size", "progress", "prompt_ids"}
+
+
+@dataclass
+class PromptScore:
+    """The refusal confidence of one prompt.
+
+    Attributes:
+        key: record key (hash of the prompt and the sampling settings).
+        prompt: the prompt.
+        prompt_id: the caller's identifier, or the prompt's position in the input list.
+        score: ``c(x)`` in ``[-1, 1]``; NaN when no answer got a usable label.
+        label: ``"refusal"``, ``"neutral"``, ``"compliance"`` or ``"unjudged"`` (see
+            :func:`~steering_adapter.scoring.classify`).
+        labels: ``[K]`` judge labels of the answers.
+        mean_logprobs: ``[K]`` mean token log-probabilities of the answers.
+    """
+
+    key: str
+    prompt: str
+    prompt_id: str | None
+    score: float
+    label: str
+    labels: list[int]
+    mean_logprobs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PromptScore:
+        nan = float("nan")
+        return cls(
+            key=record["key"],
+            prompt=record["prompt"],
+            prompt_id=record.get("prompt_id"),
+            score=nan if record.get("score") is None else float(record["score"]),
+            label=record["label"],
+            labels=[int(label) for label in record["labels"]],
+            mean_logprobs=[nan if value is None else float(value) for value in record["mean_logprobs"]],
+        )
+
+
+def sampling_settings(**sampling: Any) -> dict[str, Any]:
+    """The full sampling settings: :func:`~steering_adapter.generation.sample_answers` defaults updated by
+    ``sampling``.
+
+    Raises:
+        ValueError: an unknown setting, or a value that is not plain JSON (e.g. ``generate_kwargs`` holding logits
+            processors), which could not be part of a stable key.
+    """
+    parameters = inspect.signature(sample_answers).parameters
+    defaults = {
+        name: parameter.default
+        for name, parameter in parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in _NOT_SETTINGS
+    }
+    unknown = sorted(set(sampling) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; known: {sorted(defaults)}")
+    settings = defaults | sampling
+    try:
+        json.dumps(settings, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"sampling settings must be plain JSON values to key the records ({exc}); "
+            "call sample_answers directly for non-serialisable generate_kwargs"
+        ) from None
+    return settings
+
+
+def prompt_key(prompt: str, settings: dict[str, Any]) -> str:
+    """Record key of ``prompt`` under the full sampling ``settings`` (see :func:`sampling_settings`)."""
+    return stable_key("prompt", prompt, settings)
+
+
+def _judgment_key(key: str, judge_name: str) -> str:
+    return stable_key("judgments", key, judge_name)
+
+
+def load_scores(log_dir: str | os.PathLike) -> list[PromptScore]:
+    """The per-prompt scores of a finished run, from ``log_dir/scores.json``."""
+    with open(Path(log_dir) / SCORES_FILE, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return [PromptScore.from_dict(record) for record in data["scores"]]
+
+
+def score_prompts(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    judge: Judge,
+    log_dir: str | os.PathLike,
+    *,
+    prompt_ids: Sequence[str] | None = None,
+    tau: float = 1.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = 8,
+    progress: bool = True,
+    **sampling: Any,
+) -> list[PromptScore]:
+    """Sample, judge and score ``prompts``, resuming from whatever ``log_dir`` already holds.
+
+    Args:
+        model: the model under study (adapters included), as for :func:`~steering_adapter.generation.sample_answers`.
+        tokenizer: its tokenizer.
+        prompts: user prompts (duplicates are scored once and reported at each position).
+        judge: any :class:`~steering_adapter.judges.Judge`; its ``name`` keys the judgment records.
+        log_dir: run folder (created); one per model / adapter / steering strength.
+        prompt_ids: identifiers stored with the records; default the input position.
+        tau: softmax temperature of :func:`~steering_adapter.scoring.refusal_confidence`.
+        threshold: class threshold of :func:`~steering_adapter.scoring.classify`.
+        batch_size: unique prompts per sampling chunk (and per ``judge_many`` call).
+        progress: show a tqdm bar over prompts.
+        **sampling: sampling settings for ``sample_answers`` (``k``, ``max_new_tokens``, ``temperature``, ``top_p``,
+            ``top_k``, ``seed``, ``system_prompt``, ``thinking``, ``think_end``, ``chat_template_kwargs``).
+
+    Returns:
+        One :class:`PromptScore` per input prompt, in input order.
+
+    Raises:
+        ValueError: empty prompts, bad ``prompt_ids`` length, unknown or non-JSON sampling settings, a judge that
+            returns the wrong number of judgments.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    settings = sampling_settings(**sampling)
+    judge_name = getattr(judge, "name", type(judge).__name__)
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    answers_log = JsonlLog(log_dir / ANSWERS_FILE)
+    judgments_log = JsonlLog(log_dir / JUDGMENTS_FILE)
+
+    ids = [str(prompt_ids[i]) if prompt_ids is not None else str(i) for i in range(len(prompts))]
+    keys = [prompt_key(prompt, settings) for prompt in prompts]
+    unique: dict[str, tuple[str, str]] = {}
+    for key, prompt, prompt_id in zip(keys, prompts, ids, strict=True):
+        unique.setdefault(key, (prompt, prompt_id))
+    order = list(unique)
+
+    answers: dict[str, list[Answer]] = {
+        key: [Answer.from_dict(answer) for answer in record["answers"]]
+        for key, record in answers_log.by_key().items()
+        if key in unique
+    }
+    judgments: dict[str, list[Judgment]] = {}
+    for record in judgments_log.by_key().values():
+        if record.get("prompt_key") in unique and record.get("judge") == judge_name:
+            judgments[record["prompt_key"]] = [Judgment.from_dict(item) for item in record["judgments"]]
+
+    sample_settings = {name: value for name, value in settings.items() if name != "seed"}
+    bar = tqdm(total=len(order), desc="scoring", unit="prompt", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if any(key not in answers for key in chunk):
+                samples = sample_answers(
+                    model,
+                    tokenizer,
+                    [unique[key][0] for key in chunk],
+                    prompt_ids=[unique[key][1] for key in chunk],
+                    batch_size=len(chunk),
+                    progress=False,
+                    seed=_derive_seed(settings["seed"], "chunk", *chunk),
+                    **sample_settings,
+                )
+                for key, sampled in zip(chunk, samples, strict=True):
+                    if key in answers:
+                        continue
+                    answers_log.append_keyed(
+                        {
+                            "key": key,
+                            "prompt": sampled.prompt,
+                            "prompt_id": sampled.prompt_id,
+                            "settings": settings,
+                            "answers": [answer.to_dict() for answer in sampled.answers],
+                        }
+                    )
+                    answers[key] = sampled.answers
+            to_judge = [key for key in chunk if key not in judgments]
+            if to_judge:
+                pairs = [(unique[key][0], answer.text) for key in to_judge for answer in answers[key]]
+                verdicts = judge.judge_many(pairs)
+                if len(verdicts) != len(pairs):
+                    raise ValueError(
+                        f"judge {judge_name!r} returned {len(verdicts)} judgments for {len(pairs)} answers"
+                    )
+                position = 0
+                for key in to_judge:
+                    own = verdicts[position : position + len(answers[key])]
+                    position += len(own)
+                    judgments[key] = own
+                    if any(verdict.error for verdict in own):
+                        continue  # not logged: a re-run retries it
+                    judgments_log.append_keyed(
+                        {
+                            "key": _judgment_key(key, judge_name),
+                            "prompt_key": key,
+                            "judge": judge_name,
+                            "judgments": [verdict.to_dict() for verdict in own],
+                        }
+                    )
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+    scores: dict[str, PromptScore] = {}
+    for key in order:
+        labels = [verdict.label for verdict in judgments[key]]
+        logprobs = [answer.mean_logprob for answer in answers[key]]
+        score = refusal_confidence(labels, logprobs, tau=tau)
+        prompt, prompt_id = unique[key]
+        scores[key] = PromptScore(key, prompt, prompt_id, score, classify(score, threshold), labels, logprobs)
+    results = [
+        PromptScore(**{**asdict(scores[key]), "prompt_id": prompt_id})
+        for key, prompt_id in zip(keys, ids, strict=True)
+    ]
+    atomic_write_json(
+        log_dir / SCORES_FILE,
+        {
+            "settings": settings,
+            "judge": judge_name,
+            "tau": tau,
+            "threshold": threshold,
+            "summary": summarize([result.score for result in results], threshold),
+            "scores": [result.to_dict() for result in results],
+        },
+    )
+    return results
