@@ -1,0 +1,237 @@
+"""Before / after evaluation of steering adapters on named prompt sets.
+
+For each prompt set the model is scored twice — with steering switched off (the base model) and on — with the same
+sampling settings and judge (``docs/method.md`` §1): refusal / neutral / compliance rates, and the mean relevance of
+the answers to their prompts (an off-topic "compliance" is not a real answer). Capability is measured as the KL
+divergence of next-token distributions from the base model on neutral prompts, and perplexity on reference texts.
+Every stage goes through :func:`~steering_adapter.scoring_run.score_prompts`, so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .capability import next_token_kl, perplexity
+from .judges.base import Judge
+from .records import JsonlLog, atomic_write_json, atomic_write_text
+from .scoring import plot_histogram, summarize
+from .scoring_run import ANSWERS_FILE, score_prompts
+from .tuner.model import steering_disabled
+
+ROLES = ("target", "harmful", "benign", "other")
+CONDITIONS = ("base", "steered")
+
+
+@dataclass
+class EvalSet:
+    """A named prompt set and its role in the evaluation.
+
+    Attributes:
+        name: short name used in reports and folder names (letters, digits, ``-``, ``_``).
+        prompts: the prompts.
+        role: ``"target"`` (the refusals the adapter should remove or induce), ``"harmful"`` (refusals that must be
+            kept, e.g. JailbreakBench), ``"benign"`` (false-refusal checks, e.g. XSTest safe) or ``"other"``.
+    """
+
+    name: str
+    prompts: list[str]
+    role: str = "other"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r} for set {self.name!r}; expected one of {ROLES}")
+        if not self.prompts:
+            raise ValueError(f"prompt set {self.name!r} is empty")
+        if not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
+            raise ValueError(f"set name {self.name!r} must be non-empty letters, digits, '-' or '_'")
+
+
+@dataclass
+class EvaluationReport:
+    """Results of :func:`evaluate`: ``sets[name][condition]`` summaries, capability figures and settings."""
+
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kl: dict[str, float] | None = None
+    perplexity: dict[str, float] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def refusal_pct(self, name: str, condition: str = "steered") -> float:
+        """Percentage of judged prompts of set ``name`` classed as refusal under ``condition``."""
+        return float(self.sets[name][condition]["refusal_pct"])
+
+    def to_markdown(self) -> str:
+        """The before/after table (and capability lines) as Markdown."""
+        conditions = [c for c in CONDITIONS if any(c in row for row in self.sets.values())]
+        header = "| set | role | n | " + " | ".join(f"refusal % ({c})" for c in conditions)
+        if len(conditions) == 2:
+            header += " | Δ points"
+        header += " | " + " | ".join(f"relevance ({c})" for c in conditions) + " |"
+        lines = [header, "|" + "---|" * (header.count("|") - 1)]
+        for name, row in self.sets.items():
+            cells = [name, row["role"], str(row[conditions[0]]["n"])]
+            cells += [_fmt(row[c]["refusal_pct"]) for c in conditions]
+            if len(conditions) == 2:
+                cells.append(_fmt(row["steered"]["refusal_pct"] - row["base"]["refusal_pct"], signed=True))
+            cells += [_fmt(row[c].get("mean_relevance"), digits=3) for c in conditions]
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.kl:
+            lines.append("")
+            lines.append(
+                f"KL(base ‖ steered) on {self.kl['n_prompts']} neutral prompts: mean over tokens "
+                f"{self.kl['mean_kl']:.4f}, at the first answer token {self.kl['mean_kl_last']:.4f}"
+            )
+        if self.perplexity:
+            lines.append(
+                "Perplexity on reference texts: "
+                + ", ".join(f"{c} {value:.3f}" for c, value in self.perplexity.items())
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def answer_texts(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[str]]:
+    """The answer texts recorded by ``score_prompts`` in ``log_dir`` for each prompt key."""
+    records = JsonlLog(Path(log_dir) / ANSWERS_FILE).by_key()
+    return [[answer["text"] for answer in records[key]["answers"]] for key in keys]
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    sets: Sequence[EvalSet],
+    judge: Judge,
+    out_dir: str | os.PathLike,
+    *,
+    conditions: Sequence[str] = CONDITIONS,
+    kl_prompts: Sequence[str] | None = None,
+    perplexity_texts: Sequence[str] | None = None,
+    relevance: Any | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    plots: bool = True,
+    **sampling: Any,
+) -> EvaluationReport:
+    """Score every set with steering off (``base``) and on (``steered``) and write the report.
+
+    Args:
+        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``).
+        tokenizer: its tokenizer.
+        sets: the prompt sets with their roles.
+        judge: the refusal judge.
+        out_dir: run folder: ``<condition>/<set>/`` hold the resumable records, ``report.json``, ``report.md`` and
+            PNG plots go at the top.
+        conditions: which of ``("base", "steered")`` to run.
+        kl_prompts: neutral prompts for the KL divergence (skipped when ``None``).
+        perplexity_texts: reference texts for perplexity (skipped when ``None``).
+        relevance: a :class:`~steering_adapter.relevance.RelevanceScorer` (skipped when ``None``).
+        batch_size: prompts per sampling / forward batch.
+        progress: tqdm bars.
+        plots: write the PNG plots.
+        **sampling: sampling settings (``k``, ``max_new_tokens``, ``temperature``, ``seed``, ...).
+
+    Returns:
+        The :class:`EvaluationReport` (also saved as ``report.json`` and ``report.md``).
+    """
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown or not conditions:
+        raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, got {list(conditions)}")
+    if not sets:
+        raise ValueError("no prompt sets to evaluate")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prompt set names must be unique, got {names}")
+    out = Path(out_dir)
+    report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
+    for eval_set in sets:
+        report.sets[eval_set.name] = {"role": eval_set.role}
+        for condition in conditions:
+            log_dir = out / condition / eval_set.name
+            with _condition(model, condition):
+                scores = score_prompts(
+                    model,
+                    tokenizer,
+                    eval_set.prompts,
+                    judge,
+                    log_dir,
+                    batch_size=batch_size,
+                    progress=progress,
+                    **sampling,
+                )
+            summary = summarize([s.score for s in scores])
+            if relevance is not None:
+                texts = answer_texts(log_dir, [s.key for s in scores])
+                pairs = [(s.prompt, text) for s, answers in zip(scores, texts, strict=True) for text in answers]
+                values = relevance.score([p for p, _ in pairs], [a for _, a in pairs])
+                summary["mean_relevance"] = float(sum(values) / len(values))
+            if plots:
+                plot_histogram(
+                    [s.score for s in scores],
+                    out / f"hist_{eval_set.name}_{condition}.png",
+                    title=f"{eval_set.name} ({condition})",
+                )
+            report.sets[eval_set.name][condition] = summary
+    if kl_prompts is not None:
+        report.kl = {
+            **next_token_kl(model, tokenizer, list(kl_prompts), batch_size=batch_size, progress=progress),
+            "n_prompts": len(kl_prompts),
+        }
+    if perplexity_texts is not None:
+        report.perplexity = {}
+        for condition in conditions:
+            with _condition(model, condition):
+                report.perplexity[condition] = perplexity(
+                    model, tokenizer, list(perplexity_texts), batch_size=batch_size, progress=progress
+                )
+    if plots:
+        plot_refusal_rates(report, out / "refusal_rates.png")
+    atomic_write_json(out / "report.json", report.to_dict())
+    atomic_write_text(out / "report.md", report.to_markdown())
+    return report
+
+
+def _condition(model: nn.Module, condition: str) -> contextlib.AbstractContextManager:
+    """Steering switched off for ``"base"``; left as it is for ``"steered"``."""
+    return steering_disabled(model) if condition == "base" else contextlib.nullcontext()
+
+
+def plot_refusal_rates(report: EvaluationReport, path: str | os.PathLike) -> str:
+    """Grouped bar chart of the refusal rate of each set under each condition (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(report.sets)
+    conditions = [c for c in CONDITIONS if any(c in row for row in report.sets.values())]
+    figure = Figure(figsize=(max(5.0, 1.3 * len(names) + 2), 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / len(conditions)
+    colours = {"base": "grey", "steered": "tab:red"}
+    for i, condition in enumerate(conditions):
+        values = [report.sets[n].get(condition, {}).get("refusal_pct", float("nan")) for n in names]
+        positions = [x + (i - (len(conditions) - 1) / 2) * width for x in range(len(names))]
+        axes.bar(positions, values, width=width, label=condition, color=colours[condition])
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels([f"{n}\n({report.sets[n]['role']})" for n in names], fontsize=8)
+    axes.set_ylabel("refusal %")
+    axes.set_ylim(0, 100)
+    axes.legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return str(path)
