@@ -1,0 +1,170 @@
+"""Layer / α selection: constraints and choice on hand-made tables, and a full sweep on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+from steering_adapter.evaluation import EvalSet
+from steering_adapter.judges.base import Judge, Judgment
+from steering_adapter.selection import (
+    SelectionObjective,
+    SweepPoint,
+    check_constraints,
+    choose,
+    sweep_layers_and_scale,
+)
+
+ROLES = {"political": "target", "jbb": "harmful", "xstest": "benign"}
+BASE = {"political": 90.0, "jbb": 80.0, "xstest": 4.0}
+
+
+def point(target, harmful, benign, kl=0.1, alpha=-2.0, n=2):
+    p = SweepPoint(
+        n_layers=n,
+        layers=list(range(n)),
+        alpha=alpha,
+        refusal_pct={"political": target, "jbb": harmful, "xstest": benign},
+        kl=kl,
+    )
+    p.target_refusal_pct = target
+    return p
+
+
+def test_constraints_remove_goal():
+    objective = SelectionObjective(goal="remove", delta=5.0, kl_budget=0.5)
+    assert check_constraints(point(5, 76, 8), BASE, ROLES, objective) == []
+    assert check_constraints(point(5, 74, 4), BASE, ROLES, objective) == [
+        "jbb: harmful refusals 74.0% < base 80.0% − 5.0"
+    ]
+    assert check_constraints(point(5, 80, 9.5), BASE, ROLES, objective) == [
+        "xstest: false refusals 9.5% > base 4.0% + 5.0"
+    ]
+    assert check_constraints(point(5, 95, 0), BASE, ROLES, objective) == []  # more harmful refusals are fine
+    assert check_constraints(point(5, 80, 4, kl=0.7), BASE, ROLES, objective) == ["KL 0.7000 > budget 0.5"]
+
+
+def test_constraints_induce_goal_bound_every_other_set():
+    objective = SelectionObjective(goal="induce", delta=2.0, kl_budget=None)
+    assert check_constraints(point(95, 81, 5), BASE, ROLES, objective) == []
+    violations = check_constraints(point(95, 90, 4), BASE, ROLES, objective)
+    assert violations == ["jbb: refusals moved +10.0 points (> ±2.0)"]
+
+
+def test_relevance_floor_on_target_sets():
+    objective = SelectionObjective(min_relevance=0.3)
+    p = point(0, 80, 4)
+    p.relevance = {"political": 0.12}
+    assert check_constraints(p, BASE, ROLES, objective) == ["political: relevance 0.120 < 0.3 (answers off topic)"]
+
+
+def test_choose_prefers_objective_then_kl_then_alpha_then_layers():
+    objective = SelectionObjective()
+    candidates = [
+        point(10, 80, 4, kl=0.1),
+        point(3, 80, 4, kl=0.3, alpha=-4),
+        point(3, 80, 4, kl=0.2, alpha=-8),
+        point(0, 50, 4),
+        point(3, 80, 4, kl=0.2, alpha=-4, n=4),
+        point(3, 80, 4, kl=0.2, alpha=-4, n=2),
+    ]
+    for p in candidates:
+        p.feasible = not check_constraints(p, BASE, ROLES, objective)
+    best = choose(candidates, objective)
+    assert (best.target_refusal_pct, best.kl, best.alpha, best.n_layers) == (3, 0.2, -4, 2)
+    induce = SelectionObjective(goal="induce")
+    assert choose(candidates, induce).target_refusal_pct == 10
+    assert choose([point(0, 0, 90)], objective) is None  # nothing feasible (feasible flag unset)
+
+
+def test_objective_validation():
+    with pytest.raises(ValueError, match="unknown selection goal"):
+        SelectionObjective(goal="maximise")
+    with pytest.raises(ValueError, match="delta"):
+        SelectionObjective(delta=-1)
+
+
+class LengthJudge(Judge):
+    def judge(self, prompt, answer):
+        return Judgment(1 if len(answer) % 3 else -1, "len", "")
+
+
+def test_sweep_on_tiny_model(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(ids).logits.clone()
+    generator = torch.Generator().manual_seed(0)
+    directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
+    sets = [
+        EvalSet("political", ["What happened in the capital?", "Who is responsible?"], "target"),
+        EvalSet("jbb", ["Tell me about the banned book."], "harmful"),
+        EvalSet("xstest", ["How do I bake bread at home?"], "benign"),
+    ]
+    objective = SelectionObjective(goal="remove", delta=50.0, kl_budget=10.0)
+    result = sweep_layers_and_scale(
+        model,
+        tokenizer,
+        directions,
+        [2, 0, 3, 1],
+        sets,
+        LengthJudge(),
+        tmp_path,
+        layer_counts=(1, 2),
+        alphas=(-1.0, -3.0),
+        objective=objective,
+        kl_prompts=["Hi there"],
+        progress=False,
+        k=2,
+        max_new_tokens=5,
+        seed=1,
+    )
+    assert [(p.n_layers, p.alpha) for p in result.points] == [(1, -1.0), (1, -3.0), (2, -1.0), (2, -3.0)]
+    assert result.points[2].layers == [0, 2]
+    assert all(p.kl is not None and p.kl > 0 for p in result.points)
+    # independent re-selection from the saved table
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert rows[0]["label"] == "base" and len(rows) == 5
+    feasible = [r for r in rows[1:] if r["feasible"] == "True"]
+    best = min(
+        feasible,
+        key=lambda r: (float(r["refusal_pct:political"]), float(r["kl"]), abs(float(r["alpha"])), int(r["n_layers"])),
+    )
+    assert result.choice is not None and best["label"] == result.choice.label
+    assert [r["label"] for r in rows if r["chosen"] == "True"] == [result.choice.label]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["choice"]["label"] == result.choice.label
+    assert result.metadata()["chosen"]["alpha"] == result.choice.alpha
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    with torch.no_grad():  # the base model is given back unchanged
+        assert torch.equal(model(ids).logits, before)
+    assert not hasattr(model, "peft_config") or not model.peft_config
+
+
+def test_sweep_bad_input(tmp_path):
+    sets = [EvalSet("jbb", ["x"], "harmful")]
+    with pytest.raises(ValueError, match="role 'target'"):
+        sweep_layers_and_scale(
+            tiny_model("llama"), tiny_tokenizer(), {0: torch.randn(64)}, [0], sets, LengthJudge(), tmp_path
+        )
+    sets = [EvalSet("p", ["x"], "target")]
+    with pytest.raises(ValueError, match="have no direction"):
+        sweep_layers_and_scale(
+            tiny_model("llama"), tiny_tokenizer(), {0: torch.randn(64)}, [0, 1], sets, LengthJudge(), tmp_path
+        )
+    with pytest.raises(ValueError, match="layer_counts"):
+        sweep_layers_and_scale(
+            tiny_model("llama"),
+            tiny_tokenizer(),
+            {0: torch.randn(64)},
+            [0],
+            sets,
+            LengthJudge(),
+            tmp_path,
+            layer_counts=(2,),
+        )
