@@ -1,0 +1,373 @@
+"""The recipe runner: sample → judge → score → collect → estimate → select → evaluate → save.
+
+Each stage reads what the previous one wrote and every long stage is resumable (JSONL records, atomic JSON), so a
+killed run continues where it stopped when the same command is run again. The held-out part of every evaluation set
+is split once more: one half chooses the layers and α (selection), the other half gives the final before/after
+report (test), so the reported numbers are not the ones the choice was tuned on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .activations import collect_activations
+from .builder import adapter_from_vectors, save_adapter
+from .datasets import PromptSet, load_prompt_set, split_prompts
+from .diagnostics import diagnose_directions
+from .estimators import fit_directions, make_estimator
+from .evaluation import EvalSet, EvaluationReport, evaluate
+from .judges.base import Judge
+from .recipes import JudgeSpec, ModelSpec, Recipe
+from .records import atomic_write_json, atomic_write_text
+from .scoring_run import score_prompts
+from .selection import SelectionObjective, SweepResult, sweep_layers_and_scale
+
+ORGANISM = "organism"
+ORGANISM_PREFIX = "organism:"
+
+
+class NoFeasibleChoiceError(RuntimeError):
+    """The selection found no (layers, α) that meets the recipe's constraints."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_recipe` produced."""
+
+    out_dir: Path
+    adapter_dir: Path | None
+    selection: SweepResult
+    report: EvaluationReport | None
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
+    """The model and tokenizer a recipe names (``"organism"``: the embedded model, no download)."""
+    dtype = getattr(torch, spec.dtype)
+    if spec.name_or_path == ORGANISM:
+        from .organism import load_organism
+
+        model, tokenizer = load_organism(dtype=dtype)
+        return model.to(spec.device), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
+    if spec.device == "auto":
+        kwargs["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
+    if spec.device != "auto":
+        model = model.to(spec.device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def build_judge(spec: JudgeSpec) -> Judge:
+    """The judge a recipe names."""
+    from .judges import LLMJudge, OpenAIChatBackend, PatternJudge, TransformersJudgeBackend
+    from .judges.pattern import DEFAULT_REFUSAL_PATTERNS
+
+    if spec.kind == "pattern":
+        return PatternJudge(refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, *spec.extra_refusal_patterns))
+    if spec.kind == "openai":
+        backend = OpenAIChatBackend(
+            base_url=spec.base_url,
+            api_key=os.environ.get(spec.api_key_env),
+            model=spec.model,
+            max_concurrency=spec.max_concurrency,
+        )
+        return LLMJudge(backend)
+    if spec.model is None:
+        raise ValueError("recipe.judge.model: the transformers judge needs a model id or folder")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.model)
+    model = AutoModelForCausalLM.from_pretrained(spec.model).eval()
+    return LLMJudge(TransformersJudgeBackend(model, tokenizer))
+
+
+def resolve_prompts(source: str, part: str, recipe: Recipe) -> list[str]:
+    """Prompts of ``source`` for ``part`` (``"train"``, ``"selection"`` or ``"test"``).
+
+    ``organism:<category or topic>`` uses the organism's own train / held-out split; any other source (a known set
+    name or a file) is split with ``recipe.prompts.held_out_fraction``. The held-out side is halved again into
+    ``selection`` and ``test``.
+    """
+    spec = recipe.prompts
+    train, held = load_source(
+        source, held_out_fraction=spec.held_out_fraction, seed=spec.split_seed, language=spec.language
+    )
+    if part == "train":
+        return train.prompts[: spec.max_train_per_set]
+    if len(held) < 2:
+        raise ValueError(f"{source!r}: only {len(held)} held-out prompts; need at least 2 to split selection/test")
+    selection, test = split_prompts(held, held_out_fraction=0.5, seed=spec.split_seed + 1)
+    chosen = selection if part == "selection" else test
+    return chosen.prompts[: spec.max_eval_per_set]
+
+
+def load_source(
+    source: str, *, held_out_fraction: float = 0.2, seed: int = 0, language: str | None = "en"
+) -> tuple[PromptSet, PromptSet]:
+    """``(train, held_out)`` prompts of a source: ``organism:<category, topic or source>`` (the organism's own
+    split), a known prompt-set name (``language`` filters deccp) or a user file (split deterministically)."""
+    if source.startswith(ORGANISM_PREFIX):
+        from .organism.data import load_examples
+
+        key = source[len(ORGANISM_PREFIX) :]
+        examples = [e for e in load_examples() if key in (e.category, e.topic, e.source)]
+        if not examples:
+            raise ValueError(f"{source!r}: no organism prompts with category, topic or source {key!r}")
+        return (
+            PromptSet(source, [e.prompt for e in examples if e.split == "train"]),
+            PromptSet(source, [e.prompt for e in examples if e.split == "heldout"]),
+        )
+    full = load_prompt_set(source, language=language if source.startswith("deccp") else None)
+    return split_prompts(full, held_out_fraction=held_out_fraction, seed=seed)
+
+
+def _eval_sets(recipe: Recipe, part: str, cap: int | None = None) -> list[EvalSet]:
+    return [
+        EvalSet(spec.name, resolve_prompts(spec.source, part, recipe)[:cap], spec.role)
+        for spec in recipe.prompts.evaluation
+    ]
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def estimate_directions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    recipe: Recipe,
+    judge: Judge,
+    out: Path,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]]:
+    """Score the training prompts, collect activations, fit one direction per layer and diagnose them.
+
+    Returns:
+        ``(directions, layer ranking, provenance)``; cached in ``out/directions`` for reruns.
+    """
+    refusal = [p for s in recipe.prompts.refusal for p in resolve_prompts(s, "train", recipe)]
+    compliance = [p for s in recipe.prompts.compliance for p in resolve_prompts(s, "train", recipe)]
+    prompts = list(dict.fromkeys(refusal + compliance))
+    sampling = _sampling(recipe)
+    key = _fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""))
+    cache = out / "directions"
+    if (cache / "directions.json").is_file():
+        meta = json.loads((cache / "directions.json").read_text())
+        if meta.get("fingerprint") == key:
+            log(f"[estimate] reusing directions from {cache}")
+            tensors = load_file(str(cache / "directions.safetensors"))
+            return {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
+
+    log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
+    scores = score_prompts(
+        model,
+        tokenizer,
+        prompts,
+        judge,
+        out / "train_scores",
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
+        **sampling,
+    )
+    values = [s.score for s in scores]
+    n_refusal = sum(v > 0.1 for v in values if not math.isnan(v))
+    n_compliance = sum(v < -0.1 for v in values if not math.isnan(v))
+    n_other = len(values) - n_refusal - n_compliance
+    log(f"[score] refused {n_refusal}, complied {n_compliance}, neutral/unjudged {n_other}")
+    if n_refusal < 2 or n_compliance < 2:
+        raise ValueError(
+            f"the judge found {n_refusal} refused and {n_compliance} complied training prompts; each side needs at "
+            "least 2 (check the prompt sources and the judge)"
+        )
+    est = recipe.estimator
+    weighting = "both" if est.method == "wrmd" else "none"
+    log(f"[collect] activations at the {est.position} prompt token")
+    collected = collect_activations(
+        model,
+        tokenizer,
+        prompts,
+        layers=est.layers,
+        position=est.position,
+        scores=values,
+        weighting=weighting,
+        keep_activations=True,
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
+        system_prompt=recipe.model.system_prompt,
+    )
+    params: dict[str, Any] = {}
+    if est.method != "md":
+        params = {"ridge_lambda": est.ridge_lambda, "lambda_mode": est.lambda_mode}
+    stats = collected.weighted_stats if est.method == "wrmd" else collected.stats
+    directions = fit_directions(make_estimator(est.method, **params), stats)
+    diagnostics = diagnose_directions(collected.activations, directions, layers=collected.layers, scores=values)
+    diagnostics.save(out / "diagnostics")
+    ranking = diagnostics.best_layers()
+    best = diagnostics.layer(ranking[0])
+    log(
+        f"[estimate] {est.method.upper()} directions on {len(directions)} layers; best layer {best.layer} "
+        f"(AUC {best.auc}, r {best.pearson_r})"
+    )
+    provenance = {
+        "method": est.method,
+        "ridge_lambda": est.ridge_lambda if est.method != "md" else None,
+        "lambda_mode": est.lambda_mode if est.method != "md" else None,
+        "position": est.position,
+        "sample_counts": {"refusal": n_refusal, "compliance": n_compliance, "prompts": len(prompts)},
+        "datasets": {"refusal": recipe.prompts.refusal, "compliance": recipe.prompts.compliance},
+        "judge": dataclasses.asdict(recipe.judge),
+        "sampling": sampling,
+        "diagnostics": {
+            str(d.layer): {"auc": d.auc, "pearson_r": d.pearson_r, "norm": d.norm} for d in diagnostics.layers
+        },
+    }
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({str(k): v.contiguous() for k, v in directions.items()}, str(cache / "directions.safetensors"))
+    atomic_write_json(cache / "directions.json", {"fingerprint": key, "ranking": ranking, "provenance": provenance})
+    return directions, ranking, provenance
+
+
+def _sampling(recipe: Recipe) -> dict[str, Any]:
+    s = recipe.sampling
+    return {
+        "k": s.k,
+        "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": s.seed,
+        "system_prompt": recipe.model.system_prompt,
+    }
+
+
+def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> RunResult:
+    """Run a recipe end to end; see the module docstring.
+
+    Returns:
+        The :class:`RunResult` (adapter folder, sweep, final report).
+
+    Raises:
+        NoFeasibleChoiceError: when no sweep point meets the constraints (the sweep table is still written).
+    """
+    started = time.time()
+    out = Path(recipe.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "recipe.json", recipe.to_dict())
+    model, tokenizer = load_model(recipe.model)
+    judge = build_judge(recipe.judge)
+    relevance = None
+    if recipe.relevance:
+        from .relevance import RelevanceScorer
+
+        relevance = RelevanceScorer()
+
+    directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log)
+
+    sel = recipe.selection
+    kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
+    objective = SelectionObjective(
+        goal=sel.goal, delta=sel.delta, kl_budget=sel.kl_budget, min_relevance=sel.min_relevance
+    )
+    log(f"[select] {len(sel.layer_counts)} layer counts × {len(sel.alphas)} α on the selection half")
+    sweep = sweep_layers_and_scale(
+        model,
+        tokenizer,
+        directions,
+        ranking,
+        _eval_sets(recipe, "selection", sel.max_prompts_per_set),
+        judge,
+        out / "selection",
+        layer_counts=sel.layer_counts,
+        alphas=sel.alphas,
+        objective=objective,
+        kl_prompts=kl_selection,
+        relevance=relevance,
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
+        **_sampling(recipe),
+    )
+    if sweep.choice is None:
+        raise NoFeasibleChoiceError(
+            f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
+            "(relax selection.delta / kl_budget or widen alphas)"
+        )
+    choice = sweep.choice
+    log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}")
+
+    metadata = {
+        **provenance,
+        "title": recipe.name,
+        "summary": recipe.description,
+        "selection": sweep.metadata(),
+        "library": "steering-adapter",
+        "library_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "recipe": recipe.name,
+    }
+    peft_model = adapter_from_vectors(
+        model,
+        {layer: directions[layer] for layer in choice.layers},
+        scale=choice.alpha,
+        steering_metadata=metadata,
+    )
+    config = peft_model.peft_config["default"]
+    if recipe.model.name_or_path == ORGANISM:
+        config.base_model_name_or_path = ORGANISM
+    config.revision = recipe.model.revision
+
+    kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None
+    log("[evaluate] before/after on the test half")
+    report = evaluate(
+        peft_model,
+        tokenizer,
+        _eval_sets(recipe, "test"),
+        judge,
+        out / "evaluation",
+        kl_prompts=kl_test,
+        relevance=relevance,
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
+        **_sampling(recipe),
+    )
+    adapter_dir = out / "adapter"
+    save_adapter(peft_model, adapter_dir, evaluation={"markdown": report.to_markdown()})
+    summary = {
+        "recipe": recipe.name,
+        "adapter": str(adapter_dir),
+        "layers": choice.layers,
+        "alpha": choice.alpha,
+        "report": report.to_dict(),
+        "seconds": round(time.time() - started, 1),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(
+        out / "report.md",
+        f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}\n\n" + report.to_markdown(),
+    )
+    peft_model.unload()
+    return RunResult(out, adapter_dir, sweep, report)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

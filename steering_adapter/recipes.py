@@ -1,0 +1,290 @@
+"""The recipe schema: a YAML file that names everything a steering run needs, validated with errors that name the
+bad key (``recipe.selection.alphas[2]: expected a number, got 'big'``).
+
+A recipe names the model, the prompt sets and their split, the judge, the sampling, the estimator and λ, the
+selection objective and the output folder. See ``recipes/*.yaml`` for complete, commented examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that does not fit the schema; the message names the key path."""
+
+
+@dataclass
+class ModelSpec:
+    """The model under study.
+
+    Attributes:
+        name_or_path: ``"organism"`` for the embedded model organism, else a Hub id or local folder.
+        revision: exact revision of a Hub model.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: torch device (``"cpu"``, ``"cuda"``); ``"auto"`` uses ``device_map="auto"``.
+        system_prompt: optional system message before every prompt.
+    """
+
+    name_or_path: str = "organism"
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    system_prompt: str | None = None
+
+
+@dataclass
+class EvalSetSpec:
+    """A held-out evaluation set: ``source`` is a prompt-set name, ``organism:<category or topic>`` or a file."""
+
+    name: str
+    source: str
+    role: Literal["target", "harmful", "benign", "other"]
+
+
+@dataclass
+class PromptsSpec:
+    """Where the prompts come from and how they are split.
+
+    Attributes:
+        refusal: sources of prompts expected to be refused (the refusal side of the direction, after judging).
+        compliance: sources of prompts expected to be answered (the compliance side).
+        evaluation: held-out sets with their roles (selection and the final before/after report).
+        neutral: source of neutral prompts for the KL divergence (held-out part).
+        held_out_fraction: share of each shared/user set kept for evaluation (organism sets have their own split).
+        split_seed: seed of the deterministic split.
+        max_train_per_set: cap on training prompts per source (``None``: all).
+        max_eval_per_set: cap on held-out prompts per set (``None``: all).
+        language: keep only prompts of this language in sets that mix (deccp): ``"en"``, ``"zh"`` or ``None``.
+    """
+
+    refusal: list[str] = field(default_factory=list)
+    compliance: list[str] = field(default_factory=list)
+    evaluation: list[EvalSetSpec] = field(default_factory=list)
+    neutral: str | None = None
+    held_out_fraction: float = 0.2
+    split_seed: int = 0
+    max_train_per_set: int | None = None
+    max_eval_per_set: int | None = None
+    language: Literal["en", "zh"] | None = "en"
+
+
+@dataclass
+class JudgeSpec:
+    """The refusal judge.
+
+    Attributes:
+        kind: ``"pattern"`` (keyword baseline), ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or
+            ``"transformers"`` (LLM judge run locally).
+        model: judge model name (openai) or Hub id / folder (transformers).
+        base_url: endpoint for ``openai`` (default from ``STEERING_JUDGE_BASE_URL`` / ``OPENAI_BASE_URL``).
+        api_key_env: environment variable holding the API key.
+        max_concurrency: parallel requests (openai).
+        extra_refusal_patterns: phrases added to the pattern judge's defaults.
+    """
+
+    kind: Literal["pattern", "openai", "transformers"] = "pattern"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "STEERING_JUDGE_API_KEY"
+    max_concurrency: int = 4
+    extra_refusal_patterns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SamplingSpec:
+    """Answer sampling for judging (authors: K = 5, temperature 1.0)."""
+
+    k: int = 5
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class EstimatorSpec:
+    """Direction estimation.
+
+    Attributes:
+        method: ``"md"``, ``"rmd"`` or ``"wrmd"``.
+        ridge_lambda: λ (absolute, or relative to trace(Σ)/d when ``lambda_mode="relative"``).
+        lambda_mode: ``"absolute"`` or ``"relative"``.
+        position: ``"last"`` prompt token or ``"mean"`` over prompt tokens.
+        layers: candidate layers (``None``: all blocks).
+    """
+
+    method: Literal["md", "rmd", "wrmd"] = "rmd"
+    ridge_lambda: float = 0.1
+    lambda_mode: Literal["absolute", "relative"] = "relative"
+    position: Literal["last", "mean"] = "last"
+    layers: list[int] | None = None
+
+
+@dataclass
+class SelectionSpec:
+    """The layer / α sweep and its objective (see :mod:`steering_adapter.selection`)."""
+
+    goal: Literal["remove", "induce"] = "remove"
+    layer_counts: list[int] = field(default_factory=lambda: [1, 2, 4])
+    alphas: list[float] = field(default_factory=lambda: [-1.0, -2.0, -4.0])
+    delta: float = 5.0
+    kl_budget: float | None = 0.5
+    min_relevance: float | None = None
+    max_prompts_per_set: int | None = None
+
+
+@dataclass
+class OutputSpec:
+    """Where the run writes (records, adapter, report, plots)."""
+
+    dir: str = "runs/recipe"
+    adapter_name: str | None = None
+
+
+@dataclass
+class Recipe:
+    """A complete steering run."""
+
+    name: str
+    description: str = ""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    prompts: PromptsSpec = field(default_factory=PromptsSpec)
+    judge: JudgeSpec = field(default_factory=JudgeSpec)
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    estimator: EstimatorSpec = field(default_factory=EstimatorSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    relevance: bool = True
+
+    def validate(self) -> None:
+        """Checks across fields (types are checked when parsing)."""
+        if not self.prompts.refusal or not self.prompts.compliance:
+            raise RecipeError("recipe.prompts: both 'refusal' and 'compliance' need at least one source")
+        if not any(spec.role == "target" for spec in self.prompts.evaluation):
+            raise RecipeError("recipe.prompts.evaluation: at least one set needs role 'target'")
+        names = [spec.name for spec in self.prompts.evaluation]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"recipe.prompts.evaluation: set names must be unique, got {names}")
+        if not 0 < self.prompts.held_out_fraction < 1:
+            raise RecipeError("recipe.prompts.held_out_fraction: must be between 0 and 1")
+        if self.sampling.k < 1 or self.sampling.max_new_tokens < 1:
+            raise RecipeError("recipe.sampling: k and max_new_tokens must be >= 1")
+        if self.estimator.ridge_lambda <= 0:
+            raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
+        if not self.selection.alphas or not self.selection.layer_counts:
+            raise RecipeError("recipe.selection: alphas and layer_counts must not be empty")
+        if any(n < 1 for n in self.selection.layer_counts):
+            raise RecipeError("recipe.selection.layer_counts: every count must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, path)
+            except RecipeError as exc:
+                errors.append(exc)
+        raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise RecipeError(f"{path}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"{path}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, spec in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{path}.{name}")
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{path}: missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: Any) -> Recipe:
+    """Build and validate a :class:`Recipe` from parsed YAML.
+
+    Raises:
+        RecipeError: naming the key path of the first problem.
+    """
+    recipe = _build(Recipe, data, "recipe")
+    recipe.validate()
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a recipe YAML file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecipeError: invalid YAML or schema (the message names the key).
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    return recipe_from_dict(data)
