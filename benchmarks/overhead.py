@@ -119,10 +119,15 @@ def main() -> None:
                 if variant != "base":
                     results[task][f"{variant}/base"] = statistics.median(times[variant]) / base_median
 
-    print(f"model: Llama-shaped hidden={args.hidden} blocks={args.layers}, all blocks steered, "
-          f"{args.threads} threads, {args.repeats} interleaved repeats (median)")
+    print(
+        f"model: Llama-shaped hidden={args.hidden} blocks={args.layers}, all blocks steered, "
+        f"{args.threads} threads, {args.repeats} interleaved repeats (median)"
+    )
     print(f"{'task':<38} {'base (s)':>10} {'adapter/base':>14} {'steering_vectors/base':>22}")
-    labels = {"forward": f"forward batch {args.batch}x{args.seq}", "decode": f"greedy decode b=1, {args.new_tokens} tok"}
+    labels = {
+        "forward": f"forward batch {args.batch}x{args.seq}",
+        "decode": f"greedy decode b=1, {args.new_tokens} tok",
+    }
     for task, row in results.items():
         peer = row.get("steering_vectors/base")
         peer_text = f"{peer:>22.3f}" if peer is not None else f"{'n/a':>22}"

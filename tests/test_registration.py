@@ -86,7 +86,7 @@ def _pyenv_python(version: str) -> str | None:
 def test_enum_member_value_clash_is_an_error():
     import enum
 
-    class Colour(str, enum.Enum):
+    class Colour(str, enum.Enum):  # noqa: UP042  (same shape as PeftType)
         RED = "RED"
 
     with pytest.raises(RuntimeError, match="already has a member with value 'RED'"):
