@@ -13,6 +13,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 VECTOR_PARAM = "steering_vector"
+CONDITION_PARAM = "steering_condition"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
 
@@ -21,9 +22,7 @@ def _local_dir(path: str, subfolder: str | None) -> str:
     return os.path.join(path, subfolder) if subfolder else path
 
 
-def resolve_adapter_file(
-    path_or_repo_id: str, filename: str, subfolder: str | None = None, **kwargs: Any
-) -> str:
+def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | None = None, **kwargs: Any) -> str:
     """Local path of ``filename`` in an adapter folder, downloading it from the Hub when needed.
 
     Raises:
@@ -83,16 +82,33 @@ def validate_vectors(
     blocks_path: str,
     hidden_size: int | None,
     source: str,
+    condition_layer: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Check a saved state dict against the config and return ``{layer: vector}``.
 
     Every configured layer must have exactly one finite vector of shape ``[hidden_size]``; keys for blocks that are
-    not in ``layers`` are an error too (they would be silently ignored otherwise).
+    not in ``layers`` are an error too (they would be silently ignored otherwise). A gated adapter also needs its
+    finite, non-zero condition vector ``...<condition_layer>.steering_condition``.
 
     Raises:
         ValueError: naming the missing / extra key, the bad shape or the non-finite layer.
     """
     vectors: dict[int, torch.Tensor] = {}
+    condition_keys = {k for k in state_dict if k.endswith(f".{CONDITION_PARAM}")}
+    expected_condition = (
+        {f"base_model.model.{blocks_path}.{condition_layer}.{CONDITION_PARAM}"}
+        if condition_layer is not None
+        else set()
+    )
+    if condition_keys != expected_condition:
+        raise ValueError(
+            f"{source}: condition vectors {sorted(condition_keys)} do not match the config "
+            f"(condition_layer={condition_layer}; expected {sorted(expected_condition)})"
+        )
+    for key in expected_condition:
+        condition = state_dict[key]
+        if condition.shape != (hidden_size,) or not torch.isfinite(condition).all() or not torch.any(condition != 0):
+            raise ValueError(f"{source}: condition vector {key!r} must be finite, non-zero, of shape ({hidden_size},)")
     expected = {vector_key(blocks_path, layer): layer for layer in layers}
     vector_keys = {k for k in state_dict if k.endswith(f".{VECTOR_PARAM}")}
     extra = sorted(vector_keys - set(expected))
@@ -111,9 +127,7 @@ def validate_vectors(
                 f"expected ({hidden_size},)"
             )
         if not tensor.is_floating_point():
-            raise ValueError(
-                f"{source}: steering vector for layer {layer} has non-float dtype {tensor.dtype}"
-            )
+            raise ValueError(f"{source}: steering vector for layer {layer} has non-float dtype {tensor.dtype}")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{source}: steering vector for layer {layer} contains NaN or Inf")
         vectors[layer] = tensor

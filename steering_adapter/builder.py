@@ -18,6 +18,7 @@ def adapter_from_vectors(
     config: SteeringConfig | None = None,
     *,
     adapter_name: str = "default",
+    condition: torch.Tensor | None = None,
     **config_fields: Any,
 ) -> PeftModel:
     """Attach a steering adapter made from ``{layer: vector}`` to ``model``.
@@ -29,6 +30,8 @@ def adapter_from_vectors(
         config: a :class:`SteeringConfig`; ``layers`` is taken from ``vectors`` when left empty. Alternatively pass
             its fields as keyword arguments (``scale=-4.0``, ``mode="ablate"``, ``steering_metadata={...}``, ...).
         adapter_name: name of the adapter.
+        condition: the condition vector ``[hidden_size]`` of a condition-gated adapter (``condition_layer`` and
+            ``condition_threshold`` set in the config); required exactly when the config is gated.
 
     Returns:
         The ``PeftModel`` with the adapter attached and active (for a fresh model).
@@ -46,12 +49,19 @@ def adapter_from_vectors(
     elif not config.layers:
         config.layers = sorted(int(layer) for layer in vectors)
         config.validate()
+    if config.gated != (condition is not None):
+        raise ValueError(
+            "a condition vector is required exactly when the config has a condition_layer "
+            f"(condition_layer={config.condition_layer}, condition given: {condition is not None})"
+        )
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, config)
         peft_model = model
     else:
         peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     peft_model.base_model.set_vectors(vectors, adapter_name=adapter_name)
+    if condition is not None:
+        peft_model.base_model.set_condition(condition, adapter_name=adapter_name)
     peft_model.eval()
     return peft_model
 

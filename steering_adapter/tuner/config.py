@@ -54,6 +54,19 @@ class SteeringConfig(PeftConfig):
         init_vectors (`str`, defaults to ``"unset"``):
             Initial value of vectors created before weights are loaded. ``"unset"`` (NaN) makes a vector that was
             never loaded fail loudly at the first forward pass; ``"zeros"`` starts from a no-op, for training.
+        condition_layer (`int`, *optional*):
+            Condition-gated steering (as in Conditional Activation Steering): the block whose output, during prompt
+            processing, decides for each sequence whether this adapter steers it. The projection of that block's
+            output (at ``condition_position``) on the unit condition vector ``c`` (tensor key
+            ``base_model.model.<blocks path>.<condition_layer>.steering_condition``) is compared with
+            ``condition_threshold``; the decision holds for every decoding step of that sequence. Must not be
+            deeper than the first steered block. ``None``: always steer (format v1 default).
+        condition_threshold (`float`, *optional*):
+            Threshold of the gate (required with ``condition_layer``).
+        condition_comparator (`str`, defaults to ``"greater"``):
+            Steer when the projection is ``"greater"`` (or ``"less"``) than the threshold.
+        condition_position (`str`, defaults to ``"last"``):
+            ``"last"`` prompt token or ``"mean"`` over the prompt's tokens (padding excluded).
         steering_metadata (`dict`, *optional*):
             Provenance: method (MD/RMD/WRMD), λ, judge, datasets and sizes, selection metrics, library version,
             creation time. Never affects behaviour.
@@ -75,6 +88,12 @@ class SteeringConfig(PeftConfig):
     num_hidden_layers: int | None = field(default=None, metadata={"help": "number of decoder blocks of the base"})
     blocks_path: str | None = field(default=None, metadata={"help": "explicit path of the decoder-block list"})
     init_vectors: str = field(default="unset", metadata={"help": "'unset' (NaN until loaded) or 'zeros'"})
+    condition_layer: int | None = field(
+        default=None, metadata={"help": "block whose output decides, per sequence, whether to steer (gating)"}
+    )
+    condition_threshold: float | None = field(default=None, metadata={"help": "gate threshold on the projection"})
+    condition_comparator: str = field(default="greater", metadata={"help": "'greater' or 'less' than threshold"})
+    condition_position: str = field(default="last", metadata={"help": "'last' prompt token or 'mean' over it"})
     steering_metadata: dict[str, Any] | None = field(default=None, metadata={"help": "provenance (free form)"})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "steering adapter format version"})
 
@@ -123,6 +142,27 @@ class SteeringConfig(PeftConfig):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"SteeringConfig.{name} must be a positive int, got {value!r}")
+        if self.condition_layer is not None:
+            layer = self.condition_layer
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise ValueError(f"condition_layer must be a non-negative int, got {layer!r}")
+            if self.num_hidden_layers is not None and layer >= self.num_hidden_layers:
+                raise ValueError(
+                    f"unknown condition_layer {layer}: the model has num_hidden_layers={self.num_hidden_layers}"
+                )
+            if self.layers and layer > min(self.layers):
+                raise ValueError(
+                    f"condition_layer {layer} is deeper than the first steered block {min(self.layers)}: the gate "
+                    "must be decided before any steering of the prompt"
+                )
+            threshold = self.condition_threshold
+            if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+                raise ValueError(f"condition_threshold must be a finite number when gated, got {threshold!r}")
+            self.condition_threshold = float(threshold)
+        if self.condition_comparator not in ("greater", "less"):
+            raise ValueError(f"condition_comparator must be 'greater' or 'less', got {self.condition_comparator!r}")
+        if self.condition_position not in ("last", "mean"):
+            raise ValueError(f"condition_position must be 'last' or 'mean', got {self.condition_position!r}")
         if self.init_vectors not in ("unset", "zeros"):
             raise ValueError(f"init_vectors must be 'unset' or 'zeros', got {self.init_vectors!r}")
         if self.format_version > FORMAT_VERSION:
@@ -130,6 +170,16 @@ class SteeringConfig(PeftConfig):
                 f"adapter format_version {self.format_version} is newer than this library supports "
                 f"({FORMAT_VERSION}); upgrade steering-adapter"
             )
+
+    @property
+    def gated(self) -> bool:
+        """Whether this adapter steers only the sequences its condition selects."""
+        return self.condition_layer is not None
+
+    def target_layers(self) -> list[int]:
+        """Blocks that need a wrapper: the steered ones and the condition block."""
+        extra = [self.condition_layer] if self.condition_layer is not None else []
+        return sorted(set(self.layers) | set(extra))
 
     def layer_scale(self, layer: int) -> float:
         """The per-layer multiplier ``s_i`` (1.0 when not given)."""

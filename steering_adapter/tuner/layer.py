@@ -9,9 +9,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .config import SteeringConfig
+from .gate import GateState
 
-# One step of the steering plan applied to a block's output: ("add", delta[d]) or ("ablate", unit[d]).
-PlanStep = tuple[str, torch.Tensor]
+# One step of the steering plan applied to a block's output: ("add", delta[d], gate) or ("ablate", unit[d], gate),
+# where gate is the GateState of a condition-gated adapter (steer only the sequences it selects) or None.
+PlanStep = tuple[str, torch.Tensor, "GateState | None"]
 
 
 def _first_parameter(module: nn.Module) -> torch.Tensor | None:
@@ -44,12 +46,17 @@ def join_block_output(hidden: torch.Tensor, rest: Any) -> Any:
 
 
 def apply_plan(hidden: torch.Tensor, plan: list[PlanStep]) -> torch.Tensor:
-    """Apply steering steps to hidden states ``[..., d]`` in order."""
-    for op, tensor in plan:
+    """Apply steering steps to hidden states ``[batch, seq, d]`` in order (gated steps only on selected rows)."""
+    for op, tensor, gate in plan:
         if op == "add":
-            hidden = hidden + tensor
+            steered = hidden + tensor
         else:  # ablate: h - (h . u) u
-            hidden = hidden - torch.matmul(hidden, tensor).unsqueeze(-1) * tensor
+            steered = hidden - torch.matmul(hidden, tensor).unsqueeze(-1) * tensor
+        if gate is None:
+            hidden = steered
+        else:
+            selected = gate.current(hidden.shape[0]).to(hidden.device).view(-1, *([1] * (hidden.ndim - 1)))
+            hidden = torch.where(selected, steered, hidden)
     return hidden
 
 
@@ -71,48 +78,81 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         config: the adapter's :class:`SteeringConfig`.
     """
 
-    adapter_layer_names = ("steering_vector",)
-    other_param_names = ("steering_mode", "steering_factor")
+    adapter_layer_names = ("steering_vector", "steering_condition")
+    other_param_names = ("steering_mode", "steering_factor", "steering_gate", "steering_gate_rule")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, layer_index: int, config: SteeringConfig) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        layer_index: int,
+        config: SteeringConfig,
+        gate: GateState | None = None,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.layer_index = layer_index
         self.steering_vector = nn.ParameterDict({})
         self.steering_mode: dict[str, str] = {}
         self.steering_factor: dict[str, float] = {}
+        # condition-gated adapters: condition vector (on the condition block), shared gate, (threshold, comparator,
+        # position) rule
+        self.steering_condition = nn.ParameterDict({})
+        self.steering_gate: dict[str, GateState] = {}
+        self.steering_gate_rule: dict[str, tuple[float, str, str]] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
         self._plan_key: tuple | None = None
         self._plan: list[PlanStep] = []
         self._hook_handle = base_layer.register_forward_hook(self._steer_output, prepend=True)
-        self.update_layer(adapter_name, config)
+        self.update_layer(adapter_name, config, gate)
 
     # ----------------------------------------------------------------------------------------------- adapters
-    def update_layer(self, adapter_name: str, config: SteeringConfig, vector: torch.Tensor | None = None) -> None:
-        """Create (or reset) the vector of ``adapter_name`` on this block.
+    def update_layer(
+        self,
+        adapter_name: str,
+        config: SteeringConfig,
+        gate: GateState | None = None,
+        vector: torch.Tensor | None = None,
+    ) -> None:
+        """Create (or reset) what ``adapter_name`` keeps on this block.
 
         Args:
             adapter_name: adapter name.
-            config: its configuration (mode, scale, layer scale, hidden size, initial value).
+            config: its configuration (mode, scale, layer scale, hidden size, initial value, condition).
+            gate: the adapter's shared :class:`GateState` when it is condition-gated.
             vector: optional initial vector ``[hidden_size]``; otherwise NaN (``init_vectors="unset"``) or zeros.
         """
+        if self.layer_index in config.layers:
+            self.steering_vector[adapter_name] = self._new_parameter(config, vector)
+            self.steering_mode[adapter_name] = config.mode
+            self.steering_factor[adapter_name] = config.effective_scale(self.layer_index)
+        if config.gated:
+            if gate is None:
+                raise ValueError(f"adapter {adapter_name!r} is condition-gated but no gate state was given")
+            self.steering_gate[adapter_name] = gate
+            if self.layer_index == config.condition_layer:
+                self.steering_condition[adapter_name] = self._new_parameter(config, None)
+                self.steering_gate_rule[adapter_name] = (
+                    float(config.condition_threshold),
+                    config.condition_comparator,
+                    config.condition_position,
+                )
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+        self.invalidate_cache()
+
+    def _new_parameter(self, config: SteeringConfig, vector: torch.Tensor | None) -> nn.Parameter:
         reference = _first_parameter(self.base_layer)
         device = reference.device if reference is not None else None
-        hidden_size = config.hidden_size
         if vector is not None:
             data = vector.detach().to(device=device, dtype=torch.float32).clone()
         else:
-            if hidden_size is None:
+            if config.hidden_size is None:
                 raise ValueError("SteeringConfig.hidden_size must be known before vectors are created")
             fill = float("nan") if config.init_vectors == "unset" else 0.0
-            data = torch.full((hidden_size,), fill, dtype=torch.float32, device=device)
-        self.steering_vector[adapter_name] = nn.Parameter(data, requires_grad=False)
-        self.steering_mode[adapter_name] = config.mode
-        self.steering_factor[adapter_name] = config.effective_scale(self.layer_index)
-        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
-        self.invalidate_cache()
+            data = torch.full((config.hidden_size,), fill, dtype=torch.float32, device=device)
+        return nn.Parameter(data, requires_grad=False)
 
     def set_factor(self, adapter_name: str, factor: float) -> None:
         """Set ``scale * s_i`` for one adapter on this block."""
@@ -124,6 +164,9 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         self.invalidate_cache()
 
     def delete_adapter(self, adapter_name: str) -> None:
+        gate = self.steering_gate.get(adapter_name)
+        if gate is not None:
+            gate.detach()
         super().delete_adapter(adapter_name)
         self.invalidate_cache()
 
@@ -136,17 +179,24 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         # Vectors stay float32 (deltas are cast per dtype when cached); only the device follows the block.
         reference = _first_parameter(self.base_layer)
         target = device if device is not None else (reference.device if reference is not None else None)
-        if target is None or adapter_name not in self.steering_vector:
+        if target is None:
             return
-        parameter = self.steering_vector[adapter_name]
-        if parameter.device != target and parameter.device.type != "meta":
-            self.steering_vector[adapter_name] = nn.Parameter(parameter.data.to(target), parameter.requires_grad)
+        for store in (self.steering_vector, self.steering_condition):
+            parameter = store[adapter_name] if adapter_name in store else None
+            if parameter is not None and parameter.device != target and parameter.device.type != "meta":
+                store[adapter_name] = nn.Parameter(parameter.data.to(target), parameter.requires_grad)
         self.invalidate_cache()
 
     # ---------------------------------------------------------------------------------------------- forward
-    def _active_steps(self) -> list[tuple[str, nn.Parameter, str, float]]:
+    def _active_steps(self) -> list[tuple[str, nn.Parameter, str, float, GateState | None]]:
         return [
-            (name, self.steering_vector[name], self.steering_mode[name], self.steering_factor[name])
+            (
+                name,
+                self.steering_vector[name],
+                self.steering_mode[name],
+                self.steering_factor[name],
+                self.steering_gate.get(name),
+            )
             for name in self.active_adapters
             if name in self.steering_vector
         ]
@@ -154,7 +204,8 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
     def _build_plan(self, steps, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
         plan: list[PlanStep] = []
         pending: torch.Tensor | None = None
-        for name, vector, mode, factor in steps:
+        pending_gate: GateState | None = None
+        for name, vector, mode, factor, gate in steps:
             if not torch.isfinite(vector).all():
                 raise ValueError(
                     f"steering vector of adapter {name!r} for block {self.layer_index} is not finite: it was never "
@@ -162,35 +213,55 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
                 )
             if mode == "add":
                 delta = vector.to(device=device, dtype=torch.float32) * factor
-                pending = delta if pending is None else pending + delta
+                if pending is not None and gate is pending_gate:
+                    pending = pending + delta  # consecutive adds under the same gate fold into one add
+                    continue
+                if pending is not None:
+                    plan.append(("add", pending.to(dtype), pending_gate))
+                pending, pending_gate = delta, gate
                 continue
             if pending is not None:
-                plan.append(("add", pending.to(dtype)))
+                plan.append(("add", pending.to(dtype), pending_gate))
                 pending = None
             norm = torch.linalg.vector_norm(vector)
             if norm == 0:
                 raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {self.layer_index})")
-            plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype)))
+            plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype), gate))
         if pending is not None:
-            plan.append(("add", pending.to(dtype)))
+            plan.append(("add", pending.to(dtype), pending_gate))
         return plan
 
     def steering_plan(self, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
         """The steps applied to this block's output for hidden states of ``dtype`` on ``device`` (cached)."""
         steps = self._active_steps()
-        if torch.is_grad_enabled() and any(vector.requires_grad for _, vector, _, _ in steps):
+        if torch.is_grad_enabled() and any(step[1].requires_grad for step in steps):
             return self._build_plan(steps, dtype, device)  # training: keep the graph, no cache
-        key = (dtype, device, tuple((n, id(v), v._version, m, f) for n, v, m, f in steps))
+        key = (dtype, device, tuple((n, id(v), v._version, m, f, id(g)) for n, v, m, f, g in steps))
         if key != self._plan_key:
             with torch.no_grad(), torch.inference_mode(False):
                 self._plan = self._build_plan(steps, dtype, device)
             self._plan_key = key
         return self._plan
 
+    def _decide_gates(self, hidden: torch.Tensor) -> None:
+        """On the condition block of gated adapters: decide each sequence's gate while a new prompt is processed."""
+        for name in self.active_adapters:
+            if name not in self.steering_condition or not self.steering_gate[name].pending:
+                continue
+            condition = self.steering_condition[name]
+            if not torch.isfinite(condition).all() or not torch.any(condition != 0):
+                raise ValueError(
+                    f"condition vector of adapter {name!r} on block {self.layer_index} is not set: it was never "
+                    "loaded (missing from the adapter file?), holds NaN/Inf or is zero"
+                )
+            self.steering_gate[name].decide(hidden, condition.detach(), *self.steering_gate_rule[name])
+
     def _steer_output(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if self._disable_adapters or not self.steering_vector:
+        if self._disable_adapters or not (self.steering_vector or self.steering_condition):
             return None
         hidden, rest = split_block_output(output)
+        if self.steering_condition:
+            self._decide_gates(hidden)
         plan = self.steering_plan(hidden.dtype, hidden.device)
         if not plan:
             return None
@@ -206,6 +277,8 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         if merge:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
         self._hook_handle.remove()
+        for gate in self.steering_gate.values():
+            gate.detach()
         return self.get_base_layer()
 
     # ------------------------------------------------------------------------------------------------ merge

@@ -15,12 +15,14 @@ from torch import nn
 from ..adapter_files import VECTOR_PARAM, validate_vectors
 from ..blocks import find_decoder_blocks, model_dimensions
 from .config import SteeringConfig
+from .gate import GateState
 from .layer import SteeringLayer
 from .registration import PREFIX
 
 # Runtime attributes set on a config while it is attached (not dataclass fields, so never saved).
 _TARGETS_ATTR = "_steering_targets"
 _BLOCKS_PATH_ATTR = "_steering_blocks_path"
+_GATE_ATTR = "_steering_gate"
 
 
 def check_model_fits(config: SteeringConfig, model: nn.Module) -> tuple[str, int]:
@@ -129,7 +131,12 @@ class SteeringModel(BaseTuner):
     def _prepare_model(self, peft_config: SteeringConfig, model: nn.Module) -> None:
         blocks_path, _ = check_model_fits(peft_config, model)
         setattr(peft_config, _BLOCKS_PATH_ATTR, blocks_path)
-        setattr(peft_config, _TARGETS_ATTR, {f"{blocks_path}.{layer}": layer for layer in peft_config.layers})
+        targets = {f"{blocks_path}.{layer}": layer for layer in peft_config.target_layers()}
+        setattr(peft_config, _TARGETS_ATTR, targets)
+        if peft_config.gated and getattr(peft_config, _GATE_ATTR, None) is None:
+            gate = GateState()
+            gate.attach(model)
+            setattr(peft_config, _GATE_ATTR, gate)
         # A regex over exactly these block names, for PEFT code that reads ``target_modules``.
         peft_config.target_modules = "|".join(re.escape(name) for name in getattr(peft_config, _TARGETS_ATTR))
 
@@ -148,10 +155,11 @@ class SteeringModel(BaseTuner):
         parameter_name: str | None = None,
     ) -> None:
         layer_index = getattr(peft_config, _TARGETS_ATTR)[current_key]
+        gate = getattr(peft_config, _GATE_ATTR, None)
         if isinstance(target, SteeringLayer):
-            target.update_layer(adapter_name, peft_config)
+            target.update_layer(adapter_name, peft_config, gate)
             return
-        new_module = SteeringLayer(target, adapter_name, layer_index, peft_config)
+        new_module = SteeringLayer(target, adapter_name, layer_index, peft_config, gate)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -180,6 +188,7 @@ class SteeringModel(BaseTuner):
             blocks_path,
             config.hidden_size,
             source=f"steering adapter {adapter_name!r}",
+            condition_layer=config.condition_layer,
         )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
@@ -226,6 +235,33 @@ class SteeringModel(BaseTuner):
                 layer.steering_vector[adapter_name].copy_(vector.to(torch.float32))
             layer.invalidate_cache()
 
+    def set_condition(self, condition: torch.Tensor, adapter_name: str = "default") -> None:
+        """Set the condition vector ``[hidden_size]`` of a condition-gated adapter.
+
+        Raises:
+            ValueError: the adapter is not gated, wrong shape, zero, NaN/Inf.
+        """
+        config = self._require_adapter(adapter_name)
+        if not config.gated:
+            raise ValueError(f"adapter {adapter_name!r} has no condition_layer: it is not condition-gated")
+        condition = torch.as_tensor(condition)
+        if condition.shape != (config.hidden_size,):
+            raise ValueError(f"condition vector has shape {tuple(condition.shape)}, expected ({config.hidden_size},)")
+        if not torch.isfinite(condition).all() or not torch.any(condition != 0):
+            raise ValueError("condition vector must be finite and non-zero")
+        for layer in self._steering_layers():
+            if adapter_name in layer.steering_condition:
+                with torch.no_grad():
+                    layer.steering_condition[adapter_name].copy_(condition.to(torch.float32))
+
+    def get_condition(self, adapter_name: str = "default") -> torch.Tensor | None:
+        """The condition vector of a gated adapter (``None`` when it is not gated)."""
+        self._require_adapter(adapter_name)
+        for layer in self._steering_layers():
+            if adapter_name in layer.steering_condition:
+                return layer.steering_condition[adapter_name].detach().float().cpu().clone()
+        return None
+
     def set_scale(self, scale: float, adapter_name: str = "default") -> None:
         """Change the global multiplier α of an attached adapter (kept in its config, so it is saved too)."""
         set_adapter_scale(self, scale, adapter_name)
@@ -249,6 +285,8 @@ class SteeringModel(BaseTuner):
             raise ValueError("scale of the combined adapter must be non-zero")
         configs = [self._require_adapter(name) for name in adapters]
         for name, config in zip(adapters, configs, strict=True):
+            if config.gated:
+                raise ValueError(f"adapter {name!r} is condition-gated; gated adapters cannot be summed into one")
             if config.mode != "add":
                 raise ValueError(f"adapter {name!r} is in {config.mode!r} mode; only 'add' adapters can be combined")
         sizes = {config.hidden_size for config in configs}
@@ -260,7 +298,7 @@ class SteeringModel(BaseTuner):
                 part = vector.double() * (float(weight) * config.effective_scale(layer) / float(scale))
                 combined[layer] = combined[layer] + part if layer in combined else part
         new_config = copy.deepcopy(configs[0])
-        for attr in (_TARGETS_ATTR, _BLOCKS_PATH_ATTR):
+        for attr in (_TARGETS_ATTR, _BLOCKS_PATH_ATTR, _GATE_ATTR):
             if hasattr(new_config, attr):
                 delattr(new_config, attr)
         new_config.layers = sorted(combined)

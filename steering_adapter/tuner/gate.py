@@ -1,0 +1,102 @@
+"""Per-sequence gates of condition-gated steering adapters.
+
+A :class:`GateState` belongs to one gated adapter on one model. A forward pre-hook on the model records the inputs
+of each call and tells a new prompt from the continuation of the previous one (a decoding step with a KV cache, or
+a no-cache step whose ``input_ids`` extend the prompt's). During the prompt's forward pass the condition block
+decides the gate of every sequence in the batch; every later step of those sequences reuses the decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class GateState:
+    """The current per-sequence decision of one gated adapter.
+
+    Attributes:
+        gate: bool ``[batch]`` — steer this sequence — once decided for the current prompt, else ``None``.
+        pending: a new prompt is being processed and the condition block has not decided yet.
+        last_projection: float ``[batch]`` projections that produced ``gate`` (for inspection and tests).
+    """
+
+    def __init__(self) -> None:
+        self.gate: torch.Tensor | None = None
+        self.pending = False
+        self.last_projection: torch.Tensor | None = None
+        self._prompt_ids: torch.Tensor | None = None
+        self._attention_mask: torch.Tensor | None = None
+        self._handle: Any = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def attach(self, model: nn.Module) -> None:
+        """Watch ``model``'s forward calls (idempotent)."""
+        if self._handle is None:
+            self._handle = model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+
+    def detach(self) -> None:
+        """Stop watching the model (on unload / delete)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        past = kwargs.get("past_key_values")
+        past_length = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+        if self.gate is not None and past_length > 0:
+            return  # decoding step with a cache: same sequences
+        if self.gate is not None and self._extends_prompt(input_ids):
+            return  # decoding step without a cache: the prompt plus generated tokens
+        self.gate = None
+        self.pending = True
+        self._prompt_ids = input_ids.detach() if input_ids is not None else None
+        mask = kwargs.get("attention_mask")
+        self._attention_mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+    def _extends_prompt(self, input_ids: torch.Tensor | None) -> bool:
+        prompt = self._prompt_ids
+        if input_ids is None or prompt is None or input_ids.ndim != 2 or input_ids.shape[0] != prompt.shape[0]:
+            return False
+        if input_ids.shape[1] < prompt.shape[1]:
+            return False
+        return bool(torch.equal(input_ids[:, : prompt.shape[1]].to(prompt.device), prompt))
+
+    # ------------------------------------------------------------------------------------------- decision
+    def decide(
+        self, hidden: torch.Tensor, condition: torch.Tensor, threshold: float, comparator: str, position: str
+    ) -> None:
+        """Decide the gate of each sequence from the condition block's output ``hidden`` ``[batch, seq, d]``."""
+        mask = self._attention_mask
+        if mask is None or mask.shape != hidden.shape[:2]:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        mask = mask.to(hidden.device)
+        unit = (condition / torch.linalg.vector_norm(condition)).to(device=hidden.device, dtype=torch.float32)
+        if position == "last":
+            seq = torch.arange(mask.shape[1], device=hidden.device)
+            last = (mask * seq).argmax(dim=1)  # last real token, left or right padding
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+        else:
+            weights = mask.unsqueeze(-1).float()
+            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        projection = pooled @ unit
+        self.last_projection = projection
+        self.gate = projection > threshold if comparator == "greater" else projection < threshold
+        self.pending = False
+
+    def current(self, batch: int) -> torch.Tensor:
+        """The decided gate for a batch of ``batch`` sequences.
+
+        Raises:
+            RuntimeError: no decision yet, or a batch of another size than the prompt's.
+        """
+        if self.gate is None:
+            raise RuntimeError(
+                "gated steering: no gate decided for this forward pass (the condition block did not run)"
+            )
+        if self.gate.shape[0] != batch:
+            raise RuntimeError(f"gated steering: gate decided for {self.gate.shape[0]} sequences, got {batch}")
+        return self.gate

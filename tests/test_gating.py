@@ -1,0 +1,158 @@
+"""Condition-gated steering against a hand-written reference: per-sequence gates decided on the prompt, kept for
+every decoding step, in mixed batches, with and without KV cache, saved and reloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from reference import contract_hooks
+from tiny import tiny_model, tiny_tokenizer
+
+from steering_adapter import SteeringConfig, adapter_from_vectors, save_adapter
+
+PROMPTS = [
+    "What happened in the capital during the protests?",
+    "How do I bake bread at home?",
+    "Describe the political situation in the region honestly.",
+    "Write a short poem about the sea.",
+    "Who is responsible for the crackdown?",
+    "What is the boiling point of water?",
+]
+COND_LAYER = 1
+STEER = [2, 3]
+
+
+def _chat_ids(tokenizer, prompt):
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+def _reference_projection(model, ids, condition):
+    """Output of the condition block at the last prompt token, projected on the unit condition (one prompt)."""
+    captured = {}
+    handle = model.model.layers[COND_LAYER].register_forward_hook(
+        lambda m, a, o: captured.setdefault("h", o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    return float(captured["h"][0, -1] @ (condition / condition.norm()))
+
+
+def _setup(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    vectors = {layer: torch.randn(64, generator=generator) * 4 for layer in STEER}
+    condition = torch.randn(64, generator=generator)
+    tokenizer = tiny_tokenizer()
+    base = tiny_model("llama")
+    projections = [_reference_projection(base, _chat_ids(tokenizer, p), condition) for p in PROMPTS]
+    threshold = float(torch.tensor(projections).median())
+    return vectors, condition, tokenizer, projections, threshold
+
+
+def _reference_generation(tokenizer, prompt, gated_on, vectors, **kwargs):
+    model = tiny_model("llama")
+    ids = _chat_ids(tokenizer, prompt)
+    adapters = [{"vectors": vectors, "scale": 1.0}] if gated_on else []
+    with contract_hooks(model, "model.layers", adapters), torch.no_grad():
+        out = model.generate(ids, **kwargs)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_mixed_batch_generation_matches_per_sequence_reference(use_cache):
+    vectors, condition, tokenizer, projections, threshold = _setup()
+    gates = [p > threshold for p in projections]
+    assert 0 < sum(gates) < len(gates), "the threshold must split the batch"
+    config = SteeringConfig(layers=STEER, scale=1.0, condition_layer=COND_LAYER, condition_threshold=threshold)
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id, use_cache=use_cache)
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in PROMPTS
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, **kwargs)
+    gate = model.base_model.peft_config["default"]._steering_gate
+    assert gate.gate.tolist() == gates
+    torch.testing.assert_close(gate.last_projection, torch.tensor(projections), atol=1e-4, rtol=1e-4)
+    differs = 0
+    for row, prompt in enumerate(PROMPTS):
+        expected = _reference_generation(tokenizer, prompt, gates[row], vectors, **kwargs)
+        plain = _reference_generation(tokenizer, prompt, False, vectors, **kwargs)
+        got = out[row, batch["input_ids"].shape[1] :].tolist()[: len(expected)]
+        assert got == expected, (row, gates[row])
+        differs += expected != plain
+    assert differs > 0, "steering must change some gated continuation"
+
+
+def test_gate_comparator_less_and_mean_position():
+    vectors, condition, tokenizer, projections, threshold = _setup(seed=1)
+    config = SteeringConfig(
+        layers=STEER,
+        condition_layer=COND_LAYER,
+        condition_threshold=0.0,
+        condition_comparator="less",
+        condition_position="mean",
+    )
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    ids = _chat_ids(tokenizer, PROMPTS[0])
+    captured = {}
+    reference = tiny_model("llama")
+    handle = reference.model.layers[COND_LAYER].register_forward_hook(lambda m, a, o: captured.setdefault("h", o))
+    with torch.no_grad():
+        reference(ids)
+        model(input_ids=ids)
+    handle.remove()
+    hidden = captured["h"][0] if isinstance(captured["h"], tuple) else captured["h"]
+    expected = float(hidden[0].mean(0) @ (condition / condition.norm()))
+    gate = model.base_model.peft_config["default"]._steering_gate
+    assert float(gate.last_projection[0]) == pytest.approx(expected, abs=1e-5)
+    assert bool(gate.gate[0]) == (expected < 0.0)
+
+
+def test_gated_adapter_saves_and_reloads(tmp_path):
+    vectors, condition, tokenizer, projections, threshold = _setup()
+    config = SteeringConfig(layers=STEER, scale=1.0, condition_layer=COND_LAYER, condition_threshold=threshold)
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    folder = save_adapter(model, tmp_path / "gated")
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in PROMPTS
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    from safetensors.torch import load_file
+
+    keys = sorted(load_file(f"{folder}/adapter_model.safetensors"))
+    assert keys == [
+        "base_model.model.model.layers.1.steering_condition",
+        "base_model.model.model.layers.2.steering_vector",
+        "base_model.model.model.layers.3.steering_vector",
+    ]
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), folder)
+    plain = tiny_model("llama")
+    plain.load_adapter(folder, adapter_name="g")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected)
+        torch.testing.assert_close(plain(**batch).logits, expected)
+    unloaded = reloaded.unload()
+    assert not unloaded._forward_pre_hooks, "unload must remove the gate's model hook"
+
+
+def test_gating_bad_input():
+    vectors, condition, tokenizer, projections, threshold = _setup()
+    with pytest.raises(ValueError, match="deeper than the first steered block"):
+        SteeringConfig(layers=[1, 2], condition_layer=2, condition_threshold=0.0)
+    with pytest.raises(ValueError, match="condition_threshold must be a finite number"):
+        SteeringConfig(layers=[2], condition_layer=1)
+    config = SteeringConfig(layers=STEER, condition_layer=COND_LAYER, condition_threshold=0.0)
+    with pytest.raises(ValueError, match="condition vector is required"):
+        adapter_from_vectors(tiny_model("llama"), vectors, config)
+    with pytest.raises(ValueError, match="condition vector must be finite and non-zero"):
+        adapter_from_vectors(tiny_model("llama"), vectors, config, condition=torch.zeros(64))
