@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .builder import adapter_from_vectors
+from .conditions import ConditionFit
 from .evaluation import EvalSet, evaluate
 from .judges.base import Judge
 from .records import atomic_write_json
@@ -76,6 +77,7 @@ class SweepPoint:
     feasible: bool = False
     violations: list[str] = field(default_factory=list)
     label: str = ""
+    gated: bool = False
 
 
 @dataclass
@@ -88,6 +90,7 @@ class SweepResult:
     points: list[SweepPoint]
     choice: SweepPoint | None
     ranking: list[int]
+    condition: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +99,8 @@ class SweepResult:
         """The record of the choice stored in the adapter's ``steering_metadata["selection"]``."""
         chosen = None
         if self.choice is not None:
-            chosen = {k: v for k, v in asdict(self.choice).items() if k in ("layers", "alpha", "refusal_pct", "kl")}
+            keep = ("layers", "alpha", "refusal_pct", "kl", "gated")
+            chosen = {k: v for k, v in asdict(self.choice).items() if k in keep}
         return {
             "objective": asdict(self.objective),
             "layer_ranking": self.ranking,
@@ -105,6 +109,7 @@ class SweepResult:
             "chosen": chosen,
             "n_points": len(self.points),
             "n_feasible": sum(point.feasible for point in self.points),
+            "condition": self.condition,
         }
 
 
@@ -166,6 +171,7 @@ def sweep_layers_and_scale(
     kl_prompts: Sequence[str] | None = None,
     relevance: Any | None = None,
     mode: str = "add",
+    condition: ConditionFit | None = None,
     batch_size: int = 8,
     progress: bool = True,
     **sampling: Any,
@@ -187,6 +193,9 @@ def sweep_layers_and_scale(
         kl_prompts: neutral prompts for the KL constraint.
         relevance: optional :class:`~steering_adapter.relevance.RelevanceScorer`.
         mode: adapter mode (``"add"``).
+        condition: a fitted condition (:func:`~steering_adapter.conditions.fit_condition`): every point is then
+            tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
+            condition block), and the choice says which won.
         **sampling: sampling settings for the judged answers.
 
     Returns:
@@ -208,22 +217,39 @@ def sweep_layers_and_scale(
     out = Path(out_dir)
     common = dict(judge=judge, batch_size=batch_size, progress=progress, relevance=relevance, plots=False)
 
+    variants = [False] if condition is None else [False, True]
+    gated_ranking = [layer for layer in ranking if condition is not None and layer >= condition.layer]
+    candidates: list[tuple[str, int, bool, list[int]]] = []
     peft_model = None
-    for n in counts:
-        chosen = {layer: directions[layer] for layer in ranking[:n]}
-        name = f"sweep_top{n}"
-        peft_model = adapter_from_vectors(peft_model or model, chosen, adapter_name=name, scale=1.0, mode=mode)
+    for gated in variants:
+        order = gated_ranking if gated else ranking
+        for n in counts:
+            if n > len(order):
+                continue
+            layers = order[:n]
+            name = f"sweep_top{n}" + ("_gated" if gated else "")
+            extra = condition.config_fields() if gated else {}
+            peft_model = adapter_from_vectors(
+                peft_model or model,
+                {layer: directions[layer] for layer in layers},
+                adapter_name=name,
+                scale=1.0,
+                mode=mode,
+                condition=condition.direction if gated else None,
+                **extra,
+            )
+            candidates.append((name, n, gated, sorted(layers)))
     try:
         base_report = evaluate(
             peft_model, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
         )
         base = {name: row["base"]["refusal_pct"] for name, row in base_report.sets.items()}
         points = []
-        for n in counts:
-            peft_model.base_model.set_adapter(f"sweep_top{n}")
+        for name, n, gated, layers in candidates:
+            peft_model.base_model.set_adapter(name)
             for alpha in alphas:
-                set_adapter_scale(peft_model, alpha, f"sweep_top{n}")
-                label = f"top{n}_alpha{alpha:g}"
+                set_adapter_scale(peft_model, alpha, name)
+                label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
                 report = evaluate(
                     peft_model,
                     tokenizer,
@@ -236,7 +262,7 @@ def sweep_layers_and_scale(
                 )
                 point = SweepPoint(
                     n_layers=n,
-                    layers=sorted(ranking[:n]),
+                    layers=layers,
                     alpha=float(alpha),
                     refusal_pct={name: row["steered"]["refusal_pct"] for name, row in report.sets.items()},
                     relevance={
@@ -246,6 +272,7 @@ def sweep_layers_and_scale(
                     },
                     kl=report.kl["mean_kl"] if report.kl else None,
                     label=label,
+                    gated=gated,
                 )
                 targets = [point.refusal_pct[name] for name, role in roles.items() if role == "target"]
                 point.target_refusal_pct = float(sum(targets) / len(targets))
@@ -254,7 +281,15 @@ def sweep_layers_and_scale(
                 points.append(point)
     finally:
         peft_model.unload()
-    result = SweepResult(objective, base, roles, points, choose(points, objective), ranking)
+    result = SweepResult(
+        objective,
+        base,
+        roles,
+        points,
+        choose(points, objective),
+        ranking,
+        condition=condition.metadata() if condition is not None else None,
+    )
     save_sweep(result, out)
     return result
 
@@ -268,15 +303,16 @@ def save_sweep(result: SweepResult, out_dir: str | os.PathLike) -> None:
     with open(out / "sweep.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["label", "n_layers", "layers", "alpha", "kl", "feasible", "chosen"]
+            ["label", "gated", "n_layers", "layers", "alpha", "kl", "feasible", "chosen"]
             + [f"refusal_pct:{n}" for n in names]
             + ["violations"]
         )
-        writer.writerow(["base", 0, "", 0.0, 0.0, "", ""] + [result.base_refusal_pct[n] for n in names] + [""])
+        writer.writerow(["base", "", 0, "", 0.0, 0.0, "", ""] + [result.base_refusal_pct[n] for n in names] + [""])
         for point in result.points:
             writer.writerow(
                 [
                     point.label,
+                    point.gated,
                     point.n_layers,
                     " ".join(map(str, point.layers)),
                     point.alpha,

@@ -168,3 +168,39 @@ def test_sweep_bad_input(tmp_path):
             tmp_path,
             layer_counts=(2,),
         )
+
+
+def test_sweep_compares_gated_and_ungated(tmp_path):
+    from steering_adapter.conditions import ConditionFit
+
+    tokenizer = tiny_tokenizer()
+    generator = torch.Generator().manual_seed(3)
+    directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
+    condition = ConditionFit(layer=1, direction=torch.randn(64, generator=generator), threshold=0.0)
+    sets = [
+        EvalSet("political", ["What happened in the capital?", "Who is responsible?"], "target"),
+        EvalSet("xstest", ["How do I bake bread at home?"], "benign"),
+    ]
+    result = sweep_layers_and_scale(
+        tiny_model("llama"),
+        tokenizer,
+        directions,
+        [0, 2, 3, 1],
+        sets,
+        LengthJudge(),
+        tmp_path,
+        layer_counts=(1, 2),
+        alphas=(-2.0,),
+        objective=SelectionObjective(delta=100, kl_budget=None),
+        condition=condition,
+        progress=False,
+        k=1,
+        max_new_tokens=4,
+    )
+    labels = [p.label for p in result.points]
+    assert labels == ["top1_alpha-2", "top2_alpha-2", "top1_alpha-2_gated", "top2_alpha-2_gated"]
+    gated = [p for p in result.points if p.gated]
+    assert [p.layers for p in gated] == [[2], [2, 3]]  # only ranked layers at or after the condition block
+    assert result.metadata()["condition"]["layer"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [r["gated"] for r in rows[1:]] == ["False", "False", "True", "True"]

@@ -1,0 +1,173 @@
+"""Condition directions for condition-gated steering (as in Conditional Activation Steering, CAST).
+
+A condition separates the prompts an adapter should steer (``positive``, e.g. political questions) from those it
+must leave alone (``negative``, e.g. harmful and benign ones) by the projection of a block's output on a direction.
+:func:`fit_condition` estimates one direction per candidate block on training prompts (mean difference), then on
+held-out prompts picks the block and the threshold with the best balanced accuracy. The result configures a gated
+adapter (``condition_layer``, ``condition_threshold``, ``steering_condition`` tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .activations import collect_activations
+from .blocks import find_decoder_blocks
+from .estimators import compute_direction
+
+
+@dataclass
+class ConditionFit:
+    """A fitted condition.
+
+    Attributes:
+        layer: the condition block.
+        direction: float32 ``[d]`` condition vector (steer when the projection on its unit vector passes).
+        threshold: the gate threshold on that projection.
+        comparator: ``"greater"`` (positive prompts project higher).
+        position: ``"last"`` or ``"mean"`` (as collected).
+        heldout_balanced_accuracy: balanced accuracy of the gate on the held-out prompts, at ``layer``.
+        heldout_tpr: share of held-out positive prompts the gate selects.
+        heldout_fpr: share of held-out negative prompts the gate selects.
+        per_layer: ``{layer: held-out balanced accuracy}`` for every candidate.
+    """
+
+    layer: int
+    direction: torch.Tensor
+    threshold: float
+    comparator: str = "greater"
+    position: str = "last"
+    heldout_balanced_accuracy: float = float("nan")
+    heldout_tpr: float = float("nan")
+    heldout_fpr: float = float("nan")
+    per_layer: dict[int, float] = field(default_factory=dict)
+
+    def config_fields(self) -> dict[str, Any]:
+        """The :class:`~steering_adapter.SteeringConfig` fields of this condition."""
+        return {
+            "condition_layer": self.layer,
+            "condition_threshold": self.threshold,
+            "condition_comparator": self.comparator,
+            "condition_position": self.position,
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """Provenance for ``steering_metadata["condition"]``."""
+        return {
+            "layer": self.layer,
+            "threshold": self.threshold,
+            "heldout_balanced_accuracy": self.heldout_balanced_accuracy,
+            "heldout_tpr": self.heldout_tpr,
+            "heldout_fpr": self.heldout_fpr,
+            "per_layer_balanced_accuracy": {str(k): v for k, v in self.per_layer.items()},
+        }
+
+
+def best_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """Threshold ``t`` maximising the balanced accuracy of ``projection > t`` (midpoints between sorted values).
+
+    Args:
+        positive: projections ``[n_pos]`` that should pass.
+        negative: projections ``[n_neg]`` that should not.
+
+    Returns:
+        ``(threshold, balanced_accuracy)``; ties go to the threshold with the widest margin.
+    """
+    if len(positive) == 0 or len(negative) == 0:
+        raise ValueError("best_threshold needs positive and negative projections")
+    values = np.unique(np.concatenate([positive, negative]))
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    tpr = (positive[None, :] > candidates[:, None]).mean(1)
+    tnr = (negative[None, :] <= candidates[:, None]).mean(1)
+    balanced = (tpr + tnr) / 2
+    best = balanced.max()
+    ties = np.flatnonzero(np.isclose(balanced, best))
+    everything = np.concatenate([positive, negative])
+    margins = [np.abs(everything - candidates[i]).min() for i in ties]
+    index = ties[int(np.argmax(margins))]
+    return float(candidates[index]), float(best)
+
+
+def fit_condition(
+    model: nn.Module,
+    tokenizer: Any,
+    positive_train: Sequence[str],
+    negative_train: Sequence[str],
+    positive_heldout: Sequence[str],
+    negative_heldout: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    position: str = "last",
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> ConditionFit:
+    """Fit a condition direction per candidate block and choose block and threshold on held-out prompts.
+
+    Args:
+        model: the base model (no adapters active).
+        tokenizer: its tokenizer.
+        positive_train: prompts to steer, for the directions (mean difference positive − negative).
+        negative_train: prompts to leave alone.
+        positive_heldout: held-out prompts to steer, for the block and threshold choice.
+        negative_heldout: held-out prompts to leave alone.
+        layers: candidate condition blocks (default: the first half of the decoder; earlier blocks let the
+            behaviour vectors act on more blocks).
+        position: ``"last"`` prompt token or ``"mean"``.
+
+    Returns:
+        The :class:`ConditionFit` with the best held-out balanced accuracy (ties: the earliest block).
+
+    Raises:
+        ValueError: an empty prompt list.
+    """
+    for name, prompts in (
+        ("positive_train", positive_train),
+        ("negative_train", negative_train),
+        ("positive_heldout", positive_heldout),
+        ("negative_heldout", negative_heldout),
+    ):
+        if not prompts:
+            raise ValueError(f"fit_condition: {name} is empty")
+    if layers is None:
+        layers = list(range(max(1, len(find_decoder_blocks(model)) // 2)))
+    layers = sorted(int(layer) for layer in layers)
+    common = dict(
+        layers=layers,
+        position=position,
+        batch_size=batch_size,
+        keep_activations=True,
+        progress=progress,
+        system_prompt=system_prompt,
+    )
+    train = collect_activations(model, tokenizer, list(positive_train) + list(negative_train), **common)
+    held = collect_activations(model, tokenizer, list(positive_heldout) + list(negative_heldout), **common)
+    n_pos, n_pos_held = len(positive_train), len(positive_heldout)
+    best: ConditionFit | None = None
+    per_layer: dict[int, float] = {}
+    for layer in layers:
+        acts = train.layer_activations(layer).double()
+        direction = compute_direction(acts[:n_pos], acts[n_pos:], method="md")
+        unit = direction.double() / direction.double().norm()
+        projections = (held.layer_activations(layer).double() @ unit).numpy()
+        threshold, accuracy = best_threshold(projections[:n_pos_held], projections[n_pos_held:])
+        per_layer[layer] = accuracy
+        if best is None or accuracy > best.heldout_balanced_accuracy + 1e-12:
+            best = ConditionFit(
+                layer=layer,
+                direction=direction.float(),
+                threshold=threshold,
+                position=position,
+                heldout_balanced_accuracy=accuracy,
+                heldout_tpr=float((projections[:n_pos_held] > threshold).mean()),
+                heldout_fpr=float((projections[n_pos_held:] > threshold).mean()),
+            )
+    assert best is not None
+    best.per_layer = per_layer
+    return best
