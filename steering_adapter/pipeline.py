@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .activations import collect_activations
 from .builder import adapter_from_vectors, save_adapter
+from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_directions
 from .estimators import fit_directions, make_estimator
@@ -247,6 +248,42 @@ def estimate_directions(
     return directions, ranking, provenance
 
 
+def fit_recipe_condition(
+    model: torch.nn.Module, tokenizer: Any, recipe: Recipe, progress: bool, log: Callable[[str], None]
+) -> ConditionFit | None:
+    """The recipe's condition for gated steering (``None`` when ``gating.mode`` is ``"off"``).
+
+    Directions come from the training prompts; block and threshold from the selection half of the held-out prompts.
+    """
+    gating = recipe.gating
+    if gating.mode == "off":
+        return None
+    positive = gating.positive or recipe.prompts.refusal
+
+    def gather(sources: list[str], part: str) -> list[str]:
+        return [p for source in sources for p in resolve_prompts(source, part, recipe)]
+
+    fit = fit_condition(
+        model,
+        tokenizer,
+        gather(positive, "train"),
+        gather(gating.negative, "train"),
+        gather(positive, "selection"),
+        gather(gating.negative, "selection"),
+        layers=gating.layers,
+        position=gating.position,
+        batch_size=recipe.sampling.batch_size,
+        system_prompt=recipe.model.system_prompt,
+        progress=progress,
+    )
+    log(
+        f"[condition] block {fit.layer}, threshold {fit.threshold:.3f}: held-out balanced accuracy "
+        f"{fit.heldout_balanced_accuracy:.3f} (selects {fit.heldout_tpr:.0%} of targets, "
+        f"{fit.heldout_fpr:.0%} of others)"
+    )
+    return fit
+
+
 def _sampling(recipe: Recipe) -> dict[str, Any]:
     s = recipe.sampling
     return {
@@ -281,6 +318,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         relevance = RelevanceScorer()
 
     directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log)
+    condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
 
     sel = recipe.selection
     kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
@@ -301,6 +339,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         objective=objective,
         kl_prompts=kl_selection,
         relevance=relevance,
+        condition=condition,
+        include_ungated=recipe.gating.mode != "on",
         batch_size=recipe.sampling.batch_size,
         progress=progress,
         **_sampling(recipe),
@@ -311,7 +351,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
             "(relax selection.delta / kl_budget or widen alphas)"
         )
     choice = sweep.choice
-    log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}")
+    log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}" + (", gated" if choice.gated else ""))
 
     metadata = {
         **provenance,
@@ -323,11 +363,16 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "recipe": recipe.name,
     }
+    gate_fields: dict[str, Any] = {}
+    if choice.gated:
+        gate_fields = {"condition": condition.direction, **condition.config_fields()}
+        metadata["condition"] = condition.metadata()
     peft_model = adapter_from_vectors(
         model,
         {layer: directions[layer] for layer in choice.layers},
         scale=choice.alpha,
         steering_metadata=metadata,
+        **gate_fields,
     )
     config = peft_model.peft_config["default"]
     if recipe.model.name_or_path == ORGANISM:
@@ -355,6 +400,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "adapter": str(adapter_dir),
         "layers": choice.layers,
         "alpha": choice.alpha,
+        "gated": choice.gated,
         "report": report.to_dict(),
         "seconds": round(time.time() - started, 1),
     }

@@ -144,6 +144,26 @@ class SelectionSpec:
 
 
 @dataclass
+class GatingSpec:
+    """Condition-gated steering (see :mod:`steering_adapter.conditions`).
+
+    Attributes:
+        mode: ``"off"`` (plain steering), ``"compare"`` (the sweep tries ungated and gated variants and keeps the
+            best by the objective) or ``"on"`` (gated variants only).
+        positive: sources of prompts the adapter should steer (default: ``prompts.refusal``).
+        negative: sources of prompts it must leave alone (e.g. harmful and benign sets).
+        layers: candidate condition blocks (default: the first half of the decoder).
+        position: ``"last"`` prompt token or ``"mean"`` over the prompt.
+    """
+
+    mode: Literal["off", "compare", "on"] = "off"
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+    layers: list[int] | None = None
+    position: Literal["last", "mean"] = "last"
+
+
+@dataclass
 class OutputSpec:
     """Where the run writes (records, adapter, report, plots)."""
 
@@ -163,6 +183,7 @@ class Recipe:
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     estimator: EstimatorSpec = field(default_factory=EstimatorSpec)
     selection: SelectionSpec = field(default_factory=SelectionSpec)
+    gating: GatingSpec = field(default_factory=GatingSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     relevance: bool = True
 
@@ -183,6 +204,8 @@ class Recipe:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
         if not self.selection.alphas or not self.selection.layer_counts:
             raise RecipeError("recipe.selection: alphas and layer_counts must not be empty")
+        if self.gating.mode != "off" and not self.gating.negative:
+            raise RecipeError("recipe.gating.negative: gated steering needs prompts it must leave alone")
         if any(n < 1 for n in self.selection.layer_counts):
             raise RecipeError("recipe.selection.layer_counts: every count must be >= 1")
 

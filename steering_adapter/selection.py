@@ -172,6 +172,7 @@ def sweep_layers_and_scale(
     relevance: Any | None = None,
     mode: str = "add",
     condition: ConditionFit | None = None,
+    include_ungated: bool = True,
     batch_size: int = 8,
     progress: bool = True,
     **sampling: Any,
@@ -196,6 +197,7 @@ def sweep_layers_and_scale(
         condition: a fitted condition (:func:`~steering_adapter.conditions.fit_condition`): every point is then
             tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
             condition block), and the choice says which won.
+        include_ungated: with a condition, also try ungated variants (``False``: gated only).
         **sampling: sampling settings for the judged answers.
 
     Returns:
@@ -217,7 +219,7 @@ def sweep_layers_and_scale(
     out = Path(out_dir)
     common = dict(judge=judge, batch_size=batch_size, progress=progress, relevance=relevance, plots=False)
 
-    variants = [False] if condition is None else [False, True]
+    variants = [False] if condition is None else ([False, True] if include_ungated else [True])
     gated_ranking = [layer for layer in ranking if condition is not None and layer >= condition.layer]
     candidates: list[tuple[str, int, bool, list[int]]] = []
     peft_model = None
