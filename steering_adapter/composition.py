@@ -1,0 +1,225 @@
+"""Composing steering adapters: declared order and weights, saved and loaded as one unit, with interference control.
+
+A composition folder holds its parts and a ``steering_composition.json`` that declares them::
+
+    steering_composition.json   {"format": "steering-composition", "version": 1, "order": "ablate_first",
+                                 "parts": [{"name": "no_political", "path": "parts/no_political", "weight": 1.0},
+                                           {"name": "no_cooking", "path": "parts/no_cooking", "weight": 1.0}],
+                                 "orthogonalize": [{"part": "no_cooking", "against": "no_political"}]}
+    parts/<name>/               ordinary steering adapters (each loads alone with load_adapter / PeftModel too)
+
+Loading attaches every part under its name, multiplies its scale by its weight, orthogonalises the declared vectors
+(per shared layer, ``v ← v − (v·û)û``) and activates the parts in order: ``"declared"`` keeps the list order,
+``"ablate_first"`` (default) moves ``ablate`` parts before ``add`` parts, keeping the declared order within each
+group. Gated parts keep their own condition.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME
+from .records import atomic_write_json
+from .tuner.layer import SteeringLayer
+from .tuner.model import set_adapter_scale
+
+COMPOSITION_FILE = "steering_composition.json"
+ORDERS = ("ablate_first", "declared")
+
+
+@dataclass
+class CompositionPart:
+    """One adapter of a composition: its name once attached, where it lives, and its weight."""
+
+    name: str
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class Composition:
+    """A declared composition (the content of ``steering_composition.json``)."""
+
+    parts: list[CompositionPart]
+    order: str = "ablate_first"
+    orthogonalize: list[dict[str, str]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not self.parts:
+            raise ValueError("a composition needs at least one part")
+        names = [part.name for part in self.parts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"composition part names must be unique, got {names}")
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown composition order {self.order!r}; expected one of {ORDERS}")
+        for rule in self.orthogonalize:
+            if set(rule) != {"part", "against"} or not {rule["part"], rule["against"]} <= set(names):
+                raise ValueError(f"orthogonalize rule {rule} must name two parts of {names} as 'part' and 'against'")
+            if rule["part"] == rule["against"]:
+                raise ValueError(f"orthogonalize rule {rule}: a part cannot be orthogonalised against itself")
+
+
+def resolved_order(parts: Sequence[CompositionPart], modes: dict[str, str], order: str) -> list[str]:
+    """Activation order of the parts: declared, or ``ablate`` parts first (stable within each group)."""
+    names = [part.name for part in parts]
+    if order == "declared":
+        return names
+    return [n for n in names if modes[n] == "ablate"] + [n for n in names if modes[n] != "ablate"]
+
+
+def save_composition(
+    directory: str | os.PathLike,
+    parts: Sequence[tuple[str, str | os.PathLike, float]],
+    *,
+    order: str = "ablate_first",
+    orthogonalize: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write a composition folder that contains copies of its parts.
+
+    Args:
+        directory: the folder to create.
+        parts: ``(name, adapter folder, weight)`` in declared order.
+        order: ``"ablate_first"`` or ``"declared"``.
+        orthogonalize: ``(part, against)`` pairs: ``part``'s vectors lose their component along ``against``'s.
+
+    Returns:
+        The folder.
+    """
+    composition = Composition(
+        parts=[CompositionPart(name, f"parts/{name}", float(weight)) for name, _, weight in parts],
+        order=order,
+        orthogonalize=[{"part": p, "against": a} for p, a in orthogonalize],
+    )
+    composition.validate()
+    directory = Path(directory)
+    for name, source, _ in parts:
+        target = directory / "parts" / name
+        target.mkdir(parents=True, exist_ok=True)
+        for filename in (CONFIG_NAME, WEIGHTS_NAME, "README.md"):
+            if (Path(source) / filename).is_file():
+                shutil.copyfile(Path(source) / filename, target / filename)
+        if not (target / WEIGHTS_NAME).is_file():
+            raise ValueError(f"part {name!r}: {source} is not a steering adapter folder ({WEIGHTS_NAME} missing)")
+    atomic_write_json(
+        directory / COMPOSITION_FILE, {"format": "steering-composition", "version": 1, **asdict(composition)}
+    )
+    return directory
+
+
+def read_composition(directory: str | os.PathLike) -> Composition:
+    """Parse and validate ``steering_composition.json``."""
+    path = Path(directory) / COMPOSITION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {COMPOSITION_FILE}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != "steering-composition" or data.get("version") != 1:
+        raise ValueError(f"{path}: not a version-1 steering composition")
+    composition = Composition(
+        parts=[CompositionPart(**part) for part in data["parts"]],
+        order=data.get("order", "ablate_first"),
+        orthogonalize=list(data.get("orthogonalize", [])),
+    )
+    composition.validate()
+    return composition
+
+
+def _layers_with(model: nn.Module, name: str) -> list[SteeringLayer]:
+    return [m for m in model.modules() if isinstance(m, SteeringLayer) and name in m.steering_vector]
+
+
+def vectors_of(model: nn.Module, name: str) -> dict[int, torch.Tensor]:
+    """``{layer: vector}`` of an attached adapter (any loading flow)."""
+    return {m.layer_index: m.steering_vector[name].detach().float().cpu().clone() for m in _layers_with(model, name)}
+
+
+def orthogonalize_adapter(model: nn.Module, part: str, against: str) -> dict[int, float]:
+    """Remove from ``part``'s vector on each shared layer its component along ``against``'s vector.
+
+    Returns:
+        ``{layer: cosine before}`` for the shared layers.
+    """
+    reference = vectors_of(model, against)
+    cosines = {}
+    for module in _layers_with(model, part):
+        if module.layer_index not in reference:
+            continue
+        unit = reference[module.layer_index].double()
+        unit = unit / unit.norm()
+        vector = module.steering_vector[part].detach().double().cpu()
+        cosines[module.layer_index] = float(vector @ unit / vector.norm())
+        with torch.no_grad():
+            module.steering_vector[part].copy_((vector - (vector @ unit) * unit).float())
+        module.invalidate_cache()
+    return cosines
+
+
+def interference(model: nn.Module, names: Sequence[str]) -> dict[str, dict[int, float]]:
+    """Per-layer cosine between the vectors of every pair of attached adapters (``"a|b" -> {layer: cos}``)."""
+    vectors = {name: vectors_of(model, name) for name in names}
+    report = {}
+    for a, b in itertools.combinations(names, 2):
+        shared = sorted(set(vectors[a]) & set(vectors[b]))
+        report[f"{a}|{b}"] = {
+            layer: float(torch.nn.functional.cosine_similarity(vectors[a][layer], vectors[b][layer], dim=0))
+            for layer in shared
+        }
+    return report
+
+
+def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str, Any]:
+    """Attach a composition and activate it, through transformers or PEFT.
+
+    Args:
+        model: a transformers causal LM (each part goes through ``model.load_adapter``), or a ``PeftModel``
+            (each part missing from it goes through ``PeftModel.load_adapter``; activation through
+            ``base_model.set_adapter``).
+        directory: a folder written by :func:`save_composition`.
+
+    Returns:
+        ``{"order", "modes", "weights", "interference_before", "orthogonalized", "interference_after"}``.
+    """
+    from peft import PeftModel
+
+    directory = Path(directory)
+    composition = read_composition(directory)
+    modes = {}
+    for part in composition.parts:
+        folder = str(directory / part.path)
+        if isinstance(model, PeftModel):
+            if part.name not in model.peft_config:
+                model.load_adapter(folder, adapter_name=part.name)
+        else:
+            model.load_adapter(folder, adapter_name=part.name)
+        config = model.peft_config[part.name]
+        modes[part.name] = config.mode
+        if part.weight != 1.0:
+            set_adapter_scale(model, config.scale * part.weight, part.name)
+    names = [part.name for part in composition.parts]
+    before = interference(model, names)
+    orthogonalized = {
+        f"{rule['part']} against {rule['against']}": orthogonalize_adapter(model, rule["part"], rule["against"])
+        for rule in composition.orthogonalize
+    }
+    order = resolved_order(composition.parts, modes, composition.order)
+    if isinstance(model, PeftModel):
+        model.base_model.set_adapter(order)
+    else:
+        model.set_adapter(order)
+    return {
+        "order": order,
+        "modes": modes,
+        "weights": {part.name: part.weight for part in composition.parts},
+        "interference_before": before,
+        "orthogonalized": orthogonalized,
+        "interference_after": interference(model, names) if orthogonalized else before,
+    }

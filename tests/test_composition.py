@@ -1,0 +1,106 @@
+"""Compositions against the forward-hook reference: declared order, ablate-first, weights, orthogonalisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from architectures import HIDDEN, tiny_model
+from peft import PeftModel
+from reference import contract_hooks
+
+from steering_adapter import adapter_from_vectors, save_adapter
+from steering_adapter.composition import load_composition, read_composition, save_composition
+
+IDS = torch.tensor([[5, 17, 42, 9, 33, 70, 3], [8, 8, 120, 64, 1, 2, 99]])
+
+
+def _vec(seed, layers):
+    generator = torch.Generator().manual_seed(seed)
+    return {layer: torch.randn(HIDDEN, generator=generator) for layer in layers}
+
+
+@pytest.fixture
+def parts(tmp_path):
+    specs = {
+        "a": (_vec(1, [1, 2]), {"scale": 2.0}),
+        "b": (_vec(2, [2]), {"mode": "ablate"}),
+        "c": (_vec(3, [2, 3]), {"scale": -1.5}),
+    }
+    folders = {}
+    for name, (vectors, fields) in specs.items():
+        model = adapter_from_vectors(tiny_model("llama"), vectors, **fields)
+        folders[name] = save_adapter(model, tmp_path / name)
+    return specs, folders
+
+
+def _reference(order, specs, weights, overrides=None):
+    model = tiny_model("llama")
+    adapters = []
+    for name in order:
+        vectors, fields = specs[name]
+        vectors = (overrides or {}).get(name, vectors)
+        adapters.append(
+            {"vectors": vectors, "scale": fields.get("scale", 1.0) * weights[name], "mode": fields.get("mode", "add")}
+        )
+    with contract_hooks(model, "model.layers", adapters), torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.mark.parametrize(("order", "expected"), [("ablate_first", ["b", "a", "c"]), ("declared", ["a", "b", "c"])])
+def test_composition_order_and_weights(tmp_path, parts, order, expected):
+    specs, folders = parts
+    weights = {"a": 0.5, "b": 1.0, "c": 2.0}
+    folder = save_composition(tmp_path / "combo", [(n, folders[n], weights[n]) for n in "abc"], order=order)
+    model = tiny_model("llama")
+    info = load_composition(model, folder)
+    assert info["order"] == expected
+    with torch.no_grad():
+        got = model(IDS).logits
+    torch.testing.assert_close(got, _reference(expected, specs, weights), atol=1e-5, rtol=1e-5)
+    # the same unit through PEFT's multi-adapter API
+    peft_model = PeftModel.from_pretrained(tiny_model("llama"), f"{folder}/parts/a", adapter_name="a")
+    assert load_composition(peft_model, folder)["order"] == expected
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(IDS).logits, got, atol=1e-5, rtol=1e-5)
+
+
+def test_orthogonalisation_and_interference(tmp_path, parts):
+    specs, folders = parts
+    folder = save_composition(
+        tmp_path / "combo", [(n, folders[n], 1.0) for n in "ac"], order="declared", orthogonalize=[("c", "a")]
+    )
+    model = tiny_model("llama")
+    info = load_composition(model, folder)
+    a, c = specs["a"][0], specs["c"][0]
+    cos = float(np.dot(a[2], c[2]) / np.linalg.norm(a[2]) / np.linalg.norm(c[2]))
+    assert info["interference_before"]["a|c"] == {2: pytest.approx(cos, abs=1e-6)}
+    assert info["interference_after"]["a|c"][2] == pytest.approx(0.0, abs=1e-6)
+    unit = a[2].double().numpy() / np.linalg.norm(a[2].double().numpy())
+    c2 = c[2].double().numpy()
+    expected_c = {2: torch.tensor(c2 - (c2 @ unit) * unit, dtype=torch.float32), 3: c[3]}
+    with torch.no_grad():
+        got = model(IDS).logits
+    reference = _reference(["a", "c"], specs, {"a": 1.0, "c": 1.0}, overrides={"c": expected_c})
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_composition_errors(tmp_path, parts):
+    _, folders = parts
+    with pytest.raises(ValueError, match="unique"):
+        save_composition(tmp_path / "x", [("a", folders["a"], 1), ("a", folders["b"], 1)])
+    with pytest.raises(ValueError, match="unknown composition order"):
+        save_composition(tmp_path / "x", [("a", folders["a"], 1)], order="random")
+    with pytest.raises(ValueError, match="must name two parts"):
+        save_composition(tmp_path / "x", [("a", folders["a"], 1)], orthogonalize=[("a", "zzz")])
+    with pytest.raises(ValueError, match="not a steering adapter folder"):
+        save_composition(tmp_path / "x", [("a", tmp_path, 1)])
+    with pytest.raises(FileNotFoundError):
+        read_composition(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "steering_composition.json").write_text(json.dumps({"format": "other", "version": 1, "parts": []}))
+    with pytest.raises(ValueError, match="not a version-1 steering composition"):
+        read_composition(bad)
