@@ -69,12 +69,16 @@ class ConditionFit:
         }
 
 
-def best_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+def best_threshold(
+    positive: np.ndarray, negative: np.ndarray, negative_groups: np.ndarray | None = None
+) -> tuple[float, float]:
     """Threshold ``t`` maximising the balanced accuracy of ``projection > t`` (midpoints between sorted values).
 
     Args:
         positive: projections ``[n_pos]`` that should pass.
         negative: projections ``[n_neg]`` that should not.
+        negative_groups: optional group id ``[n_neg]`` of each negative (e.g. its prompt set): the true-negative
+            rate is then the mean over groups, so a small set the gate must not touch weighs as much as a big one.
 
     Returns:
         ``(threshold, balanced_accuracy)``; ties go to the threshold with the widest margin.
@@ -84,7 +88,12 @@ def best_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, f
     values = np.unique(np.concatenate([positive, negative]))
     candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
     tpr = (positive[None, :] > candidates[:, None]).mean(1)
-    tnr = (negative[None, :] <= candidates[:, None]).mean(1)
+    rejected = negative[None, :] <= candidates[:, None]
+    if negative_groups is None:
+        tnr = rejected.mean(1)
+    else:
+        groups = np.asarray(negative_groups)
+        tnr = np.mean([rejected[:, groups == g].mean(1) for g in np.unique(groups)], axis=0)
     balanced = (tpr + tnr) / 2
     best = balanced.max()
     ties = np.flatnonzero(np.isclose(balanced, best))
@@ -104,6 +113,8 @@ def fit_condition(
     *,
     layers: Sequence[int] | None = None,
     position: str = "last",
+    negative_train_groups: Sequence[int] | None = None,
+    negative_heldout_groups: Sequence[int] | None = None,
     batch_size: int = 8,
     system_prompt: str | None = None,
     progress: bool = True,
@@ -120,6 +131,10 @@ def fit_condition(
         layers: candidate condition blocks (default: the first half of the decoder; earlier blocks let the
             behaviour vectors act on more blocks).
         position: ``"last"`` prompt token or ``"mean"``.
+        negative_train_groups: group id of each negative training prompt (e.g. its source): the negative mean is
+            then the mean of the group means.
+        negative_heldout_groups: group id of each negative held-out prompt: the threshold then maximises the
+            balanced accuracy with the true-negative rate averaged over groups (see :func:`best_threshold`).
 
     Returns:
         The :class:`ConditionFit` with the best held-out balanced accuracy (ties: the earliest block).
@@ -153,10 +168,15 @@ def fit_condition(
     per_layer: dict[int, float] = {}
     for layer in layers:
         acts = train.layer_activations(layer).double()
-        direction = compute_direction(acts[:n_pos], acts[n_pos:], method="md")
+        negatives = acts[n_pos:]
+        if negative_train_groups is not None:
+            groups = torch.as_tensor(list(negative_train_groups))
+            negatives = torch.stack([negatives[groups == g].mean(0) for g in groups.unique()])
+        direction = compute_direction(acts[:n_pos], negatives, method="md")
         unit = direction.double() / direction.double().norm()
         projections = (held.layer_activations(layer).double() @ unit).numpy()
-        threshold, accuracy = best_threshold(projections[:n_pos_held], projections[n_pos_held:])
+        groups = None if negative_heldout_groups is None else np.asarray(list(negative_heldout_groups))
+        threshold, accuracy = best_threshold(projections[:n_pos_held], projections[n_pos_held:], groups)
         per_layer[layer] = accuracy
         if best is None or accuracy > best.heldout_balanced_accuracy + 1e-12:
             best = ConditionFit(

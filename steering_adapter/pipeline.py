@@ -260,18 +260,27 @@ def fit_recipe_condition(
         return None
     positive = gating.positive or recipe.prompts.refusal
 
-    def gather(sources: list[str], part: str) -> list[str]:
-        return [p for source in sources for p in resolve_prompts(source, part, recipe)]
+    def gather(sources: list[str], part: str) -> tuple[list[str], list[int]]:
+        prompts, groups = [], []
+        for group, source in enumerate(sources):
+            found = resolve_prompts(source, part, recipe)
+            prompts += found
+            groups += [group] * len(found)
+        return prompts, groups
 
+    negative_train, train_groups = gather(gating.negative, "train")
+    negative_held, held_groups = gather(gating.negative, "selection")
     fit = fit_condition(
         model,
         tokenizer,
-        gather(positive, "train"),
-        gather(gating.negative, "train"),
-        gather(positive, "selection"),
-        gather(gating.negative, "selection"),
+        gather(positive, "train")[0],
+        negative_train,
+        gather(positive, "selection")[0],
+        negative_held,
         layers=gating.layers,
         position=gating.position,
+        negative_train_groups=train_groups,
+        negative_heldout_groups=held_groups,
         batch_size=recipe.sampling.batch_size,
         system_prompt=recipe.model.system_prompt,
         progress=progress,

@@ -22,6 +22,15 @@ def test_best_threshold_matches_brute_force():
         assert accuracy == pytest.approx(brute, abs=1e-9)
         assert ((pos > threshold).mean() + (neg <= threshold).mean()) / 2 == pytest.approx(accuracy)
     assert best_threshold(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == (1.5, 1.0)
+    # grouped negatives: the true-negative rate is the mean over groups
+    pos, neg = rng.normal(1.0, 1.0, 8), rng.normal(-0.5, 1.0, 12)
+    groups = np.array([0] * 10 + [1] * 2)
+    threshold, accuracy = best_threshold(pos, neg, groups)
+    grid = np.linspace(-6, 6, 24001)
+    brute = max(
+        ((pos > t).mean() + ((neg[groups == 0] <= t).mean() + (neg[groups == 1] <= t).mean()) / 2) / 2 for t in grid
+    )
+    assert accuracy == pytest.approx(brute, abs=1e-9)
     with pytest.raises(ValueError, match="positive and negative"):
         best_threshold(np.array([]), np.array([1.0]))
 
