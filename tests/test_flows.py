@@ -242,6 +242,9 @@ def test_pickle_weights_are_never_read(tmp_path):
     os.replace(os.path.join(folder, "adapter_model.safetensors"), os.path.join(folder, "adapter_model.bin"))
     with pytest.raises(ValueError, match="safetensors only.*adapter_model.bin"):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
+    # transformers 5.23's load_adapter looks for the safetensors file only, and fails without unpickling
+    with pytest.raises(OSError, match="adapter_model.safetensors"):
+        tiny_model("llama").load_adapter(folder)
 
 
 def test_set_vectors_errors():
