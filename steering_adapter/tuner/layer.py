@@ -105,6 +105,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self._plan_key: tuple | None = None
         self._plan: list[PlanStep] = []
+        self._plan_trainable = False
         self._hook_handle = base_layer.register_forward_hook(self._steer_output, prepend=True)
         self.update_layer(adapter_name, config, gate)
 
@@ -174,6 +175,7 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         """Forget the cached deltas (they are rebuilt lazily at the next forward)."""
         self._plan_key = None
         self._plan = []
+        self._plan_trainable = False
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         # Vectors stay float32 (deltas are cast per dtype when cached); only the device follows the block.
@@ -231,16 +233,32 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
             plan.append(("add", pending.to(dtype), pending_gate))
         return plan
 
+    def _plan_is_current(self, dtype: torch.dtype, device: torch.device) -> bool:
+        # Hot path (every block, every decoding step): the cached plan stays valid while the hidden dtype/device are
+        # the same and every vector it was built from is the same Parameter object at the same version (a load or an
+        # in-place edit bumps the version; a replaced Parameter changes the object). Everything else that changes
+        # the plan (active adapters, factors, modes) calls invalidate_cache().
+        key = self._plan_key
+        if key is None or key[0] is not dtype or key[1] != device:
+            return False
+        parameters = self.steering_vector._parameters
+        for name, parameter, version in key[2]:
+            if parameters.get(name) is not parameter or parameter._version != version:
+                return False
+        return True
+
     def steering_plan(self, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
         """The steps applied to this block's output for hidden states of ``dtype`` on ``device`` (cached)."""
+        if self._plan_is_current(dtype, device) and not (torch.is_grad_enabled() and self._plan_trainable):
+            return self._plan
         steps = self._active_steps()
-        if torch.is_grad_enabled() and any(step[1].requires_grad for step in steps):
+        trainable = any(step[1].requires_grad for step in steps)
+        if torch.is_grad_enabled() and trainable:
             return self._build_plan(steps, dtype, device)  # training: keep the graph, no cache
-        key = (dtype, device, tuple((n, id(v), v._version, m, f, id(g)) for n, v, m, f, g in steps))
-        if key != self._plan_key:
-            with torch.no_grad(), torch.inference_mode(False):
-                self._plan = self._build_plan(steps, dtype, device)
-            self._plan_key = key
+        with torch.no_grad(), torch.inference_mode(False):
+            self._plan = self._build_plan(steps, dtype, device)
+        self._plan_key = (dtype, device, tuple((name, vector, vector._version) for name, vector, *_ in steps))
+        self._plan_trainable = trainable
         return self._plan
 
     def _decide_gates(self, hidden: torch.Tensor) -> None:
@@ -257,7 +275,12 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
             self.steering_gate[name].decide(hidden, condition.detach(), *self.steering_gate_rule[name])
 
     def _steer_output(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if self._disable_adapters or not (self.steering_vector or self.steering_condition):
+        if self._disable_adapters:
+            return None
+        if type(output) is torch.Tensor and not self.steering_condition:  # the common case, kept short
+            plan = self.steering_plan(output.dtype, output.device)
+            return apply_plan(output, plan) if plan else None
+        if not (self.steering_vector or self.steering_condition):
             return None
         hidden, rest = split_block_output(output)
         if self.steering_condition:
