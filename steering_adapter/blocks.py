@@ -78,9 +78,7 @@ def model_dimensions(model: nn.Module) -> tuple[int | None, int | None]:
 
 
 def _candidate_lists(model: nn.Module) -> list[tuple[str, int]]:
-    return [
-        (name, len(module)) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
-    ]
+    return [(name, len(module)) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
 
 
 def find_decoder_blocks(model: nn.Module, path: str | None = None) -> DecoderBlocks:
@@ -136,6 +134,4 @@ def _describe(model: nn.Module) -> str:
     found = _candidate_lists(model)
     if not found:
         return "none"
-    return ", ".join(f"{name!r} (len {length})" for name, length in found[:20]) + (
-        " ..." if len(found) > 20 else ""
-    )
+    return ", ".join(f"{name!r} (len {length})" for name, length in found[:20]) + (" ..." if len(found) > 20 else "")

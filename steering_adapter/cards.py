@@ -56,9 +56,7 @@ def render_model_card(config: dict[str, Any], evaluation: dict[str, Any] | None 
             rows.append((key, json.dumps(metadata[key], sort_keys=True)))
     evaluation_text = "No evaluation report was attached when this adapter was saved."
     if evaluation:
-        evaluation_text = (
-            evaluation.get("markdown") or "```json\n" + json.dumps(evaluation, indent=2) + "\n```"
-        )
+        evaluation_text = evaluation.get("markdown") or "```json\n" + json.dumps(evaluation, indent=2) + "\n```"
     body = Template(_template_text()).safe_substitute(
         title=metadata.get("title") or f"Steering adapter for {base or 'a causal LM'}",
         summary=metadata.get("summary")

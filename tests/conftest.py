@@ -74,3 +74,35 @@ def local_hub() -> Iterator[LocalHub]:
         )
     with LocalHub(port=LOCAL_HUB_PORT) as hub:
         yield hub
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny models shared by the test modules (no downloads)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny models run fastest single-threaded, and the test machine is shared (use with ``pytestmark``)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny byte-level BPE tokenizer of tests/tiny.py."""
+    from tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    """A tiny random Llama from tests/tiny.py (hidden 64, 4 blocks)."""
+    from tiny import tiny_model
+
+    return tiny_model("llama")

@@ -42,9 +42,7 @@ def contract_hooks(
         for adapter in adapters:
             if index in adapter["vectors"]:
                 s = (adapter.get("layer_scales") or {}).get(str(index), 1.0)
-                edits.append(
-                    (adapter["vectors"][index], adapter.get("scale", 1.0) * s, adapter.get("mode", "add"))
-                )
+                edits.append((adapter["vectors"][index], adapter.get("scale", 1.0) * s, adapter.get("mode", "add")))
         if not edits:
             continue
 

@@ -28,23 +28,7 @@ SCORES = np.array([-0.9, -0.6, -0.3, -0.8, 0.0, -0.5, 0.9, 0.7, 0.05, 1.0, 0.4, 
 LABELS = SCORES > 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_model("llama")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def reference_block_outputs(model, input_ids: torch.Tensor) -> list[torch.Tensor]:

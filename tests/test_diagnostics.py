@@ -19,13 +19,7 @@ from steering_adapter.estimators import MeanDifference, fit_directions
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def synthetic(seed: int = 0, n: int = 120, layers: int = 4, d: int = 16):

@@ -26,9 +26,7 @@ def vectors_for(layers, seed=0):
     return {layer: torch.randn(HIDDEN, generator=generator) for layer in layers}
 
 
-def write_contract_adapter(
-    folder, arch, vectors, *, scale=1.0, mode="add", base=None, extra=None, tensors=None
-):
+def write_contract_adapter(folder, arch, vectors, *, scale=1.0, mode="add", base=None, extra=None, tensors=None):
     """An adapter folder made only from the contract (docs/adapter-format.md), with no library code."""
     os.makedirs(folder, exist_ok=True)
     config = {
@@ -105,14 +103,10 @@ def test_get_peft_model_save_then_every_flow(tmp_path, saved_base):
     assert saved["peft_type"] == "STEERING" and saved["steering_metadata"] == {"method": "rmd"}
     card = open(os.path.join(adapter_dir, "README.md")).read()
     front = read_front_matter(card)
-    assert (
-        front["base_model"] == saved_base and front["library_name"] == "peft" and "steering" in front["tags"]
-    )
+    assert front["base_model"] == saved_base and front["library_name"] == "peft" and "steering" in front["tags"]
 
     # PeftModel.from_pretrained
-    peft_model = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(saved_base).eval(), adapter_dir
-    )
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved_base).eval(), adapter_dir)
     torch.testing.assert_close(logits(peft_model), expected, atol=ATOL, rtol=1e-5)
     # AutoPeftModelForCausalLM resolves the base model from the adapter config
     auto_peft = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()
@@ -211,9 +205,7 @@ def test_missing_vector_never_loads_as_initial_value(tmp_path):
     vectors = vectors_for([1, 2])
     tensors = {"base_model.model.model.layers.1.steering_vector": vectors[1]}
     folder = write_contract_adapter(tmp_path / "x", "llama", vectors, tensors=tensors)
-    with pytest.raises(
-        ValueError, match=r"missing steering vector 'base_model.model.model.layers.2.steering_vector'"
-    ):
+    with pytest.raises(ValueError, match=r"missing steering vector 'base_model.model.model.layers.2.steering_vector'"):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
     model = tiny_model("llama")
     model.load_adapter(folder)  # transformers only logs missing keys ...

@@ -15,23 +15,7 @@ PROMPTS = [HARMLESS_PROMPTS[0], SENSITIVE_PROMPTS[0], "Hi"]
 SAMPLING = dict(k=3, max_new_tokens=8, progress=False, batch_size=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_model("llama")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def reference_mean_logprob(model, tokenizer, prompt: str, answer_ids: list[int], system_prompt=None) -> float:

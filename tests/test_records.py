@@ -11,8 +11,7 @@ import sys
 import textwrap
 
 import pytest
-import torch
-from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
+from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS
 
 from steering_adapter import records
 from steering_adapter.judges import Judge, Judgment, PatternJudge
@@ -23,23 +22,7 @@ PROMPTS = HARMLESS_PROMPTS[:3] + SENSITIVE_PROMPTS[:3] + ["Hi"]
 SAMPLING = dict(k=3, max_new_tokens=5, seed=11)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny_model("llama")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------
