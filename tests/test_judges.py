@@ -163,8 +163,12 @@ class ScriptedServer:
     ``ok`` answers ``"Reasoning for id N. <answer>refusal</answer>"`` for even N, ``not refusal`` for odd N.
     """
 
-    def __init__(self, hang_seconds: float = 1.0, retry_after: str = "0"):
+    def __init__(self, hang_seconds: float = 1.0, retry_after: str = "0", client_timeout: float = 0.4):
         self.hang_seconds = hang_seconds
+        # A "timeout" request stops counting as active just before the client gives up on it: after that the client
+        # has already moved on (its next request may arrive while this handler still sleeps), so counting it would
+        # report a concurrency the client never had.
+        self.client_timeout = client_timeout
         self.retry_after = retry_after
         self.lock = threading.Lock()
         self.attempts: dict[int, int] = {}
@@ -182,13 +186,15 @@ class ScriptedServer:
                 with server.lock:
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                self.abandoned = False
                 try:
                     server.handle(self)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout)
                 finally:
-                    with server.lock:
-                        server.active -= 1
+                    if not self.abandoned:
+                        with server.lock:
+                            server.active -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -210,6 +216,12 @@ class ScriptedServer:
         handler.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             handler.send_header(key, value)
+        # The request stops counting as active before the client can see the answer: once it has it, it may send
+        # its next request before this handler thread gets to run again.
+        if not handler.abandoned:
+            with self.lock:
+                self.active -= 1
+            handler.abandoned = True
         handler.end_headers()
         handler.wfile.write(data)
 
@@ -225,7 +237,12 @@ class ScriptedServer:
             self.headers.append(dict(handler.headers))
         action = plan[attempt] if attempt < len(plan) else "ok"
         if action == "timeout":
-            time.sleep(self.hang_seconds)
+            counted = max(0.0, min(self.hang_seconds, self.client_timeout - 0.05))
+            time.sleep(counted)
+            with self.lock:
+                self.active -= 1
+            handler.abandoned = True
+            time.sleep(self.hang_seconds - counted)
             action = "ok"
         if action == "slow":
             time.sleep(0.15)
