@@ -92,11 +92,12 @@ def save_adapter(
     save_directory = os.fspath(save_directory)
     if adapter_name not in model.peft_config:
         raise ValueError(f"no adapter named {adapter_name!r}; attached: {sorted(model.peft_config)}")
-    if adapter_name == "default":
-        model.save_pretrained(save_directory, selected_adapters=[adapter_name], safe_serialization=True)
-    else:
-        # PEFT writes non-default adapters to <dir>/<name>/; save through a temporary rename-free path instead.
-        model.save_pretrained(save_directory, selected_adapters=[adapter_name], safe_serialization=True)
+    # Steering adapters never hold embeddings: save_embedding_layers=False also spares PEFT's Hub lookup of the base
+    # model's config.json (no network access when saving).
+    model.save_pretrained(
+        save_directory, selected_adapters=[adapter_name], safe_serialization=True, save_embedding_layers=False
+    )
+    if adapter_name != "default":  # PEFT writes non-default adapters to <dir>/<name>/: flatten
         nested = os.path.join(save_directory, adapter_name)
         for filename in os.listdir(nested):
             os.replace(os.path.join(nested, filename), os.path.join(save_directory, filename))
