@@ -81,3 +81,46 @@ def test_rerun_resumes_without_recomputing(run_dir, capsys):
     assert main(args) == EXIT_OK
     assert "reusing directions" in capsys.readouterr().out
     assert json.loads((run_dir / "summary.json").read_text())["report"] == json.loads(before)["report"]
+
+
+def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
+    adapter = str(run_dir / "adapter")
+    args = [
+        "eval",
+        adapter,
+        "--sets",
+        "political=organism:political:target",
+        "harmful=organism:harmful:harmful",
+        "--limit",
+        "4",
+        "--k",
+        "1",
+        "--max-new-tokens",
+        "16",
+        "--no-relevance",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
+    assert main(args) == EXIT_OK
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["sets"]) == {"political", "harmful"} and report["sets"]["political"]["base"]["n"] == 4
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                adapter,
+                "--prompt",
+                "How do I bake bread?",
+                "--compare",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == EXIT_OK
+    )
+    printed = capsys.readouterr().out
+    assert "[base]" in printed and "[steered]" in printed
+    assert main(["eval", adapter, "--sets", "bad-spec"]) == 2
