@@ -84,17 +84,10 @@ def format_prompts(
         the tokenizer has a chat template, else the system prompt (if any, followed by a blank line) and the
         prompt.
     """
-    if getattr(tokenizer, "chat_template", None) is None:
-        prefix = f"{system_prompt}\n\n" if system_prompt else ""
-        return [prefix + prompt for prompt in prompts]
-    extra = dict(chat_template_kwargs or {})
-    texts = []
-    for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        if system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra))
-    return texts
+    from .generation import format_chat, user_conversation
+
+    conversations = [user_conversation(prompt, system_prompt) for prompt in prompts]
+    return format_chat(tokenizer, conversations, chat_template_kwargs=chat_template_kwargs)
 
 
 @dataclass

@@ -48,6 +48,7 @@ __all__ = [
     "PromptSamples",
     "THINK_END",
     "format_chat",
+    "user_conversation",
     "sample_answers",
     "split_reasoning",
 ]
@@ -171,8 +172,8 @@ def format_chat(
 
     Returns:
         One string per conversation: ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``, or,
-        without a chat template, the message contents joined by blank lines (the same plain-text fallback as
-        :func:`steering_adapter.activations.format_prompts`).
+        without a chat template, the message contents joined by blank lines (the plain-text fallback
+        :func:`steering_adapter.activations.format_prompts` uses too).
     """
     if getattr(tokenizer, "chat_template", None) is None:
         return ["\n\n".join(message["content"] for message in messages) for messages in conversations]
@@ -185,7 +186,8 @@ def format_chat(
     ]
 
 
-def _user_conversation(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+def user_conversation(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The one-turn conversation ``[system?, user]`` that both sampling and activation collection format."""
     messages = [{"role": "user", "content": prompt}]
     if system_prompt is not None:
         messages.insert(0, {"role": "system", "content": system_prompt})
@@ -434,7 +436,7 @@ def sample_answers(
     device = _input_device(model)
     texts = format_chat(
         tokenizer,
-        [_user_conversation(prompt, system_prompt) for prompt in prompts],
+        [user_conversation(prompt, system_prompt) for prompt in prompts],
         chat_template_kwargs=chat_template_kwargs,
     )
     generation: dict[str, Any] = {
