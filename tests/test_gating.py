@@ -156,3 +156,30 @@ def test_gating_bad_input():
         adapter_from_vectors(tiny_model("llama"), vectors, config)
     with pytest.raises(ValueError, match="condition vector must be finite and non-zero"):
         adapter_from_vectors(tiny_model("llama"), vectors, config, condition=torch.zeros(64))
+
+
+def test_subset_of_rows_continued_keeps_their_gates():
+    """A teacher-forced pass over prompt + answer for some rows, in another order, reuses those rows' gates."""
+    vectors, condition, tokenizer, projections, threshold = _setup()
+    config = SteeringConfig(layers=STEER, scale=1.0, condition_layer=COND_LAYER, condition_threshold=threshold)
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in PROMPTS
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gate = model.base_model.peft_config["default"]._steering_gate
+    extra = torch.full((len(PROMPTS), 3), 7)
+    ids = torch.cat([batch["input_ids"], extra], dim=1)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(extra)], dim=1)
+    with torch.no_grad():
+        model(**batch)
+        decided = gate.gate.clone()
+        full = model(input_ids=ids, attention_mask=mask).logits
+        rows = torch.tensor([4, 1, 0])
+        part = model(input_ids=ids[rows], attention_mask=mask[rows]).logits
+    assert torch.equal(gate.gate, decided[rows])
+    torch.testing.assert_close(part, full[rows], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # rows that extend no prompt row: a new prompt, decided afresh
+        model(input_ids=torch.full((2, 5), 9), attention_mask=torch.ones(2, 5, dtype=torch.long))
+    assert gate.gate.shape == (2,)

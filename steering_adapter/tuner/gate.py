@@ -1,9 +1,10 @@
 """Per-sequence gates of condition-gated steering adapters.
 
 A :class:`GateState` belongs to one gated adapter on one model. A forward pre-hook on the model records the inputs
-of each call and tells a new prompt from the continuation of the previous one (a decoding step with a KV cache, or
-a no-cache step whose ``input_ids`` extend the prompt's). During the prompt's forward pass the condition block
-decides the gate of every sequence in the batch; every later step of those sequences reuses the decision.
+of each call and tells a new prompt from the continuation of the previous one: a decoding step with a KV cache, or
+a call whose every row extends one of the prompt's rows (a no-cache decoding step, or a teacher-forced pass over
+prompt + answer for some or all of the rows, in any order). During the prompt's forward pass the condition block
+decides the gate of every sequence in the batch; every later call on those sequences reuses their decisions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class GateState:
     def __init__(self) -> None:
         self.gate: torch.Tensor | None = None
         self.pending = False
+        self._decided: torch.Tensor | None = None  # the gate of the prompt batch, row for row
         self.last_projection: torch.Tensor | None = None
         self._prompt_ids: torch.Tensor | None = None
         self._attention_mask: torch.Tensor | None = None
@@ -49,21 +51,29 @@ class GateState:
         past_length = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         if self.gate is not None and past_length > 0:
             return  # decoding step with a cache: same sequences
-        if self.gate is not None and self._extends_prompt(input_ids):
-            return  # decoding step without a cache: the prompt plus generated tokens
+        rows = self._prompt_rows(input_ids) if self._decided is not None else None
+        if rows is not None:
+            self.gate = self._decided[rows.to(self._decided.device)]  # the same sequences, all or some, continued
+            return
         self.gate = None
+        self._decided = None
         self.pending = True
         self._prompt_ids = input_ids.detach() if input_ids is not None else None
         mask = kwargs.get("attention_mask")
         self._attention_mask = mask.detach() if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
-    def _extends_prompt(self, input_ids: torch.Tensor | None) -> bool:
+    def _prompt_rows(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """For each row of ``input_ids``, the index of the prompt row it extends; ``None`` unless every row does."""
         prompt = self._prompt_ids
-        if input_ids is None or prompt is None or input_ids.ndim != 2 or input_ids.shape[0] != prompt.shape[0]:
-            return False
-        if input_ids.shape[1] < prompt.shape[1]:
-            return False
-        return bool(torch.equal(input_ids[:, : prompt.shape[1]].to(prompt.device), prompt))
+        if input_ids is None or prompt is None or input_ids.ndim != 2 or input_ids.shape[1] < prompt.shape[1]:
+            return None
+        head = input_ids[:, : prompt.shape[1]].to(prompt.device)
+        if head.shape[0] == prompt.shape[0] and torch.equal(head, prompt):
+            return torch.arange(prompt.shape[0], device=prompt.device)
+        matches = (head[:, None, :] == prompt[None, :, :]).all(-1)  # [rows, prompt rows]
+        if not bool(matches.any(-1).all()):
+            return None
+        return matches.to(torch.int8).argmax(-1)
 
     # ------------------------------------------------------------------------------------------- decision
     def decide(
@@ -85,6 +95,7 @@ class GateState:
         projection = pooled @ unit
         self.last_projection = projection
         self.gate = projection > threshold if comparator == "greater" else projection < threshold
+        self._decided = self.gate
         self.pending = False
 
     def current(self, batch: int) -> torch.Tensor:
