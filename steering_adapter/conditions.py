@@ -70,7 +70,10 @@ class ConditionFit:
 
 
 def best_threshold(
-    positive: np.ndarray, negative: np.ndarray, negative_groups: np.ndarray | None = None
+    positive: np.ndarray,
+    negative: np.ndarray,
+    negative_groups: np.ndarray | None = None,
+    max_false_positive_rate: float | None = None,
 ) -> tuple[float, float]:
     """Threshold ``t`` maximising the balanced accuracy of ``projection > t`` (midpoints between sorted values).
 
@@ -79,6 +82,9 @@ def best_threshold(
         negative: projections ``[n_neg]`` that should not.
         negative_groups: optional group id ``[n_neg]`` of each negative (e.g. its prompt set): the true-negative
             rate is then the mean over groups, so a small set the gate must not touch weighs as much as a big one.
+        max_false_positive_rate: when given, only thresholds that let through at most this share of the negatives
+            (in every group) are considered, and among them the one with the best balanced accuracy wins; for gates
+            where a leak onto other prompts costs more than a missed target.
 
     Returns:
         ``(threshold, balanced_accuracy)``; ties go to the threshold with the widest margin.
@@ -95,6 +101,12 @@ def best_threshold(
         groups = np.asarray(negative_groups)
         tnr = np.mean([rejected[:, groups == g].mean(1) for g in np.unique(groups)], axis=0)
     balanced = (tpr + tnr) / 2
+    if max_false_positive_rate is not None:
+        if negative_groups is None:
+            worst_fpr = 1.0 - rejected.mean(1)
+        else:
+            worst_fpr = np.max([1.0 - rejected[:, groups == g].mean(1) for g in np.unique(groups)], axis=0)
+        balanced = np.where(worst_fpr <= max_false_positive_rate + 1e-12, balanced, -np.inf)
     best = balanced.max()
     ties = np.flatnonzero(np.isclose(balanced, best))
     everything = np.concatenate([positive, negative])
@@ -115,6 +127,7 @@ def fit_condition(
     position: str = "last",
     negative_train_groups: Sequence[int] | None = None,
     negative_heldout_groups: Sequence[int] | None = None,
+    max_false_positive_rate: float | None = None,
     batch_size: int = 8,
     system_prompt: str | None = None,
     progress: bool = True,
@@ -135,6 +148,7 @@ def fit_condition(
             then the mean of the group means.
         negative_heldout_groups: group id of each negative held-out prompt: the threshold then maximises the
             balanced accuracy with the true-negative rate averaged over groups (see :func:`best_threshold`).
+        max_false_positive_rate: cap on the share of held-out negatives (per group) the gate may select.
 
     Returns:
         The :class:`ConditionFit` with the best held-out balanced accuracy (ties: the earliest block).
@@ -176,7 +190,9 @@ def fit_condition(
         unit = direction.double() / direction.double().norm()
         projections = (held.layer_activations(layer).double() @ unit).numpy()
         groups = None if negative_heldout_groups is None else np.asarray(list(negative_heldout_groups))
-        threshold, accuracy = best_threshold(projections[:n_pos_held], projections[n_pos_held:], groups)
+        threshold, accuracy = best_threshold(
+            projections[:n_pos_held], projections[n_pos_held:], groups, max_false_positive_rate
+        )
         per_layer[layer] = accuracy
         if best is None or accuracy > best.heldout_balanced_accuracy + 1e-12:
             best = ConditionFit(

@@ -281,6 +281,7 @@ def fit_recipe_condition(
         position=gating.position,
         negative_train_groups=train_groups,
         negative_heldout_groups=held_groups,
+        max_false_positive_rate=gating.max_false_positive_rate,
         batch_size=recipe.sampling.batch_size,
         system_prompt=recipe.model.system_prompt,
         progress=progress,

@@ -154,6 +154,8 @@ class GatingSpec:
         negative: sources of prompts it must leave alone (e.g. harmful and benign sets).
         layers: candidate condition blocks (default: the first half of the decoder).
         position: ``"last"`` prompt token or ``"mean"`` over the prompt.
+        max_false_positive_rate: cap on the share of held-out negative prompts (per source) the gate may select
+            (``None``: best balanced accuracy).
     """
 
     mode: Literal["off", "compare", "on"] = "off"
@@ -161,6 +163,7 @@ class GatingSpec:
     negative: list[str] = field(default_factory=list)
     layers: list[int] | None = None
     position: Literal["last", "mean"] = "last"
+    max_false_positive_rate: float | None = None
 
 
 @dataclass

@@ -31,6 +31,15 @@ def test_best_threshold_matches_brute_force():
         ((pos > t).mean() + ((neg[groups == 0] <= t).mean() + (neg[groups == 1] <= t).mean()) / 2) / 2 for t in grid
     )
     assert accuracy == pytest.approx(brute, abs=1e-9)
+    # a cap on the false-positive rate of every group: no negative may pass
+    threshold, accuracy = best_threshold(pos, neg, groups, max_false_positive_rate=0.0)
+    assert threshold >= neg.max()
+    capped = max(
+        ((pos > t).mean() + ((neg[groups == 0] <= t).mean() + (neg[groups == 1] <= t).mean()) / 2) / 2
+        for t in grid
+        if (neg <= t).all()
+    )
+    assert accuracy == pytest.approx(capped, abs=1e-9)
     with pytest.raises(ValueError, match="positive and negative"):
         best_threshold(np.array([]), np.array([1.0]))
 
