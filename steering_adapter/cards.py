@@ -23,6 +23,23 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _gate_text(config: dict[str, Any], condition: dict[str, Any]) -> str:
+    """One line describing the condition gate of an adapter config (and its held-out rates when recorded)."""
+    text = (
+        f"steers only prompts whose {config.get('condition_position', 'last')} block-{config['condition_layer']} "
+        f"output projects {config.get('condition_comparator', 'greater')} than {config['condition_threshold']:.4g} "
+        "on the condition direction"
+    )
+    if condition.get("method"):
+        text += f" ({condition['method']})"
+    if "heldout_tpr" in condition and "heldout_fpr" in condition:
+        text += (
+            f"; held-out: selects {100 * condition['heldout_tpr']:.1f} % of topic prompts, "
+            f"{100 * condition['heldout_fpr']:.1f} % of others"
+        )
+    return text
+
+
 def render_model_card(config: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
     """Render the model card of an adapter from its ``adapter_config.json`` dict and an optional evaluation report.
 
@@ -45,13 +62,20 @@ def render_model_card(config: dict[str, Any], evaluation: dict[str, Any] | None 
     rows = [
         ("base model", f"`{base}`" + (f" @ `{config['revision']}`" if config.get("revision") else "")),
         ("method", str(metadata.get("method", "unspecified"))),
-        ("ridge λ", str(metadata.get("ridge_lambda", "n/a"))),
+        ("ridge λ", "n/a" if metadata.get("ridge_lambda") is None else str(metadata["ridge_lambda"])),
         ("layers (0-based block outputs)", ", ".join(str(layer) for layer in layers)),
         ("scale α", str(config.get("scale"))),
         ("mode", str(config.get("mode", "add"))),
         ("hidden size / blocks", f"{config.get('hidden_size')} / {config.get('num_hidden_layers')}"),
     ]
-    for key in ("judge", "datasets", "sample_counts"):
+    if config.get("condition_layer") is not None:
+        rows.append(("gate", _gate_text(config, metadata.get("condition") or {})))
+    judge = metadata.get("judge")
+    if isinstance(judge, dict) and judge.get("kind"):
+        rows.append(("judge", " ".join(str(judge[k]) for k in ("kind", "model") if judge.get(k))))
+    elif judge is not None:
+        rows.append(("judge", json.dumps(judge, sort_keys=True)))
+    for key in ("datasets", "sample_counts"):
         if key in metadata:
             rows.append((key, json.dumps(metadata[key], sort_keys=True)))
     evaluation_text = "No evaluation report was attached when this adapter was saved."

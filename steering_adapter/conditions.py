@@ -2,9 +2,10 @@
 
 A condition separates the prompts an adapter should steer (``positive``, e.g. political questions) from those it
 must leave alone (``negative``, e.g. harmful and benign ones) by the projection of a block's output on a direction.
-:func:`fit_condition` estimates one direction per candidate block on training prompts (mean difference), then on
-held-out prompts picks the block and the threshold with the best balanced accuracy. The result configures a gated
-adapter (``condition_layer``, ``condition_threshold``, ``steering_condition`` tensor).
+:func:`fit_condition` estimates one direction per candidate block on training prompts (mean difference, or the
+ridge direction ``(Σ_neg + λI)⁻¹(μ_pos − μ_neg)`` that discounts directions along which the negatives already vary),
+then on held-out prompts picks the block and the threshold with the best balanced accuracy. The result configures a
+gated adapter (``condition_layer``, ``condition_threshold``, ``steering_condition`` tensor).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ConditionFit:
         threshold: the gate threshold on that projection.
         comparator: ``"greater"`` (positive prompts project higher).
         position: ``"last"`` or ``"mean"`` (as collected).
+        method: ``"md"`` or ``"rmd"`` (how the direction was estimated).
+        ridge_lambda: relative ridge ``λ`` of ``"rmd"`` (``λ · trace(Σ_neg) / d``); ``None`` for ``"md"``.
         heldout_balanced_accuracy: balanced accuracy of the gate on the held-out prompts, at ``layer``.
         heldout_tpr: share of held-out positive prompts the gate selects.
         heldout_fpr: share of held-out negative prompts the gate selects.
@@ -43,6 +46,8 @@ class ConditionFit:
     threshold: float
     comparator: str = "greater"
     position: str = "last"
+    method: str = "md"
+    ridge_lambda: float | None = None
     heldout_balanced_accuracy: float = float("nan")
     heldout_tpr: float = float("nan")
     heldout_fpr: float = float("nan")
@@ -62,6 +67,8 @@ class ConditionFit:
         return {
             "layer": self.layer,
             "threshold": self.threshold,
+            "method": self.method,
+            "ridge_lambda": self.ridge_lambda,
             "heldout_balanced_accuracy": self.heldout_balanced_accuracy,
             "heldout_tpr": self.heldout_tpr,
             "heldout_fpr": self.heldout_fpr,
@@ -125,6 +132,8 @@ def fit_condition(
     *,
     layers: Sequence[int] | None = None,
     position: str = "last",
+    method: str = "md",
+    ridge_lambda: float = 1.0,
     negative_train_groups: Sequence[int] | None = None,
     negative_heldout_groups: Sequence[int] | None = None,
     max_false_positive_rate: float | None = None,
@@ -144,8 +153,12 @@ def fit_condition(
         layers: candidate condition blocks (default: the first half of the decoder; earlier blocks let the
             behaviour vectors act on more blocks).
         position: ``"last"`` prompt token or ``"mean"``.
+        method: ``"md"`` (``μ_pos − μ_neg``) or ``"rmd"`` (``(Σ_neg + λI)⁻¹(μ_pos − μ_neg)``, ``Σ_neg`` the
+            covariance of the negative training prompts around their mean): the ridge direction ignores what
+            varies among the prompts to leave alone, so a gate on it lets fewer of them through.
+        ridge_lambda: relative ``λ > 0`` for ``"rmd"`` (``λ · trace(Σ_neg) / d``).
         negative_train_groups: group id of each negative training prompt (e.g. its source): the negative mean is
-            then the mean of the group means.
+            then the mean of the group means (weights ``1 / group size``, in ``Σ_neg`` too).
         negative_heldout_groups: group id of each negative held-out prompt: the threshold then maximises the
             balanced accuracy with the true-negative rate averaged over groups (see :func:`best_threshold`).
         max_false_positive_rate: cap on the share of held-out negatives (per group) the gate may select.
@@ -154,8 +167,10 @@ def fit_condition(
         The :class:`ConditionFit` with the best held-out balanced accuracy (ties: the earliest block).
 
     Raises:
-        ValueError: an empty prompt list.
+        ValueError: an empty prompt list or an unknown method.
     """
+    if method not in ("md", "rmd"):
+        raise ValueError(f"fit_condition: method must be 'md' or 'rmd', got {method!r}")
     for name, prompts in (
         ("positive_train", positive_train),
         ("negative_train", negative_train),
@@ -182,11 +197,20 @@ def fit_condition(
     per_layer: dict[int, float] = {}
     for layer in layers:
         acts = train.layer_activations(layer).double()
-        negatives = acts[n_pos:]
-        if negative_train_groups is not None:
+        positives, negatives = acts[:n_pos], acts[n_pos:]
+        weights = None
+        if negative_train_groups is not None:  # every group weighs the same in the negative mean
             groups = torch.as_tensor(list(negative_train_groups))
-            negatives = torch.stack([negatives[groups == g].mean(0) for g in groups.unique()])
-        direction = compute_direction(acts[:n_pos], negatives, method="md")
+            sizes = {int(g): int((groups == g).sum()) for g in groups.unique()}
+            weights = torch.tensor([1.0 / sizes[int(g)] for g in groups], dtype=torch.float64)
+        direction = compute_direction(
+            positives,
+            negatives,
+            method=method,
+            ridge_lambda=ridge_lambda,
+            compliant_weights=weights,
+            lambda_mode="relative",
+        )
         unit = direction.double() / direction.double().norm()
         projections = (held.layer_activations(layer).double() @ unit).numpy()
         groups = None if negative_heldout_groups is None else np.asarray(list(negative_heldout_groups))
@@ -200,6 +224,8 @@ def fit_condition(
                 direction=direction.float(),
                 threshold=threshold,
                 position=position,
+                method=method,
+                ridge_lambda=ridge_lambda if method == "rmd" else None,
                 heldout_balanced_accuracy=accuracy,
                 heldout_tpr=float((projections[:n_pos_held] > threshold).mean()),
                 heldout_fpr=float((projections[n_pos_held:] > threshold).mean()),

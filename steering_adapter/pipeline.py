@@ -28,7 +28,7 @@ from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_directions
 from .estimators import fit_directions, make_estimator
-from .evaluation import EvalSet, EvaluationReport, evaluate
+from .evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
 from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
@@ -51,6 +51,7 @@ class RunResult:
     adapter_dir: Path | None
     selection: SweepResult
     report: EvaluationReport | None
+    ungated_report: EvaluationReport | None = None
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -279,6 +280,8 @@ def fit_recipe_condition(
         negative_held,
         layers=gating.layers,
         position=gating.position,
+        method=gating.method,
+        ridge_lambda=gating.ridge_lambda,
         negative_train_groups=train_groups,
         negative_heldout_groups=held_groups,
         max_false_positive_rate=gating.max_false_positive_rate,
@@ -373,13 +376,34 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "recipe": recipe.name,
     }
+    vectors = {layer: directions[layer] for layer in choice.layers}
+    kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None
+    evaluation_args = dict(
+        kl_prompts=kl_test, relevance=relevance, batch_size=recipe.sampling.batch_size, progress=progress
+    )
+    ungated_report = None
     gate_fields: dict[str, Any] = {}
     if choice.gated:
         gate_fields = {"condition": condition.direction, **condition.config_fields()}
         metadata["condition"] = condition.metadata()
+        # the same vectors, blocks and scale without the gate: what the gate saves the other prompt sets from
+        log("[evaluate] the chosen vector without its gate, on the test half")
+        ungated_model = adapter_from_vectors(model, vectors, scale=choice.alpha)
+        ungated_report = evaluate(
+            ungated_model,
+            tokenizer,
+            _eval_sets(recipe, "test"),
+            judge,
+            out / "evaluation_ungated",
+            conditions=("steered",),
+            plots=False,
+            **evaluation_args,
+            **_sampling(recipe),
+        )
+        ungated_model.unload()
     peft_model = adapter_from_vectors(
         model,
-        {layer: directions[layer] for layer in choice.layers},
+        vectors,
         scale=choice.alpha,
         steering_metadata=metadata,
         **gate_fields,
@@ -389,7 +413,6 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         config.base_model_name_or_path = ORGANISM
     config.revision = recipe.model.revision
 
-    kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None
     log("[evaluate] before/after on the test half")
     report = evaluate(
         peft_model,
@@ -397,14 +420,16 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         _eval_sets(recipe, "test"),
         judge,
         out / "evaluation",
-        kl_prompts=kl_test,
-        relevance=relevance,
-        batch_size=recipe.sampling.batch_size,
-        progress=progress,
+        **evaluation_args,
         **_sampling(recipe),
     )
+    markdown = report.to_markdown()
+    if ungated_report is not None:
+        markdown += "\n### Gate on vs off (same vectors, blocks and α)\n\n" + gate_comparison_markdown(
+            report, ungated_report
+        )
     adapter_dir = out / "adapter"
-    save_adapter(peft_model, adapter_dir, evaluation={"markdown": report.to_markdown()})
+    save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown})
     summary = {
         "recipe": recipe.name,
         "adapter": str(adapter_dir),
@@ -412,15 +437,19 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "alpha": choice.alpha,
         "gated": choice.gated,
         "report": report.to_dict(),
+        "ungated_report": ungated_report.to_dict() if ungated_report is not None else None,
         "seconds": round(time.time() - started, 1),
     }
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(
         out / "report.md",
-        f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}\n\n" + report.to_markdown(),
+        f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}"
+        + (", gated" if choice.gated else "")
+        + "\n\n"
+        + markdown,
     )
     peft_model.unload()
-    return RunResult(out, adapter_dir, sweep, report)
+    return RunResult(out, adapter_dir, sweep, report, ungated_report)
 
 
 def _version() -> str:

@@ -156,6 +156,9 @@ class GatingSpec:
         position: ``"last"`` prompt token or ``"mean"`` over the prompt.
         max_false_positive_rate: cap on the share of held-out negative prompts (per source) the gate may select
             (``None``: best balanced accuracy).
+        method: condition direction, ``"md"`` (mean difference) or ``"rmd"`` (ridge: discounts what varies among
+            the negative prompts, so fewer of them pass the gate).
+        ridge_lambda: relative ``λ`` of ``"rmd"`` (``λ · trace(Σ_neg) / d``).
     """
 
     mode: Literal["off", "compare", "on"] = "off"
@@ -164,6 +167,8 @@ class GatingSpec:
     layers: list[int] | None = None
     position: Literal["last", "mean"] = "last"
     max_false_positive_rate: float | None = None
+    method: Literal["md", "rmd"] = "md"
+    ridge_lambda: float = 1.0
 
 
 @dataclass
@@ -205,6 +210,8 @@ class Recipe:
             raise RecipeError("recipe.sampling: k and max_new_tokens must be >= 1")
         if self.estimator.ridge_lambda <= 0:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
+        if self.gating.ridge_lambda <= 0:
+            raise RecipeError("recipe.gating.ridge_lambda: must be > 0")
         if not self.selection.alphas or not self.selection.layer_counts:
             raise RecipeError("recipe.selection: alphas and layer_counts must not be empty")
         if self.gating.mode != "off" and not self.gating.negative:

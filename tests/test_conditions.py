@@ -83,3 +83,35 @@ def test_fit_condition_metrics_match_hand_projection():
 def test_fit_condition_rejects_empty_sets():
     with pytest.raises(ValueError, match="negative_heldout is empty"):
         fit_condition(tiny_model("llama"), tiny_tokenizer(), ["a"], ["b"], ["c"], [], progress=False)
+
+
+def test_fit_condition_ridge_direction_matches_numpy_closed_form():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    pos, neg = SENSITIVE_PROMPTS, HARMLESS_PROMPTS
+    groups = [0, 0, 0, 1, 1]
+    fit = fit_condition(
+        model,
+        tokenizer,
+        pos[:4],
+        neg[:5],
+        pos[2:],
+        neg[2:],
+        layers=[1],
+        method="rmd",
+        ridge_lambda=0.5,
+        negative_train_groups=groups,
+        progress=False,
+    )
+    assert (fit.method, fit.ridge_lambda) == ("rmd", 0.5)
+    assert fit.metadata()["method"] == "rmd"
+    # independent: (Σ_neg + λ·tr(Σ_neg)/d·I)⁻¹(μ_pos − μ_neg) with every group weighing the same, in numpy
+    p = np.stack([_last_token_output(model, tokenizer, x, 1).numpy() for x in pos[:4]])
+    n = np.stack([_last_token_output(model, tokenizer, x, 1).numpy() for x in neg[:5]])
+    w = np.array([1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2])
+    mu_n = (w[:, None] * n).sum(0) / w.sum()
+    sigma = np.cov(n.T, aweights=w)
+    lam = 0.5 * np.trace(sigma) / sigma.shape[0]
+    expected = np.linalg.solve(sigma + lam * np.eye(sigma.shape[0]), p.mean(0) - mu_n)
+    np.testing.assert_allclose(fit.direction.double().numpy(), expected, rtol=2e-4, atol=1e-6 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="method must be 'md' or 'rmd'"):
+        fit_condition(model, tokenizer, pos[:2], neg[:2], pos[2:], neg[2:], method="lda", progress=False)

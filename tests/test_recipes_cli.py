@@ -60,6 +60,8 @@ def _with(**changes):
         ({"prompts__compliance": []}, "both 'refusal' and 'compliance'"),
         ({"prompts__evaluation": [{"name": "p", "source": "x", "role": "harmful"}]}, "role 'target'"),
         ({"estimator__ridge_lambda": 0}, r"ridge_lambda: must be > 0"),
+        ({"gating__method": "lda"}, r"recipe\.gating\.method: expected 'md' or 'rmd', got 'lda'"),
+        ({"gating__ridge_lambda": -1.0}, r"recipe\.gating\.ridge_lambda: must be > 0"),
         ({"sampling__k": True}, r"recipe\.sampling\.k: expected an integer, got True"),
     ],
 )
