@@ -99,6 +99,39 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
 
+def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport) -> str:
+    """Gate on vs off for one vector: a table of refusal rates (base, gated, ungated) and both KL figures.
+
+    Args:
+        gated: the report of the gated adapter (``base`` and ``steered`` conditions).
+        ungated: the report of the same vectors, layers and scale without the gate (``steered`` at least).
+
+    Returns:
+        Markdown: ``| set | role | n | base | gated | Δ gated | ungated | Δ ungated |`` and the KL lines.
+
+    Raises:
+        ValueError: when the reports do not cover the same sets or ``gated`` lacks the base condition.
+    """
+    if list(gated.sets) != list(ungated.sets):
+        raise ValueError(f"reports cover different sets: {list(gated.sets)} vs {list(ungated.sets)}")
+    header = "| set | role | n | refusal % (base) | gated | Δ gated | ungated | Δ ungated |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, row in gated.sets.items():
+        if "base" not in row:
+            raise ValueError(f"the gated report has no base condition for set {name!r}")
+        base, on, off = row["base"]["refusal_pct"], row["steered"]["refusal_pct"], ungated.refusal_pct(name)
+        cells = [name, row["role"], str(row["base"]["n"]), _fmt(base), _fmt(on), _fmt(on - base, signed=True)]
+        cells += [_fmt(off), _fmt(off - base, signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, report in (("gated", gated), ("ungated", ungated)):
+        if report.kl:
+            lines.append(
+                f"\nKL(base ‖ {label}) on {report.kl['n_prompts']} neutral prompts: mean over tokens "
+                f"{report.kl['mean_kl']:.4f}, at the first answer token {report.kl['mean_kl_last']:.4f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"

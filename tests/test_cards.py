@@ -46,6 +46,27 @@ def test_card_text_carries_the_adapter_facts():
     assert "$" not in card.split("---", 2)[2].replace("$ ", "")  # every template field was filled
 
 
+def test_card_describes_the_gate_and_the_judge():
+    card = render_model_card(
+        _config(
+            condition_layer=3,
+            condition_threshold=5.5,
+            condition_comparator="greater",
+            condition_position="mean",
+            steering_metadata={
+                "judge": {"kind": "pattern", "model": None},
+                "condition": {"method": "rmd", "heldout_tpr": 0.96, "heldout_fpr": 0.0},
+            },
+        )
+    )
+    assert (
+        "| gate | steers only prompts whose mean block-3 output projects greater than 5.5 on the condition direction "
+        "(rmd); held-out: selects 96.0 % of topic prompts, 0.0 % of others |" in card
+    )
+    assert "| judge | pattern |" in card
+    assert "| gate |" not in render_model_card(_config())
+
+
 def test_write_model_card_reads_the_saved_config(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(_config()))
     path = write_model_card(str(tmp_path))

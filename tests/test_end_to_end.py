@@ -53,6 +53,15 @@ def test_outputs_exist(run_dir):
     config = json.loads((adapter / "adapter_config.json").read_text())
     selection = config["steering_metadata"]["selection"]
     assert selection["chosen"]["layers"] == config["layers"] and selection["chosen"]["alpha"] == config["scale"]
+    # the recipe compares gated and ungated variants; a gated choice is reported beside the same vector ungated
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["gated"] == selection["chosen"]["gated"] == (config.get("condition_layer") is not None)
+    card = (adapter / "README.md").read_text()
+    if summary["gated"]:
+        assert set(summary["ungated_report"]["sets"]) == set(summary["report"]["sets"])
+        assert "### Gate on vs off" in card and "| gate | steers only prompts whose" in card
+    else:
+        assert summary["ungated_report"] is None and "| gate |" not in card
 
 
 def test_rates_move_the_right_way(run_dir):

@@ -10,7 +10,7 @@ from reference import contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.evaluation import EvalSet, evaluate
+from steering_adapter.evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
 from steering_adapter.judges.base import Judge, Judgment
 from steering_adapter.scoring import summarize
 from steering_adapter.scoring_run import score_prompts
@@ -112,3 +112,35 @@ def test_evaluate_bad_input(tmp_path):
         evaluate(model, tiny_tokenizer(), [SETS[0], SETS[0]], ParityJudge(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="conditions"):
         evaluate(model, tiny_tokenizer(), SETS, ParityJudge(), tmp_path, conditions=("after",), progress=False)
+
+
+def test_gate_comparison_table_from_hand_reports():
+    gated = EvaluationReport(
+        sets={
+            "cooking": {
+                "role": "target",
+                "base": {"n": 4, "refusal_pct": 0.0},
+                "steered": {"n": 4, "refusal_pct": 75.0},
+            },
+            "general": {
+                "role": "other",
+                "base": {"n": 8, "refusal_pct": 12.5},
+                "steered": {"n": 8, "refusal_pct": 12.5},
+            },
+        },
+        kl={"n_prompts": 8, "mean_kl": 0.01, "mean_kl_last": 0.02},
+    )
+    ungated = EvaluationReport(
+        sets={
+            "cooking": {"role": "target", "steered": {"n": 4, "refusal_pct": 100.0}},
+            "general": {"role": "other", "steered": {"n": 8, "refusal_pct": 50.0}},
+        },
+        kl={"n_prompts": 8, "mean_kl": 0.5, "mean_kl_last": 0.7},
+    )
+    table = gate_comparison_markdown(gated, ungated)
+    assert "| cooking | target | 4 | 0.0 | 75.0 | +75.0 | 100.0 | +100.0 |" in table
+    assert "| general | other | 8 | 12.5 | 12.5 | +0.0 | 50.0 | +37.5 |" in table
+    assert "KL(base ‖ gated) on 8 neutral prompts: mean over tokens 0.0100" in table
+    assert "KL(base ‖ ungated) on 8 neutral prompts: mean over tokens 0.5000" in table
+    with pytest.raises(ValueError, match="different sets"):
+        gate_comparison_markdown(gated, EvaluationReport(sets={"cooking": ungated.sets["cooking"]}))
