@@ -154,6 +154,28 @@ def test_training_report(report):
     assert report["n_params"] * 4 <= 16.5e6
 
 
+def test_lookalike_ceiling_matches_a_fresh_measurement(report, examples):
+    """The shipped ceiling analysis: the organism's rates agree with its training report (an independent run of
+    the held-out evaluation), the probe's with a fresh fit, and the rates are consistent with the accuracy."""
+    from steering_adapter.organism.lookalike_ceiling import measure
+
+    shipped = json.loads((ORGANISM_DIR / "lookalike_ceiling.json").read_text())
+    fresh = measure()
+    per_source = report["heldout"]["per_source"]
+    for pair, row in fresh["pairs"].items():
+        harmful, benign = pair.split("/")
+        assert row["organism"]["harmful_flagged"] == pytest.approx(per_source[harmful]["refused"], abs=1e-4)
+        assert row["organism"]["benign_flagged"] == pytest.approx(per_source[benign]["refused"], abs=1e-4)
+        n_h, n_b = per_source[harmful]["n"], per_source[benign]["n"]
+        for who in ("probe", "organism"):
+            r = row[who]
+            expected = (r["harmful_flagged"] * n_h + (1 - r["benign_flagged"]) * n_b) / (n_h + n_b)
+            assert r["accuracy"] == pytest.approx(expected, abs=1e-3)
+            assert r == pytest.approx(shipped["pairs"][pair][who], abs=1e-4)
+        # the measured gap: even the pretrained-encoder probe is far from 90 % / 10 %, the organism near chance
+        assert row["probe"]["accuracy"] < 0.85 and row["organism"]["accuracy"] < 0.6
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: on the natural JBB/XSTest prompts the 4M-parameter organism is near chance at telling "
