@@ -42,6 +42,7 @@ from .statistics import (
     SecondMoments,
     assign_labels,
 )
+from .token_positions import last_token_index, position_ids_from_mask
 
 Position = Literal["last", "mean"]
 CollectWeighting = Literal["none", "confidence", "both"]
@@ -444,7 +445,7 @@ class ActivationCollector:
                     mask = batch.attention_mask.to(input_device)
                     kwargs = dict(forward_kwargs)
                     if "position_ids" in kwargs:
-                        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+                        kwargs["position_ids"] = position_ids_from_mask(mask)
                     with torch.no_grad():
                         try:
                             model(input_ids=batch.input_ids.to(input_device), attention_mask=mask, **kwargs)
@@ -572,8 +573,7 @@ class ActivationCollector:
         device = hidden.device
         if device not in state["by_device"]:
             local = mask.to(device)
-            seq_len = local.shape[1]
-            last = seq_len - 1 - local.flip(-1).int().argmax(-1)  # last real token, any padding side
+            last = last_token_index(local)
             state["by_device"][device] = (local, last, local.sum(-1, keepdim=True).to(torch.float64))
         local, last, lengths = state["by_device"][device]
         if self.position == "last":

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .token_positions import last_token_index
 from .tuner.model import steering_disabled
 
 
@@ -61,15 +62,9 @@ def next_token_kl(
         mask = batch["attention_mask"].bool()
         total += kl[mask].double().sum().item()
         count += int(mask.sum())
-        last = _last_real_index(batch["attention_mask"])
+        last = last_token_index(batch["attention_mask"])
         last_total += kl[torch.arange(kl.shape[0]), last].double().sum().item()
     return {"mean_kl": total / count, "mean_kl_last": last_total / len(prompts), "positions": count}
-
-
-def _last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row, for left or right padding."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask * positions).argmax(dim=1)
 
 
 @torch.no_grad()

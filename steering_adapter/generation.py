@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .token_positions import position_ids_from_mask
+
 __all__ = [
     "Answer",
     "PromptSamples",
@@ -341,7 +343,7 @@ def _token_logprobs(
         mask = attention_mask[start : start + chunk]
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
         if takes_positions:
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            kwargs["position_ids"] = position_ids_from_mask(mask)
         if takes_logits_to_keep:
             kwargs["logits_to_keep"] = new + 1
         logits = model(**kwargs).logits

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..token_positions import last_token_index
+
 
 class GateState:
     """The current per-sequence decision of one gated adapter.
@@ -86,8 +88,7 @@ class GateState:
         mask = mask.to(hidden.device)
         unit = (condition / torch.linalg.vector_norm(condition)).to(device=hidden.device, dtype=torch.float32)
         if position == "last":
-            seq = torch.arange(mask.shape[1], device=hidden.device)
-            last = (mask * seq).argmax(dim=1)  # last real token, left or right padding
+            last = last_token_index(mask)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
         else:
             weights = mask.unsqueeze(-1).float()
