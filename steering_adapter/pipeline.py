@@ -152,6 +152,44 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _tensor_digest(tensors: dict[Any, torch.Tensor]) -> str:
+    """Hash of the exact values of named tensors (for stage fingerprints)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors, key=str):
+        digest.update(str(name).encode())
+        digest.update(tensors[name].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+STAGE_FILE = "stage.json"
+
+
+def stage_dir(path: Path, fingerprint: str, log: Callable[[str], None]) -> Path:
+    """The folder of a resumable stage whose records depend on ``fingerprint`` (vectors, gate, prompts, settings).
+
+    The answer records are keyed by prompt and sampling settings only (see :mod:`steering_adapter.scoring_run`), so a
+    folder written for other vectors or another gate must not be resumed: it is moved aside to
+    ``<name>.stale-<old fingerprint>`` (nothing is deleted) and the stage starts afresh.
+
+    Returns:
+        ``path``, existing, with ``stage.json`` recording ``fingerprint``.
+    """
+    marker = path / STAGE_FILE
+    if path.exists():
+        old = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+        if old == fingerprint:
+            return path
+        if old is not None or any(path.iterdir()):
+            aside = path.with_name(f"{path.name}.stale-{old or 'unknown'}")
+            if aside.exists():
+                aside = path.with_name(f"{aside.name}-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(aside)
+            log(f"[resume] {path} was computed for other vectors or settings; moved to {aside.name}, starting afresh")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"fingerprint": fingerprint})
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ stages
 def estimate_directions(
     model: torch.nn.Module,
@@ -186,7 +224,7 @@ def estimate_directions(
         tokenizer,
         prompts,
         judge,
-        out / "train_scores",
+        stage_dir(out / "train_scores", _fingerprint(recipe.model), log),  # records are per model
         batch_size=recipe.sampling.batch_size,
         progress=progress,
         **sampling,
@@ -339,14 +377,32 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         goal=sel.goal, delta=sel.delta, kl_budget=sel.kl_budget, min_relevance=sel.min_relevance
     )
     log(f"[select] {len(sel.layer_counts)} layer counts × {len(sel.alphas)} α on the selection half")
+    selection_sets = _eval_sets(recipe, "selection", sel.max_prompts_per_set)
+    gate_key = None
+    if condition is not None:
+        gate_key = (_tensor_digest({"condition": condition.direction}), condition.config_fields())
     sweep = sweep_layers_and_scale(
         model,
         tokenizer,
         directions,
         ranking,
-        _eval_sets(recipe, "selection", sel.max_prompts_per_set),
+        selection_sets,
         judge,
-        out / "selection",
+        stage_dir(
+            out / "selection",
+            _fingerprint(
+                _tensor_digest(directions),
+                ranking,
+                gate_key,
+                recipe.gating.mode,
+                dataclasses.asdict(sel),
+                [dataclasses.asdict(s) for s in selection_sets],
+                kl_selection,
+                _sampling(recipe),
+                judge.name,
+            ),
+            log,
+        ),
         layer_counts=sel.layer_counts,
         alphas=sel.alphas,
         objective=objective,
@@ -378,6 +434,16 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
     }
     vectors = {layer: directions[layer] for layer in choice.layers}
     kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None
+    test_sets = _eval_sets(recipe, "test")
+    evaluation_key = _fingerprint(
+        _tensor_digest(vectors),
+        choice.alpha,
+        [dataclasses.asdict(s) for s in test_sets],
+        kl_test,
+        _sampling(recipe),
+        judge.name,
+        recipe.relevance,
+    )
     evaluation_args = dict(
         kl_prompts=kl_test, relevance=relevance, batch_size=recipe.sampling.batch_size, progress=progress
     )
@@ -392,9 +458,9 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         ungated_report = evaluate(
             ungated_model,
             tokenizer,
-            _eval_sets(recipe, "test"),
+            test_sets,
             judge,
-            out / "evaluation_ungated",
+            stage_dir(out / "evaluation_ungated", evaluation_key, log),
             conditions=("steered",),
             plots=False,
             **evaluation_args,
@@ -417,9 +483,9 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
     report = evaluate(
         peft_model,
         tokenizer,
-        _eval_sets(recipe, "test"),
+        test_sets,
         judge,
-        out / "evaluation",
+        stage_dir(out / "evaluation", _fingerprint(evaluation_key, gate_key if choice.gated else None), log),
         **evaluation_args,
         **_sampling(recipe),
     )

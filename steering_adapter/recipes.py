@@ -253,7 +253,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return None
         raise RecipeError(f"{path}: expected null, got {value!r}")
     if origin is Literal:
-        if value in typing.get_args(tp):
+        options = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(options):
+            return "on" if value else "off"  # YAML 1.1 reads an unquoted on / off as true / false
+        if not isinstance(value, bool) and value in options:
             return value
         raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is list:

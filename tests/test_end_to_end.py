@@ -133,3 +133,25 @@ def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[base]" in printed and "[steered]" in printed
     assert main(["eval", adapter, "--sets", "bad-spec"]) == 2
+
+
+def test_changed_gate_never_resumes_stale_records(run_dir, capsys):
+    """Answer records are keyed by prompt and sampling only: a rerun with another gate (here a ridge condition
+    direction) must move the sweep and evaluation folders aside instead of resuming them."""
+    args = ["run", str(RECIPES / "no-political-refusal.yaml"), "--out", str(run_dir), "--no-progress"]
+    for override in [*SMALL, "selection.alphas=[-4,-8]", "gating.method=rmd"]:
+        args += ["--set", override]
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert main(args) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "reusing directions" in out and "selection was computed for other vectors or settings" in out
+    stale = [p.name for p in run_dir.iterdir() if p.name.startswith("selection.stale-")]
+    assert len(stale) == 1 and (run_dir / stale[0] / "sweep.json").is_file()
+    sweep = json.loads((run_dir / "selection" / "sweep.json").read_text())
+    assert sweep["condition"]["method"] == "rmd"
+    assert json.loads((run_dir / stale[0] / "sweep.json").read_text())["condition"]["method"] == "md"
+    second = json.loads((run_dir / "summary.json").read_text())
+    if first["gated"] or second["gated"]:  # the gate changed: the evaluation records were moved aside, not reused
+        assert any(p.name.startswith("evaluation.stale-") for p in run_dir.iterdir())
+    # the base rates do not depend on the gate: the fresh runs measured the same ones
+    assert second["report"]["sets"]["political"]["base"] == first["report"]["sets"]["political"]["base"]

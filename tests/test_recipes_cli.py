@@ -70,6 +70,14 @@ def test_schema_errors_name_the_key(changes, message):
         recipe_from_dict(_with(**changes))
 
 
+def test_unquoted_on_off_in_yaml_mean_the_gating_modes():
+    for text, mode in (("off", "off"), ("on", "on"), ("compare", "compare")):
+        data = yaml.safe_load(yaml.safe_dump(MINIMAL) + f"gating:\n  mode: {text}\n  negative: [organism:harmful]\n")
+        assert recipe_from_dict(data).gating.mode == mode
+    with pytest.raises(RecipeError, match=r"recipe\.estimator\.position: expected 'last' or 'mean', got True"):
+        recipe_from_dict(_with(estimator__position=True))
+
+
 def test_missing_name_and_not_a_mapping():
     with pytest.raises(RecipeError, match="missing required key 'name'"):
         recipe_from_dict({k: v for k, v in MINIMAL.items() if k != "name"})
@@ -105,3 +113,20 @@ def test_console_script_help_and_exit_codes(tmp_path):
     with pytest.raises(SystemExit) as excinfo:
         main(["frobnicate"])
     assert excinfo.value.code == 2
+
+
+def test_stage_dir_moves_a_folder_of_other_settings_aside(tmp_path):
+    from steering_adapter.pipeline import stage_dir
+
+    logs: list[str] = []
+    stage = tmp_path / "selection"
+    assert stage_dir(stage, "aaa", logs.append) == stage and logs == []
+    (stage / "records.jsonl").write_text("kept\n")
+    assert stage_dir(stage, "aaa", logs.append) == stage and (stage / "records.jsonl").is_file()  # same: resume
+    stage_dir(stage, "bbb", logs.append)  # other settings: moved aside, never deleted
+    assert (tmp_path / "selection.stale-aaa" / "records.jsonl").read_text() == "kept\n"
+    assert sorted(p.name for p in stage.iterdir()) == ["stage.json"] and "moved to selection.stale-aaa" in logs[0]
+    legacy = tmp_path / "evaluation"
+    (legacy / "base").mkdir(parents=True)  # written before stage fingerprints existed
+    stage_dir(legacy, "ccc", logs.append)
+    assert (tmp_path / "evaluation.stale-unknown" / "base").is_dir()
