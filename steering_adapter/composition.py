@@ -16,8 +16,10 @@ group. Gated parts keep their own condition.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -176,6 +178,45 @@ def interference(model: nn.Module, names: Sequence[str]) -> dict[str, dict[int, 
     return report
 
 
+class _OtherAdaptersMissingFilter(logging.Filter):
+    """Drops transformers' load report when the only keys it calls missing are those of *other* adapters.
+
+    transformers counts every parameter whose name contains the PEFT type (``steering``) as an adapter key, so loading
+    a second steering adapter reports the first one's vectors as "MISSING ... newly initialized". They are not: they
+    belong to the adapter loaded before. A report naming any other key or status is kept, and a vector that is truly
+    missing still fails at the first forward pass (vectors start as NaN).
+    """
+
+    def __init__(self, other_adapters: Sequence[str]) -> None:
+        super().__init__()
+        self.other_adapters = set(other_adapters)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message or not self.other_adapters:
+            return True
+        rows = [line for line in message.splitlines() if line.count("|") >= 2 and not line.lstrip().startswith("Key")]
+        rows = [line for line in rows if not set(line.strip()) <= {"-", "+", "|", " "}]
+        if not rows:
+            return True
+        for line in rows:
+            key, status = (cell.strip() for cell in line.split("|")[:2])
+            if status != "MISSING" or key.rsplit(".", 1)[-1] not in self.other_adapters:
+                return True
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_other_adapter_reports(other_adapters: Sequence[str]):
+    logger = logging.getLogger("transformers.integrations.peft")
+    report_filter = _OtherAdaptersMissingFilter(other_adapters)
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
+
+
 def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str, Any]:
     """Attach a composition and activate it, through transformers or PEFT.
 
@@ -199,7 +240,9 @@ def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str
             if part.name not in model.peft_config:
                 model.load_adapter(folder, adapter_name=part.name)
         else:
-            model.load_adapter(folder, adapter_name=part.name)
+            loaded = [name for name in (getattr(model, "peft_config", None) or {}) if name != part.name]
+            with _quiet_other_adapter_reports(loaded):
+                model.load_adapter(folder, adapter_name=part.name)
         config = model.peft_config[part.name]
         modes[part.name] = config.mode
         if part.weight != 1.0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -104,3 +105,36 @@ def test_composition_errors(tmp_path, parts):
     (bad / "steering_composition.json").write_text(json.dumps({"format": "other", "version": 1, "parts": []}))
     with pytest.raises(ValueError, match="not a version-1 steering composition"):
         read_composition(bad)
+
+
+def test_no_spurious_missing_key_report_for_the_other_parts(tmp_path, parts, caplog):
+    """transformers calls the vectors of an adapter loaded earlier "MISSING" when the next one loads (every key with
+    "steering" in it counts as an adapter key); load_composition drops exactly that report. (Adapter names here are
+    not substrings of base-model keys: transformers also matches keys on the adapter name.)"""
+    _, folders = parts
+    plain = tiny_model("llama")
+    with caplog.at_level(logging.WARNING):
+        plain.load_adapter(str(folders["a"]), adapter_name="alpha")
+        plain.load_adapter(str(folders["c"]), adapter_name="gamma")
+    reports = [r.getMessage() for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+    assert len(reports) == 1 and "steering_vector.alpha" in reports[0] and "MISSING" in reports[0]  # the quirk
+    caplog.clear()
+    folder = save_composition(tmp_path / "combo", [("alpha", folders["a"], 1.0), ("gamma", folders["c"], 1.0)])
+    with caplog.at_level(logging.WARNING):
+        load_composition(tiny_model("llama"), folder)
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_report_filter_keeps_every_other_report():
+    from steering_adapter.composition import _OtherAdaptersMissingFilter
+
+    def record(rows):
+        table = "Key | Status | \n---+---+-\n" + "\n".join(f"{k} | {s} | " for k, s in rows)
+        return logging.LogRecord("t", logging.WARNING, "", 0, "M LOAD REPORT from: x\n" + table, None, None)
+
+    keep = _OtherAdaptersMissingFilter(["a"]).filter
+    assert not keep(record([("model.layers.{1, 2}.steering_vector.a", "MISSING")]))
+    assert keep(record([("model.layers.1.steering_vector.c", "MISSING")]))  # the adapter being loaded: real
+    assert keep(record([("model.layers.1.steering_vector.a", "UNEXPECTED")]))
+    assert keep(record([("model.layers.1.steering_vector.a", "MISSING"), ("lm_head.weight", "MISMATCH")]))
+    assert keep(logging.LogRecord("t", logging.WARNING, "", 0, "something else", None, None))
