@@ -12,6 +12,7 @@ from peft import PeftModel
 from steering_adapter.cards import read_front_matter
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.organism import load_organism
+from steering_adapter.recipes import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SMALL = [
@@ -136,10 +137,12 @@ def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
 
 
 def test_changed_gate_never_resumes_stale_records(run_dir, capsys):
-    """Answer records are keyed by prompt and sampling only: a rerun with another gate (here a ridge condition
-    direction) must move the sweep and evaluation folders aside instead of resuming them."""
+    """Answer records are keyed by prompt and sampling only: a rerun with another gate (here the other condition
+    direction method) must move the sweep and evaluation folders aside instead of resuming them."""
+    shipped = load_recipe(RECIPES / "no-political-refusal.yaml").gating.method
+    other = "md" if shipped == "rmd" else "rmd"
     args = ["run", str(RECIPES / "no-political-refusal.yaml"), "--out", str(run_dir), "--no-progress"]
-    for override in [*SMALL, "selection.alphas=[-4,-8]", "gating.method=rmd"]:
+    for override in [*SMALL, "selection.alphas=[-4,-8]", f"gating.method={other}"]:
         args += ["--set", override]
     first = json.loads((run_dir / "summary.json").read_text())
     assert main(args) == EXIT_OK
@@ -148,8 +151,8 @@ def test_changed_gate_never_resumes_stale_records(run_dir, capsys):
     stale = [p.name for p in run_dir.iterdir() if p.name.startswith("selection.stale-")]
     assert len(stale) == 1 and (run_dir / stale[0] / "sweep.json").is_file()
     sweep = json.loads((run_dir / "selection" / "sweep.json").read_text())
-    assert sweep["condition"]["method"] == "rmd"
-    assert json.loads((run_dir / stale[0] / "sweep.json").read_text())["condition"]["method"] == "md"
+    assert sweep["condition"]["method"] == other
+    assert json.loads((run_dir / stale[0] / "sweep.json").read_text())["condition"]["method"] == shipped
     second = json.loads((run_dir / "summary.json").read_text())
     if first["gated"] or second["gated"]:  # the gate changed: the evaluation records were moved aside, not reused
         assert any(p.name.startswith("evaluation.stale-") for p in run_dir.iterdir())
