@@ -431,6 +431,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "library_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "recipe": recipe.name,
+        **{key: value for key, value in dataclasses.asdict(recipe.card).items() if value},
     }
     vectors = {layer: directions[layer] for layer in choice.layers}
     kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None

@@ -180,6 +180,21 @@ class OutputSpec:
 
 
 @dataclass
+class CardSpec:
+    """Model-card text the run cannot measure (it goes into the adapter's ``steering_metadata`` and its card).
+
+    Attributes:
+        intended_use: what the adapter is for and for whom.
+        limitations: known limits beyond the measured table.
+        license: SPDX id for the card's front matter (e.g. ``apache-2.0``), or ``None``.
+    """
+
+    intended_use: str | None = None
+    limitations: str | None = None
+    license: str | None = None
+
+
+@dataclass
 class Recipe:
     """A complete steering run."""
 
@@ -193,6 +208,7 @@ class Recipe:
     selection: SelectionSpec = field(default_factory=SelectionSpec)
     gating: GatingSpec = field(default_factory=GatingSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
+    card: CardSpec = field(default_factory=CardSpec)
     relevance: bool = True
 
     def validate(self) -> None:

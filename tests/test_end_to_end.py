@@ -41,6 +41,9 @@ def test_outputs_exist(run_dir):
         assert (adapter / name).is_file(), name
     front = read_front_matter((adapter / "README.md").read_text())
     assert front["base_model"] == "organism" and "steering" in front["tags"]
+    recipe_card = load_recipe(RECIPES / "no-political-refusal.yaml").card
+    assert front["license"] == recipe_card.license  # the recipe's card section reaches the model card
+    assert recipe_card.limitations.split(";")[0] in (adapter / "README.md").read_text()
     assert "| political |" in (adapter / "README.md").read_text()  # the before/after table is in the card
     for name in (
         "report.md",
