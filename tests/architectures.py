@@ -68,18 +68,24 @@ BLOCK_PATHS = {arch: "model.layers" for arch in ARCHITECTURES} | {
 }
 
 
-def tiny_config(arch: str):
-    """A transformers config of ``arch`` with hidden size 32 and 4 blocks."""
-    fields = dict(_COMMON) | _ARCHS[arch]
+_GPT2_NAMES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "max_position_embeddings": "n_positions"}
+
+
+def tiny_config(arch: str, **overrides):
+    """A transformers config of ``arch`` (hidden size 32, 4 blocks unless ``overrides`` say otherwise).
+
+    ``overrides`` use the Llama field names (``hidden_size``, ``num_hidden_layers``, ...); for GPT-2 they are renamed
+    (``n_embd``, ``n_layer``, ``n_positions``) and the fields it has no equivalent for are dropped.
+    """
+    fields = dict(_COMMON) | _ARCHS[arch] | overrides
     if arch == "gpt2":
-        for key in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-        ):
-            fields.pop(key)
+        for name, gpt2_name in _GPT2_NAMES.items():
+            if name in overrides:
+                fields[gpt2_name] = overrides[name]
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_key_value_heads", "head_dim"):
+            fields.pop(key, None)
+        fields["n_head"] = fields.pop("num_attention_heads")
+        fields.pop("max_position_embeddings")
     return AutoConfig.for_model(arch, **fields)
 
 

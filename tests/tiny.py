@@ -17,8 +17,9 @@ import copy
 from functools import lru_cache
 
 import torch
+from architectures import tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen3Config
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -123,44 +124,21 @@ def tiny_model(
     Returns:
         The model (``AutoModelForCausalLM.from_config``), ``eval()`` mode.
     """
+    if arch not in ("llama", "qwen3", "gpt2"):
+        raise ValueError(f"unknown tiny architecture {arch!r}; expected 'llama', 'qwen3' or 'gpt2'")
     if vocab_size is None:
         vocab_size = len(tiny_tokenizer())
-    special_ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    config_overrides = {**special_ids, **config_overrides}
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **config_overrides,
-        )
-    elif arch == "qwen3":
-        config = Qwen3Config(
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_hidden_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=hidden_size // 4,
-            max_position_embeddings=512,
-            **config_overrides,
-        )
-    elif arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=hidden_size,
-            n_layer=num_hidden_layers,
-            n_head=4,
-            n_positions=512,
-            **config_overrides,
-        )
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; expected 'llama', 'qwen3' or 'gpt2'")
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        max_position_embeddings=512,
+        tie_word_embeddings=arch == "gpt2",  # each class's own default
+    )
+    if arch == "qwen3":
+        fields["head_dim"] = hidden_size // 4
+    config = tiny_config(arch, **fields, **config_overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
