@@ -92,8 +92,14 @@ def test_rerun_resumes_without_recomputing(run_dir, capsys):
         args += ["--set", override]
     before = (run_dir / "summary.json").read_text()
     assert main(args) == EXIT_OK
-    assert "reusing directions" in capsys.readouterr().out
-    assert json.loads((run_dir / "summary.json").read_text())["report"] == json.loads(before)["report"]
+    printed = capsys.readouterr().out
+    assert "reusing directions" in printed
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["report"] == json.loads(before)["report"]
+    # the printed table, and for a gated choice the gate on/off table
+    assert "| political | target |" in printed
+    assert (", gated at block" in printed) == summary["gated"]
+    assert ("## the same vectors without the gate" in printed) == summary["gated"]
 
 
 def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
