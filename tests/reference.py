@@ -58,3 +58,20 @@ def contract_hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def block_output(
+    model: nn.Module, layer: int, input_ids: torch.Tensor, blocks_path: str = "model.layers"
+) -> torch.Tensor:
+    """Output hidden states ``[batch, seq, d]`` of decoder block ``layer`` in one no-grad forward of ``input_ids``,
+    read with a plain forward hook."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(blocks_path)[layer].register_forward_hook(
+        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output)
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids)
+    finally:
+        handle.remove()
+    return captured[0]

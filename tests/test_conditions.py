@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from reference import block_output
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
 from steering_adapter.conditions import best_threshold, fit_condition
@@ -49,14 +50,7 @@ def _last_token_output(model, tokenizer, prompt, layer):
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
     )
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    captured = {}
-    handle = model.model.layers[layer].register_forward_hook(
-        lambda m, a, o: captured.setdefault("h", o[0] if isinstance(o, tuple) else o)
-    )
-    with torch.no_grad():
-        model(ids)
-    handle.remove()
-    return captured["h"][0, -1].double()
+    return block_output(model, layer, ids)[0, -1].double()
 
 
 def test_fit_condition_metrics_match_hand_projection():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
-from reference import contract_hooks
+from reference import block_output, contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import SteeringConfig, adapter_from_vectors, save_adapter
@@ -32,14 +32,7 @@ def _chat_ids(tokenizer, prompt):
 
 def _reference_projection(model, ids, condition):
     """Output of the condition block at the last prompt token, projected on the unit condition (one prompt)."""
-    captured = {}
-    handle = model.model.layers[COND_LAYER].register_forward_hook(
-        lambda m, a, o: captured.setdefault("h", o[0] if isinstance(o, tuple) else o)
-    )
-    with torch.no_grad():
-        model(ids)
-    handle.remove()
-    return float(captured["h"][0, -1] @ (condition / condition.norm()))
+    return float(block_output(model, COND_LAYER, ids)[0, -1] @ (condition / condition.norm()))
 
 
 def _setup(seed=0):
@@ -101,14 +94,9 @@ def test_gate_comparator_less_and_mean_position():
     )
     model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
     ids = _chat_ids(tokenizer, PROMPTS[0])
-    captured = {}
-    reference = tiny_model("llama")
-    handle = reference.model.layers[COND_LAYER].register_forward_hook(lambda m, a, o: captured.setdefault("h", o))
+    hidden = block_output(tiny_model("llama"), COND_LAYER, ids)
     with torch.no_grad():
-        reference(ids)
         model(input_ids=ids)
-    handle.remove()
-    hidden = captured["h"][0] if isinstance(captured["h"], tuple) else captured["h"]
     expected = float(hidden[0].mean(0) @ (condition / condition.norm()))
     gate = model.base_model.peft_config["default"]._steering_gate
     assert float(gate.last_projection[0]) == pytest.approx(expected, abs=1e-5)
