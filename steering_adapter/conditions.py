@@ -193,16 +193,17 @@ def fit_condition(
     train = collect_activations(model, tokenizer, list(positive_train) + list(negative_train), **common)
     held = collect_activations(model, tokenizer, list(positive_heldout) + list(negative_heldout), **common)
     n_pos, n_pos_held = len(positive_train), len(positive_heldout)
+    weights = None
+    if negative_train_groups is not None:  # every group weighs the same in the negative mean
+        train_groups = torch.as_tensor(list(negative_train_groups))
+        sizes = {int(g): int((train_groups == g).sum()) for g in train_groups.unique()}
+        weights = torch.tensor([1.0 / sizes[int(g)] for g in train_groups], dtype=torch.float64)
+    held_groups = None if negative_heldout_groups is None else np.asarray(list(negative_heldout_groups))
     best: ConditionFit | None = None
     per_layer: dict[int, float] = {}
     for layer in layers:
         acts = train.layer_activations(layer).double()
         positives, negatives = acts[:n_pos], acts[n_pos:]
-        weights = None
-        if negative_train_groups is not None:  # every group weighs the same in the negative mean
-            groups = torch.as_tensor(list(negative_train_groups))
-            sizes = {int(g): int((groups == g).sum()) for g in groups.unique()}
-            weights = torch.tensor([1.0 / sizes[int(g)] for g in groups], dtype=torch.float64)
         direction = compute_direction(
             positives,
             negatives,
@@ -213,9 +214,8 @@ def fit_condition(
         )
         unit = direction.double() / direction.double().norm()
         projections = (held.layer_activations(layer).double() @ unit).numpy()
-        groups = None if negative_heldout_groups is None else np.asarray(list(negative_heldout_groups))
         threshold, accuracy = best_threshold(
-            projections[:n_pos_held], projections[n_pos_held:], groups, max_false_positive_rate
+            projections[:n_pos_held], projections[n_pos_held:], held_groups, max_false_positive_rate
         )
         per_layer[layer] = accuracy
         if best is None or accuracy > best.heldout_balanced_accuracy + 1e-12:
