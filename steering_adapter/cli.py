@@ -72,7 +72,7 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, tem
 def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
-    from .evaluation import gate_comparison_markdown
+    from .evaluation import adapter_report_markdown
     from .pipeline import NoFeasibleChoiceError, run_recipe
     from .recipes import recipe_from_dict
 
@@ -93,10 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     choice = result.selection.choice
     gate = f", gated at block {result.selection.condition['layer']}" if choice.gated else ""
     print(f"# {recipe.name}: layers {choice.layers}, alpha = {choice.alpha:g}{gate}")
-    print(result.report.to_markdown())
-    if result.ungated_report is not None:
-        print("## the same vectors without the gate")
-        print(gate_comparison_markdown(result.report, result.ungated_report))
+    print(adapter_report_markdown(result.report, result.ungated_report))
     print(f"adapter: {result.adapter_dir}\nreport:  {result.out_dir / 'report.md'}")
     return EXIT_OK
 

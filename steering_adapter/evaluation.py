@@ -132,6 +132,15 @@ def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport)
     return "\n".join(lines) + "\n"
 
 
+def adapter_report_markdown(report: EvaluationReport, ungated: EvaluationReport | None = None) -> str:
+    """The before/after table of an adapter and, for a gated one evaluated without its gate too, the gate on/off
+    table under ``### Gate on vs off`` (what a run prints and writes into ``report.md`` and the model card)."""
+    markdown = report.to_markdown()
+    if ungated is not None:
+        markdown += "\n### Gate on vs off (same vectors, blocks and α)\n\n" + gate_comparison_markdown(report, ungated)
+    return markdown
+
+
 def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"

@@ -28,7 +28,7 @@ from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_directions
 from .estimators import fit_directions, make_estimator
-from .evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
+from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, evaluate
 from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
@@ -490,11 +490,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         **evaluation_args,
         **_sampling(recipe),
     )
-    markdown = report.to_markdown()
-    if ungated_report is not None:
-        markdown += "\n### Gate on vs off (same vectors, blocks and α)\n\n" + gate_comparison_markdown(
-            report, ungated_report
-        )
+    markdown = adapter_report_markdown(report, ungated_report)
     adapter_dir = out / "adapter"
     save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown})
     summary = {

@@ -99,7 +99,7 @@ def test_rerun_resumes_without_recomputing(run_dir, capsys):
     # the printed table, and for a gated choice the gate on/off table
     assert "| political | target |" in printed
     assert (", gated at block" in printed) == summary["gated"]
-    assert ("## the same vectors without the gate" in printed) == summary["gated"]
+    assert ("### Gate on vs off" in printed) == summary["gated"]
 
 
 def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
