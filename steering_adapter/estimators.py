@@ -12,9 +12,16 @@ All three contrast the refusal side (prompts the model refuses, ``c > 0.1``) wit
   ``w = max(c, ε)`` and compliance ``w = max(−c, ε)``, in both the means and the covariance.
 
 Each estimator is fitted from activations (:meth:`~RidgeMeanDifference.fit`) or from streaming statistics
-(:meth:`~RidgeMeanDifference.fit_statistics`) and exposes ``direction_`` (float32 ``[d]``). The direction
-is not normalised: MD is in activation units, RMD/WRMD in "activation units per variance"; scale it when
-steering.
+(:meth:`~RidgeMeanDifference.fit_statistics`) and exposes ``direction_`` (float32 ``[d]``) in one of two units:
+
+- ``units="raw"`` (default): the closed form as is. MD is in activation units; RMD/WRMD in "activation units per
+  variance", so their norm depends on the model and on λ and a steering scale α has no portable meaning.
+- ``units="separation"``: ``s·u`` with ``u`` the unit direction and ``s = u·(μ_r − μ_c)`` the classes' mean
+  separation along ``u`` at that block (for MD this is the mean difference itself). Adding ``α·s·u`` with
+  ``α = −1`` moves the refused prompts' mean onto the complied prompts' mean along ``u``, on any model and at any
+  block: the unit adapters record as ``steering_metadata["vector_units"] = "class_separation"``.
+
+``unit_direction_`` (``u``) and ``separation_`` (``s``) are set in both cases.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ from .statistics import (
 
 Method = Literal["md", "rmd", "wrmd"]
 LambdaMode = Literal["absolute", "relative"]
+Units = Literal["raw", "separation"]
+
+UNITS = ("raw", "separation")
+# steering_metadata["vector_units"] value of each estimator unit (adapter-format.md, "Vector units")
+VECTOR_UNITS = {"raw": "raw", "separation": "class_separation"}
 
 __all__ = [
     "MeanDifference",
@@ -53,6 +65,9 @@ __all__ = [
     "compute_direction",
     "fit_directions",
     "ridge_solve",
+    "separation_units",
+    "UNITS",
+    "VECTOR_UNITS",
 ]
 
 
@@ -128,6 +143,36 @@ def ridge_solve(covariance: torch.Tensor, ridge_lambda: float, rhs: torch.Tensor
     return solution
 
 
+def separation_units(direction: torch.Tensor, difference: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The unit direction ``u`` and the classes' mean separation along it, ``s = u·(μ_r − μ_c)``.
+
+    Args:
+        direction: ``[d]``, any estimator's direction (MD, RMD, WRMD).
+        difference: ``[d]``, ``μ_r − μ_c`` (the means the estimator used).
+
+    Returns:
+        ``(u, s)``: float64 ``[d]`` of norm 1, and the float ``s``; ``s·u`` is the direction in separation units.
+
+    Raises:
+        ValueError: when the direction is zero (the class means coincide) or not finite, or when ``s <= 0`` (the
+            direction does not point from the compliance mean towards the refusal mean).
+    """
+    direction = direction.to(torch.float64)
+    norm = float(torch.linalg.vector_norm(direction))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError(
+            f"the direction has norm {norm}: the refusal and compliance means coincide, so there is no direction"
+        )
+    unit = direction / norm
+    separation = float(unit @ difference.to(device=unit.device, dtype=torch.float64))
+    if not separation > 0:
+        raise ValueError(
+            f"the classes' mean separation along the direction is {separation:.3g} (must be > 0): the direction does "
+            "not point from the compliance mean towards the refusal mean"
+        )
+    return unit, separation
+
+
 class _DirectionEstimator(BaseEstimator):
     """Shared fitting logic; subclasses set what they use."""
 
@@ -137,9 +182,12 @@ class _DirectionEstimator(BaseEstimator):
     # parameters every subclass has
     refusal_threshold: float
     compliance_threshold: float
+    units: Units
 
     def _validate_params(self) -> None:
         validate_thresholds(self.refusal_threshold, self.compliance_threshold)
+        if self.units not in UNITS:
+            raise ValueError(f"unknown units {self.units!r}; expected one of {UNITS}")
 
     def _epsilon(self) -> float:
         return DEFAULT_EPSILON
@@ -271,7 +319,10 @@ class _DirectionEstimator(BaseEstimator):
         else:
             lam = self._effective_lambda(cov_c)
             direction = ridge_solve(cov_c, lam, difference)
-        self.direction_ = direction.to(torch.float32)
+        unit, separation = separation_units(direction, difference)
+        self.unit_direction_ = unit.to(torch.float32)
+        self.separation_ = separation
+        self.direction_ = (separation * unit if self.units == "separation" else direction).to(torch.float32)
         self.mean_refusal_ = mean_r
         self.mean_compliance_ = mean_c
         self.n_refusal_ = n_refusal
@@ -287,9 +338,12 @@ class MeanDifference(_DirectionEstimator):
     Args:
         refusal_threshold: with scores, ``c > refusal_threshold`` is the refusal side.
         compliance_threshold: with scores, ``c < compliance_threshold`` is the compliance side.
+        units: ``"raw"`` (the closed form) or ``"separation"`` (``s·u``, see the module docstring).
 
     Attributes:
-        direction_: float32 ``[d]``, the (unnormalised) direction.
+        direction_: float32 ``[d]``, the direction in ``units``.
+        unit_direction_: float32 ``[d]``, ``u``, the direction normalised to length 1.
+        separation_: ``s = u·(μ_r − μ_c)``, the classes' mean separation along ``u``.
         mean_refusal_: float64 ``[d]``, (weighted) mean of the refusal side.
         mean_compliance_: float64 ``[d]``, (weighted) mean of the compliance side.
         n_refusal_: number of refusal samples used.
@@ -302,9 +356,11 @@ class MeanDifference(_DirectionEstimator):
         self,
         refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
+        units: Units = "raw",
     ) -> None:
         self.refusal_threshold = refusal_threshold
         self.compliance_threshold = compliance_threshold
+        self.units = units
 
 
 class RidgeMeanDifference(_DirectionEstimator):
@@ -320,9 +376,12 @@ class RidgeMeanDifference(_DirectionEstimator):
             the mean variance, which is comparable across layers and models whose activation scales differ.
         refusal_threshold: with scores, ``c > refusal_threshold`` is the refusal side.
         compliance_threshold: with scores, ``c < compliance_threshold`` is the compliance side.
+        units: ``"raw"`` (the closed form) or ``"separation"`` (``s·u``, see the module docstring).
 
     Attributes:
-        direction_: float32 ``[d]``, the (unnormalised) direction.
+        direction_: float32 ``[d]``, the direction in ``units``.
+        unit_direction_: float32 ``[d]``, ``u``, the direction normalised to length 1.
+        separation_: ``s = u·(μ_r − μ_c)``, the classes' mean separation along ``u``.
         mean_refusal_: float64 ``[d]``.
         mean_compliance_: float64 ``[d]``.
         n_refusal_: number of refusal samples used.
@@ -339,11 +398,13 @@ class RidgeMeanDifference(_DirectionEstimator):
         lambda_mode: LambdaMode = "absolute",
         refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
+        units: Units = "raw",
     ) -> None:
         self.ridge_lambda = ridge_lambda
         self.lambda_mode = lambda_mode
         self.refusal_threshold = refusal_threshold
         self.compliance_threshold = compliance_threshold
+        self.units = units
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -380,9 +441,12 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
         epsilon: floor of the confidence weights (``> 0``).
         refusal_threshold: with scores as labels, ``c > refusal_threshold`` is the refusal side.
         compliance_threshold: with scores as labels, ``c < compliance_threshold`` is the compliance side.
+        units: ``"raw"`` (the closed form) or ``"separation"`` (``s·u``, see the module docstring).
 
     Attributes:
-        direction_: float32 ``[d]``, the (unnormalised) direction.
+        direction_: float32 ``[d]``, the direction in ``units``.
+        unit_direction_: float32 ``[d]``, ``u``, the direction normalised to length 1.
+        separation_: ``s = u·(μ_r − μ_c)``, the classes' mean separation along ``u``.
         mean_refusal_: float64 ``[d]``, confidence-weighted.
         mean_compliance_: float64 ``[d]``, confidence-weighted.
         n_refusal_: number of refusal samples used.
@@ -400,12 +464,14 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
         epsilon: float = DEFAULT_EPSILON,
         refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
+        units: Units = "raw",
     ) -> None:
         super().__init__(
             ridge_lambda=ridge_lambda,
             lambda_mode=lambda_mode,
             refusal_threshold=refusal_threshold,
             compliance_threshold=compliance_threshold,
+            units=units,
         )
         self.epsilon = epsilon
 
@@ -466,6 +532,7 @@ def compute_direction(
     compliant_weights: ArrayLike | None = None,
     *,
     lambda_mode: LambdaMode = "absolute",
+    units: Units = "raw",
 ) -> torch.Tensor:
     """The refusal direction from the activations of both sides at one block.
 
@@ -480,9 +547,12 @@ def compute_direction(
         compliant_weights: non-negative weights ``[n_c]``; for ``"wrmd"`` the confidences ``max(−c, ε)``.
             With ``"md"`` / ``"rmd"`` given weights are used too (weighted means and covariance).
         lambda_mode: ``"absolute"`` or ``"relative"`` (``λ · trace(Σ_c) / d``).
+        units: ``"raw"`` returns the closed form above; ``"separation"`` returns ``s·u``, the unit direction ``u``
+            times the classes' mean separation along it ``s = u·(μ_r − μ_c)``, so that ``α = −1`` moves the refused
+            prompts' mean onto the complied prompts' mean along ``u`` (the same for MD).
 
     Returns:
-        float32 ``[d]``, the unnormalised direction.
+        float32 ``[d]``, the direction in ``units``.
 
     Raises:
         ValueError: for an unknown method, an empty side, mismatched dimensions, non-finite values, fewer than
@@ -523,8 +593,8 @@ def compute_direction(
             parts.append(w.to(torch.float64))
         sample_weight = torch.cat(parts)
     if key == "md":
-        estimator: _DirectionEstimator = MeanDifference()
+        estimator: _DirectionEstimator = MeanDifference(units=units)
     else:
         # WRMD with given weights is RMD with those weights in the means and the covariance.
-        estimator = RidgeMeanDifference(ridge_lambda=ridge_lambda, lambda_mode=lambda_mode)
+        estimator = RidgeMeanDifference(ridge_lambda=ridge_lambda, lambda_mode=lambda_mode, units=units)
     return estimator.fit(X, y, sample_weight=sample_weight).direction_

@@ -156,6 +156,82 @@ def test_compute_direction_matches_estimators(data):
     np.testing.assert_allclose(relative.numpy(), np_rmd(xr, xc, 0.1, relative=True), rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------------------ separation units
+
+
+def np_separation(v: np.ndarray, mean_r: np.ndarray, mean_c: np.ndarray) -> np.ndarray:
+    """s·u with u = v/‖v‖ and s = u·(μ_r − μ_c), written out in numpy."""
+    u = v / np.linalg.norm(v)
+    return float(u @ (mean_r - mean_c)) * u
+
+
+@pytest.mark.parametrize("method", ["md", "rmd", "wrmd"])
+def test_separation_units_closed_form(data, method):
+    X, _, scores, xr, xc, scores_r, scores_c = data
+    wr = np.maximum(scores_r, EPS) if method == "wrmd" else np.ones(len(xr))
+    wc = np.maximum(-scores_c, EPS) if method == "wrmd" else np.ones(len(xc))
+    mean_r, mean_c = np_weighted_mean(xr, wr), np_weighted_mean(xc, wc)
+    raw = mean_r - mean_c if method == "md" else np_rmd(xr, xc, 0.1, wr, wc, relative=True)
+    params = {} if method == "md" else {"ridge_lambda": 0.1, "lambda_mode": "relative"}
+    if method == "wrmd":
+        params["epsilon"] = EPS
+    est = make_estimator(method, units="separation", **params).fit(X, scores)
+    expected = np_separation(raw, mean_r, mean_c)
+    np.testing.assert_allclose(est.direction_.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(est.unit_direction_.numpy(), raw / np.linalg.norm(raw), rtol=1e-5, atol=1e-6)
+    assert est.separation_ == pytest.approx(float(np.linalg.norm(expected)), rel=1e-9)
+    # raw units keep the closed form and expose the same u and s
+    raw_est = make_estimator(method, **params).fit(X, scores)
+    np.testing.assert_allclose(raw_est.direction_.numpy(), raw, rtol=1e-5, atol=1e-6)
+    assert raw_est.separation_ == pytest.approx(est.separation_, rel=1e-12)
+    # α = −1 moves the refusal mean onto the compliance mean along u
+    u = est.unit_direction_.double().numpy()
+    assert float(u @ (mean_r - est.direction_.double().numpy())) == pytest.approx(float(u @ mean_c), abs=1e-5)
+
+
+def test_separation_units_md_is_the_mean_difference(data):
+    X, y, *_ = data
+    torch.testing.assert_close(
+        MeanDifference(units="separation").fit(X, y).direction_, MeanDifference().fit(X, y).direction_
+    )
+
+
+@pytest.mark.parametrize("method", ["md", "rmd", "wrmd"])
+def test_compute_direction_separation_units(data, method):
+    _, _, _, xr, xc, scores_r, scores_c = data
+    weights = {}
+    if method == "wrmd":
+        weights = {"refusal_weights": np.maximum(scores_r, EPS), "compliant_weights": np.maximum(-scores_c, EPS)}
+    raw = compute_direction(xr, xc, method=method, **weights).double().numpy()
+    wr = weights.get("refusal_weights", np.ones(len(xr)))
+    wc = weights.get("compliant_weights", np.ones(len(xc)))
+    sep = compute_direction(xr, xc, method=method, units="separation", **weights)
+    np.testing.assert_allclose(
+        sep.numpy(), np_separation(raw, np_weighted_mean(xr, wr), np_weighted_mean(xc, wc)), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("c", [0.01, 37.0])
+def test_separation_units_scale_with_the_activations(data, c):
+    """Scaling every activation by c scales a separation-unit vector by c (α keeps its meaning), while a raw
+    relative-λ RMD vector scales by 1/c (α would have to change by c²)."""
+    X, y, *_ = data
+    params = {"ridge_lambda": 0.1, "lambda_mode": "relative"}
+    sep = RidgeMeanDifference(units="separation", **params)
+    torch.testing.assert_close(sep.fit(c * X, y).direction_, c * sep.fit(X, y).direction_, rtol=1e-5, atol=1e-7)
+    raw = RidgeMeanDifference(**params)
+    torch.testing.assert_close(raw.fit(c * X, y).direction_, raw.fit(X, y).direction_ / c, rtol=1e-5, atol=1e-7)
+
+
+def test_bad_units(data):
+    X, y, *_ = data
+    with pytest.raises(ValueError, match="unknown units 'sigma'"):
+        MeanDifference(units="sigma").fit(X, y)
+    _, _, _, xr, xc, _, _ = data
+    with pytest.raises(ValueError, match="unknown units"):
+        compute_direction(xr, xc, units="norm")
+
+
 @pytest.mark.parametrize("method", ["md", "rmd", "wrmd"])
 def test_fit_statistics_equals_fit(data, method):
     X, _, scores, *_ = data
@@ -185,6 +261,7 @@ def test_sklearn_protocol(data):
         "epsilon": 0.05,
         "refusal_threshold": 0.1,
         "compliance_threshold": -0.1,
+        "units": "raw",
     }
     copy = clone(est)
     assert copy.get_params() == est.get_params() and not hasattr(copy, "direction_")
