@@ -18,11 +18,12 @@ Choices, all documented where they are made:
 - **Seeds**: each batch is sampled under its own seed derived from ``seed`` and the batch index, inside
   ``torch.random.fork_rng`` (the caller's global RNG state is left alone). The same prompts, ``batch_size`` and seed
   give the same answers on the same hardware.
-- **Log-probabilities**: after generation, one teacher-forced forward pass over prompt + answer (same model, same
-  adapters) gives ``log_softmax`` of the **raw** logits, i.e. the model's own distribution at temperature 1 without
-  top-p/top-k truncation, gathered at the generated tokens. This is what vLLM returns by default (the authors' code)
-  and it does not depend on the sampling temperature. It is exact, and costs far less memory than keeping the
-  per-step logits of ``generate``.
+- **Log-probabilities**: taken during generation, from the model's own forward output at each step: the
+  ``log_softmax`` of the **raw** logits (before temperature, top-p or top-k; after any logit soft-capping the model
+  applies itself), i.e. the model's own distribution at temperature 1, gathered at the token that step produced. This
+  is what vLLM returns by default (the authors' code) and it does not depend on the sampling temperature. Only one
+  ``[rows, vocab]`` row per step is held at a time (no second, teacher-forced pass and no per-step logits kept);
+  :func:`answer_logprobs` gives the teacher-forced values of given answers under any model (e.g. the base model).
 - **Answer tokens**: the generated tokens up to and including the first end-of-sequence token (any of the model's
   ``generation_config.eos_token_id`` and the tokenizer's ``eos_token_id``); the eos token is part of the answer's
   likelihood, as in vLLM's token list. For thinking models, only the tokens after the token that completes the
@@ -42,12 +43,15 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .token_positions import position_ids_from_mask
 
 __all__ = [
     "Answer",
     "PromptSamples",
+    "StepLogprobs",
+    "answer_logprobs",
     "THINK_END",
     "format_chat",
     "user_conversation",
@@ -357,6 +361,112 @@ def _token_logprobs(
     return results
 
 
+class StepLogprobs(StoppingCriteria):
+    """Records, during ``generate``, the log-probability of each produced token under the model's raw logits.
+
+    A forward hook on the causal LM keeps ``log_softmax`` of the last position's logits of the current step (one
+    ``[rows, vocab]`` float32 tensor, replaced every step); ``generate`` calls this object as a stopping criterion
+    right after it appends the step's token, which is then gathered from that row. It never stops generation.
+
+    Use as a context manager around ``generate`` (the hook is removed on exit) and pass it in ``stopping_criteria``.
+
+    Args:
+        model: the model whose ``generate`` is called (a transformers model, with or without adapters, or a
+            ``PeftModel``); the hook sits on the innermost transformers causal LM, whose output carries the logits.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.module = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._handle: Any = None
+        self._pending: torch.Tensor | None = None
+        self._steps: list[torch.Tensor] = []
+
+    def __enter__(self) -> StepLogprobs:
+        self._steps, self._pending = [], None
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _hook(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        logits = output["logits"] if isinstance(output, Mapping) else output.logits
+        self._pending = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self._pending is None:
+            raise RuntimeError("StepLogprobs saw a generated token without the model's logits for it")
+        token = input_ids[:, -1:].to(self._pending.device)
+        self._steps.append(self._pending.gather(-1, token)[:, 0].cpu())
+        self._pending = None
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def result(self, generated: torch.Tensor) -> list[torch.Tensor]:
+        """Per row, the log-probabilities of the ``generated`` tokens ``[rows, new]`` (float32 on CPU).
+
+        Raises:
+            RuntimeError: when the number of recorded steps does not match the generated width.
+        """
+        if len(self._steps) != generated.shape[1]:
+            raise RuntimeError(f"recorded {len(self._steps)} steps for {generated.shape[1]} generated tokens")
+        if not self._steps:
+            return [torch.empty(0) for _ in range(generated.shape[0])]
+        table = torch.stack(self._steps, dim=1)
+        return list(table.unbind(0))
+
+
+@torch.no_grad()
+def answer_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answer_token_ids: Sequence[Sequence[int]],
+    *,
+    system_prompt: str | None = None,
+    batch_size: int = 8,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> list[torch.Tensor]:
+    """Teacher-forced log-probabilities of given answers under ``model`` (e.g. the base model scoring steered answers).
+
+    Args:
+        model: a causal LM (adapters as they are: wrap the call in ``steering_disabled`` for the base model).
+        tokenizer: its tokenizer.
+        prompts: user prompts, formatted exactly as :func:`sample_answers` formats them.
+        answer_token_ids: per prompt, the answer tokens (e.g. :attr:`Answer.token_ids`).
+        system_prompt: the system message used when sampling.
+        batch_size: rows per forward pass.
+        chat_template_kwargs: extra chat-template variables.
+
+    Returns:
+        One float32 ``[len(answer_token_ids[i])]`` tensor per prompt, on CPU.
+    """
+    if len(prompts) != len(answer_token_ids):
+        raise ValueError(f"{len(prompts)} prompts but {len(answer_token_ids)} answers")
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = _pad_id(tokenizer, eos_ids)
+    device = _input_device(model)
+    texts = format_chat(
+        tokenizer, [user_conversation(p, system_prompt) for p in prompts], chat_template_kwargs=chat_template_kwargs
+    )
+    results: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        answers = [list(ids) for ids in answer_token_ids[start : start + batch_size]]
+        input_ids, attention_mask = _encode_left_padded(tokenizer, texts[start : start + batch_size], pad_id, device)
+        lengths = [len(ids) for ids in answers]
+        new = max(lengths + [1])
+        tail = torch.full((len(answers), new), pad_id, dtype=torch.long)
+        tail_mask = torch.zeros((len(answers), new), dtype=torch.long)
+        for row, ids in enumerate(answers):
+            tail[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            tail_mask[row, : len(ids)] = 1
+        sequences = torch.cat([input_ids, tail.to(device)], dim=1)
+        mask = torch.cat([attention_mask, tail_mask.to(device)], dim=1)
+        results += _token_logprobs(model, sequences, mask, input_ids.shape[1], lengths)
+    return results
+
+
 def sample_answers(
     model: nn.Module,
     tokenizer: Any,
@@ -403,9 +513,8 @@ def sample_answers(
 
     Returns:
         One :class:`PromptSamples` per prompt, in input order, each with ``k`` :class:`Answer` objects.
-        ``mean_logprob`` comes from a second, teacher-forced forward pass over prompt + answer under the same model:
-        the model's own log-probabilities (raw logits, temperature 1, no top-p/top-k), whatever the sampling
-        temperature.
+        ``mean_logprob`` is recorded during generation from the model's own logits at each step (raw logits,
+        temperature 1, no top-p/top-k), whatever the sampling temperature.
 
     Raises:
         ValueError: empty or non-string prompts, ``k < 1``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
@@ -451,6 +560,7 @@ def sample_answers(
     else:
         generation.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, num_return_sequences=k)
     generation.update(generate_kwargs or {})
+    user_criteria = list(generation.pop("stopping_criteria", None) or [])
     rows_per_prompt = 1 if greedy else k
     fork_devices = [device] if device.type == "cuda" else []
 
@@ -460,19 +570,21 @@ def sample_answers(
         for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
             batch_texts = texts[start : start + batch_size]
             input_ids, attention_mask = _encode_left_padded(tokenizer, batch_texts, pad_id, device)
-            with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
+            recorder = StepLogprobs(model)
+            with torch.no_grad(), torch.random.fork_rng(devices=fork_devices), recorder:
                 torch.manual_seed(_derive_seed(seed, "batch", batch_index))
-                sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation)
+                sequences = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    stopping_criteria=StoppingCriteriaList([*user_criteria, recorder]),
+                    **generation,
+                )
             if not isinstance(sequences, torch.Tensor):  # return_dict_in_generate=True passed by the caller
                 sequences = sequences.sequences
             width = input_ids.shape[1]
             generated = sequences[:, width:]
             lengths, finished = _answer_lengths(generated, eos_ids)
-            row_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
-            positions = torch.arange(generated.shape[1], device=generated.device)[None, :]
-            answer_mask = (positions < torch.tensor(lengths, device=generated.device)[:, None]).long()
-            full_mask = torch.cat([row_mask, answer_mask.to(row_mask.device)], dim=1)
-            token_logprobs = _token_logprobs(model, sequences, full_mask, width, lengths)
+            token_logprobs = recorder.result(generated)
 
             for offset, prompt in enumerate(prompts[start : start + batch_size]):
                 answers = []

@@ -9,7 +9,14 @@ import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from steering_adapter.generation import Answer, PromptSamples, format_chat, sample_answers, split_reasoning
+from steering_adapter.generation import (
+    Answer,
+    PromptSamples,
+    answer_logprobs,
+    format_chat,
+    sample_answers,
+    split_reasoning,
+)
 
 PROMPTS = [HARMLESS_PROMPTS[0], SENSITIVE_PROMPTS[0], "Hi"]
 SAMPLING = dict(k=3, max_new_tokens=8, progress=False, batch_size=2)
@@ -83,6 +90,27 @@ def test_mean_logprob_matches_plain_forward_pass(llama, tokenizer):
             expected = reference_mean_logprob(llama, tokenizer, samples.prompt, answer.token_ids, "Be brief.")
             # the model's own log-probs (temperature 1), not the temperature-1.3 sampling distribution
             assert answer.mean_logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_logprobs_are_raw_under_top_k_and_top_p(llama, tokenizer):
+    """Truncated sampling (top-k 3, top-p 0.5, temperature 0.7) still records the model's untruncated log-probs."""
+    results = sample_answers(llama, tokenizer, PROMPTS[:2], temperature=0.7, top_k=3, top_p=0.5, **SAMPLING)
+    for samples in results:
+        for answer in samples.answers:
+            expected = reference_mean_logprob(llama, tokenizer, samples.prompt, answer.token_ids)
+            assert answer.mean_logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_answer_logprobs_teacher_forced(llama, tokenizer):
+    """answer_logprobs scores given answers (of different lengths, batched) as one unpadded pass would."""
+    answers = [[5, 9, 11, 3], [7], [12, 4, 4, 4, 4, 4]]
+    values = answer_logprobs(llama, tokenizer, PROMPTS, answers, system_prompt="Be brief.", batch_size=2)
+    for prompt, ids, got in zip(PROMPTS, answers, values, strict=True):
+        assert got.shape == (len(ids),)
+        expected = reference_mean_logprob(llama, tokenizer, prompt, ids, "Be brief.")
+        assert float(got.mean()) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="3 prompts but 2 answers"):
+        answer_logprobs(llama, tokenizer, PROMPTS, answers[:2])
 
 
 def test_mean_logprob_under_steering_adapter(tokenizer):
