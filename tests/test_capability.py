@@ -11,16 +11,18 @@ from reference import contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.capability import next_token_kl, perplexity
+from steering_adapter.capability import NextTokenKL, next_token_kl, perplexity
 from steering_adapter.tuner import steering_disabled
+from steering_adapter.tuner.model import set_adapter_scale
 
 PROMPTS = ["How do I bake bread at home?", "What is the boiling point of water?", "Write a poem.", "Hi"]
 
 
-def _chat_ids(tokenizer, prompt):
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
+def _chat_ids(tokenizer, prompt, system=None):
+    messages = [{"role": "user", "content": prompt}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
 
@@ -47,6 +49,44 @@ def test_next_token_kl_matches_hand_computation(padding_side):
     assert got["mean_kl"] == pytest.approx(total / count, rel=1e-4)
     assert got["mean_kl_last"] == pytest.approx(last / len(PROMPTS), rel=1e-4)
     assert got["mean_kl"] > 0
+
+
+def _hand_kl(tokenizer, vectors, scale, last_n, system=None):
+    """Per-prompt unpadded passes; KL over each prompt's last ``last_n`` positions."""
+    base, reference = tiny_model("llama"), tiny_model("llama")
+    total, count, last = 0.0, 0, 0.0
+    for prompt in PROMPTS:
+        ids = _chat_ids(tokenizer, prompt, system)
+        with torch.no_grad():
+            p = torch.log_softmax(base(ids).logits[0].double(), -1)[-last_n:]
+            with contract_hooks(reference, "model.layers", [{"vectors": vectors, "scale": scale}]):
+                q = torch.log_softmax(reference(ids).logits[0].double(), -1)[-last_n:]
+        kl = (p.exp() * (p - q)).sum(-1)
+        total, count, last = total + kl.sum().item(), count + kl.numel(), last + kl[-1].item()
+    return total / count, last / len(PROMPTS), count
+
+
+def test_cached_base_kl_on_the_last_tokens():
+    """NextTokenKL keeps the base side across steering strengths and bounds the positions per prompt."""
+    tokenizer = tiny_tokenizer()
+    vectors = {1: torch.randn(64, generator=torch.Generator().manual_seed(0)) * 2}
+    model = adapter_from_vectors(tiny_model("llama"), vectors, scale=1.0)
+    kl = NextTokenKL(tokenizer, PROMPTS, max_tokens=3, batch_size=3, system_prompt="Be brief.", progress=False)
+    calls = []
+    handle = model.get_base_model().register_forward_hook(lambda *_: calls.append(1))
+    for scale in (1.0, -2.5):
+        set_adapter_scale(model, scale)
+        got = kl.measure(model)
+        mean, last, count = _hand_kl(tokenizer, vectors, scale, 3, system="Be brief.")
+        assert got["positions"] == count == 3 * len(PROMPTS)
+        assert got["mean_kl"] == pytest.approx(mean, rel=1e-4)
+        assert got["mean_kl_last"] == pytest.approx(last, rel=1e-4)
+    handle.remove()
+    assert len(calls) == 2 + 2 + 2  # 2 batches: base once, then steered twice
+    with pytest.raises(ValueError, match="another model"):
+        kl.measure(adapter_from_vectors(tiny_model("llama"), vectors, scale=1.0))
+    with pytest.raises(ValueError, match="max_tokens"):
+        NextTokenKL(tokenizer, PROMPTS, max_tokens=0)
 
 
 def test_kl_is_zero_without_steering_effect():
