@@ -1,10 +1,14 @@
 """Before / after evaluation of steering adapters on named prompt sets.
 
 For each prompt set the model is scored twice — with steering switched off (the base model) and on — with the same
-sampling settings and judge (``docs/method.md`` §1): refusal / neutral / compliance rates, and the mean relevance of
-the answers to their prompts (an off-topic "compliance" is not a real answer). Capability is measured as the KL
-divergence of next-token distributions from the base model on neutral prompts, and perplexity on reference texts.
-Every stage goes through :func:`~steering_adapter.scoring_run.score_prompts`, so an interrupted evaluation resumes.
+sampling settings and judge (``docs/method.md`` §1): refusal / neutral / compliance rates, and the quality of the
+answers (:mod:`steering_adapter.quality`): relevance to their prompts with a 95 % interval over prompts (an off-topic
+"compliance" is not a real answer), repetition, and their perplexity under the base model (garbled text scores
+high). Capability is measured as the KL divergence of next-token distributions from the base model on neutral
+prompts (:class:`~steering_adapter.capability.NextTokenKL`; pass one object to several evaluations and the base side
+is computed once), and perplexity on reference texts. A few base/steered answer pairs per target set go into the
+report. Every stage goes through :func:`~steering_adapter.scoring_run.score_prompts`, so an interrupted evaluation
+resumes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from .capability import next_token_kl, perplexity
+from .capability import NextTokenKL, perplexity
+from .generation import Answer, answer_logprobs
 from .judges.base import Judge
+from .quality import repetition_rate, summarize_quality
 from .records import JsonlLog, atomic_write_json, atomic_write_text
 from .scoring import plot_histogram, summarize
 from .scoring_run import ANSWERS_FILE, score_prompts
@@ -62,6 +68,7 @@ class EvaluationReport:
     kl: dict[str, float] | None = None
     perplexity: dict[str, float] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +92,8 @@ class EvaluationReport:
                 cells.append(_fmt(row["steered"]["refusal_pct"] - row["base"]["refusal_pct"], signed=True))
             cells += [_fmt(row[c].get("mean_relevance"), digits=3) for c in conditions]
             lines.append("| " + " | ".join(cells) + " |")
+        if any("repetition" in row.get(c, {}) for row in self.sets.values() for c in conditions):
+            lines += ["", self.quality_markdown(conditions)]
         if self.kl:
             lines.append("")
             lines.append(
@@ -96,7 +105,41 @@ class EvaluationReport:
                 "Perplexity on reference texts: "
                 + ", ".join(f"{c} {value:.3f}" for c, value in self.perplexity.items())
             )
+        if self.samples:
+            lines += ["", self.samples_markdown()]
         return "\n".join(lines) + "\n"
+
+    def quality_markdown(self, conditions: Sequence[str]) -> str:
+        """Answer quality per set and condition: relevance with its 95 % interval over prompts, repetition, and
+        the median perplexity of the answers under the base model."""
+        header = (
+            "| set | "
+            + " | ".join(f"relevance [95 % CI] ({c}) | repetition ({c}) | base-model ppl ({c})" for c in conditions)
+            + " |"
+        )
+        lines = ["Answer quality:", "", header, "|" + "---|" * (header.count("|") - 1)]
+        for name, row in self.sets.items():
+            cells = [name]
+            for condition in conditions:
+                entry = row.get(condition, {})
+                interval = entry.get("relevance_interval")
+                relevance = _fmt(entry.get("mean_relevance"), digits=3)
+                if interval is not None and relevance != "n/a":
+                    relevance += f" [{_fmt(interval[0], digits=3)}, {_fmt(interval[1], digits=3)}]"
+                cells += [relevance, _fmt(entry.get("repetition"), digits=3), _fmt(entry.get("base_perplexity"))]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def samples_markdown(self, max_chars: int = 300) -> str:
+        """Base and steered sample answers of the target sets."""
+        lines = ["### Sample answers (first answer of each, base → steered)"]
+        for name, pairs in self.samples.items():
+            lines.append(f"\n**{name}**\n")
+            for pair in pairs:
+                lines.append(f"- *{_clip(pair['prompt'], max_chars)}*")
+                lines.append(f"  - base: {_clip(pair['base'], max_chars)}")
+                lines.append(f"  - steered: {_clip(pair['steered'], max_chars)}")
+        return "\n".join(lines)
 
 
 def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport) -> str:
@@ -141,16 +184,26 @@ def adapter_report_markdown(report: EvaluationReport, ungated: EvaluationReport 
     return markdown
 
 
+def _clip(text: str, max_chars: int) -> str:
+    flat = " ".join(str(text).split()) or "(empty)"
+    return flat if len(flat) <= max_chars else flat[: max_chars - 1] + "…"
+
+
 def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def recorded_answers(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[Answer]]:
+    """The answers recorded by ``score_prompts`` in ``log_dir`` for each prompt key."""
+    records = JsonlLog(Path(log_dir) / ANSWERS_FILE).by_key()
+    return [[Answer.from_dict(answer) for answer in records[key]["answers"]] for key in keys]
+
+
 def answer_texts(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[str]]:
     """The answer texts recorded by ``score_prompts`` in ``log_dir`` for each prompt key."""
-    records = JsonlLog(Path(log_dir) / ANSWERS_FILE).by_key()
-    return [[answer["text"] for answer in records[key]["answers"]] for key in keys]
+    return [[answer.text for answer in answers] for answers in recorded_answers(log_dir, keys)]
 
 
 def evaluate(
@@ -161,9 +214,11 @@ def evaluate(
     out_dir: str | os.PathLike,
     *,
     conditions: Sequence[str] = CONDITIONS,
-    kl_prompts: Sequence[str] | None = None,
+    kl_prompts: Sequence[str] | NextTokenKL | None = None,
     perplexity_texts: Sequence[str] | None = None,
     relevance: Any | None = None,
+    quality: bool = True,
+    samples: int = 3,
     batch_size: int = 8,
     progress: bool = True,
     plots: bool = True,
@@ -179,9 +234,13 @@ def evaluate(
         out_dir: run folder: ``<condition>/<set>/`` hold the resumable records, ``report.json``, ``report.md`` and
             PNG plots go at the top.
         conditions: which of ``("base", "steered")`` to run.
-        kl_prompts: neutral prompts for the KL divergence (skipped when ``None``).
+        kl_prompts: neutral prompts for the KL divergence, or a :class:`~steering_adapter.capability.NextTokenKL`
+            whose cached base side is reused (skipped when ``None``).
         perplexity_texts: reference texts for perplexity (skipped when ``None``).
         relevance: a :class:`~steering_adapter.relevance.RelevanceScorer` (skipped when ``None``).
+        quality: also measure repetition and the answers' perplexity under the base model (one teacher-forced pass
+            with steering off over the steered answers; the base answers' own log-probabilities are reused).
+        samples: base/steered answer pairs kept per target set for the report (both conditions needed).
         batch_size: prompts per sampling / forward batch.
         progress: tqdm bars.
         plots: write the PNG plots.
@@ -202,6 +261,7 @@ def evaluate(
     report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}
+        texts: dict[str, list[str]] = {}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
             with _condition(model, condition):
@@ -216,11 +276,27 @@ def evaluate(
                     **sampling,
                 )
             summary = summarize([s.score for s in scores])
+            answers = recorded_answers(log_dir, [s.key for s in scores])
+            texts[condition] = [group[0].text for group in answers]
+            relevance_per_prompt = None
             if relevance is not None:
-                texts = answer_texts(log_dir, [s.key for s in scores])
-                pairs = [(s.prompt, text) for s, answers in zip(scores, texts, strict=True) for text in answers]
+                pairs = [(s.prompt, a.text) for s, group in zip(scores, answers, strict=True) for a in group]
                 values = relevance.score([p for p, _ in pairs], [a for _, a in pairs])
+                sizes = [len(group) for group in answers]
+                starts = [sum(sizes[:i]) for i in range(len(sizes))]
+                relevance_per_prompt = [sum(values[b : b + n]) / n for b, n in zip(starts, sizes, strict=True)]
                 summary["mean_relevance"] = float(sum(values) / len(values))
+            if quality:
+                flat = [a for group in answers for a in group]
+                if condition == "base":  # sampled from the base model: its own log-probabilities
+                    base_logprobs = [a.mean_logprob for a in flat]
+                else:
+                    base_logprobs = _base_logprobs(model, tokenizer, scores, answers, log_dir, batch_size, sampling)
+                summary.update(
+                    summarize_quality(
+                        relevance_per_prompt, [repetition_rate(a.token_ids) for a in flat], base_logprobs
+                    )
+                )
             if plots:
                 plot_histogram(
                     [s.score for s in scores],
@@ -228,11 +304,24 @@ def evaluate(
                     title=f"{eval_set.name} ({condition})",
                 )
             report.sets[eval_set.name][condition] = summary
+        if samples and eval_set.role == "target" and set(CONDITIONS) <= set(texts):
+            report.samples[eval_set.name] = [
+                {"prompt": prompt, "base": base, "steered": steered}
+                for prompt, base, steered in list(
+                    zip(eval_set.prompts, texts["base"], texts["steered"], strict=False)
+                )[:samples]
+            ]
     if kl_prompts is not None:
-        report.kl = {
-            **next_token_kl(model, tokenizer, list(kl_prompts), batch_size=batch_size, progress=progress),
-            "n_prompts": len(kl_prompts),
-        }
+        kl = kl_prompts
+        if not isinstance(kl, NextTokenKL):
+            kl = NextTokenKL(
+                tokenizer,
+                list(kl_prompts),
+                batch_size=batch_size,
+                system_prompt=sampling.get("system_prompt"),
+                progress=progress,
+            )
+        report.kl = kl.measure(model)
     if perplexity_texts is not None:
         report.perplexity = {}
         for condition in conditions:
@@ -245,6 +334,46 @@ def evaluate(
     atomic_write_json(out / "report.json", report.to_dict())
     atomic_write_text(out / "report.md", report.to_markdown())
     return report
+
+
+BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
+
+
+def _base_logprobs(
+    model: nn.Module,
+    tokenizer: Any,
+    scores: Sequence[Any],
+    answers: Sequence[Sequence[Answer]],
+    log_dir: Path,
+    batch_size: int,
+    sampling: dict[str, Any],
+) -> list[float]:
+    """Mean log-probability of every steered answer under the base model (steering off), NaN for empty answers.
+
+    Kept per prompt key in ``log_dir/base_logprobs.jsonl``, so a resumed evaluation does not score them again.
+    Thinking models' answers are scored after the prompt alone (their reasoning is not re-fed)."""
+    log = JsonlLog(log_dir / BASE_LOGPROBS_FILE)
+    done = {key: record["values"] for key, record in log.by_key().items()}
+    pending = {s.key: (s, group) for s, group in zip(scores, answers, strict=True) if s.key not in done}
+    todo = list(pending.values())  # duplicate prompts share a key: scored once
+    if todo:
+        prompts = [s.prompt for s, group in todo for _ in group]
+        token_ids = [a.token_ids for _, group in todo for a in group]
+        with steering_disabled(model):
+            values = answer_logprobs(
+                model,
+                tokenizer,
+                prompts,
+                token_ids,
+                system_prompt=sampling.get("system_prompt"),
+                chat_template_kwargs=sampling.get("chat_template_kwargs"),
+                batch_size=batch_size,
+            )
+        means = iter(float(v.mean()) if len(v) else None for v in values)
+        for s, group in todo:
+            done[s.key] = [next(means) for _ in group]
+            log.append_keyed({"key": s.key, "values": done[s.key]})
+    return [math.nan if v is None else v for s in scores for v in done[s.key]]
 
 
 def _condition(model: nn.Module, condition: str) -> contextlib.AbstractContextManager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from reference import contract_hooks
@@ -28,6 +29,22 @@ class ParityJudge(Judge):
 
     def judge(self, prompt: str, answer: str) -> Judgment:
         return Judgment(1 if len(answer) % 2 == 0 else -1, "parity", "")
+
+
+def _repeated_trigrams(ids):
+    grams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+    return 0.0 if len(grams) < 2 else sum(g in grams[:i] for i, g in enumerate(grams)) / len(grams)
+
+
+def _base_mean_logprob(model, tokenizer, prompt, answer_ids):
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0].double()
+    logprobs = torch.log_softmax(logits, -1)[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(answer_ids)]
+    return float(logprobs[torch.arange(len(answer_ids)), torch.tensor(answer_ids)].mean())
 
 
 def _vectors():
@@ -74,8 +91,34 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
             )
         row = report.sets[eval_set.name]
         assert row["role"] == eval_set.role
-        assert row["base"] == summarize([s.score for s in expected_base])
-        assert row["steered"] == summarize([s.score for s in expected_steered])
+        for condition, expected in (("base", expected_base), ("steered", expected_steered)):
+            counts = summarize([s.score for s in expected])
+            assert {k: row[condition][k] for k in counts} == counts
+        # answer quality from the reference records: repetition of each answer, perplexity under the base model
+        for condition, folder in (("base", "b"), ("steered", "s")):
+            records = [json.loads(x) for x in (tmp_path / "ref" / folder / eval_set.name / "answers.jsonl").open()]
+            answers = [a for r in records for a in r["answers"]]
+            repetition = [_repeated_trigrams(a["token_ids"]) for a in answers]
+            assert row[condition]["repetition"] == pytest.approx(sum(repetition) / len(repetition))
+            nll = [
+                -_base_mean_logprob(base, tokenizer, r["prompt"], a["token_ids"])
+                for r in records
+                for a in r["answers"]
+            ]
+            assert row[condition]["base_perplexity"] == pytest.approx(float(np.median(np.exp(nll))), rel=1e-3)
+        if eval_set.role == "target":
+            first = {
+                folder: {
+                    r["prompt"]: r["answers"][0]["text"]
+                    for r in map(json.loads, (tmp_path / "ref" / folder / eval_set.name / "answers.jsonl").open())
+                }
+                for folder in ("b", "s")
+            }
+            assert report.samples["target"] == [
+                {"prompt": p, "base": first["b"][p], "steered": first["s"][p]} for p in eval_set.prompts
+            ]
+    assert set(report.samples) == {"target"}
+    assert "### Sample answers" in report.to_markdown() and "Answer quality:" in report.to_markdown()
     assert report.kl["mean_kl"] > 0 and report.kl["n_prompts"] == 2
     assert set(report.perplexity) == {"base", "steered"}
 
