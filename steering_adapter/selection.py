@@ -2,16 +2,22 @@
 
 Layers are ranked first (|Pearson r| of the projection with c(x), then ROC AUC: see
 :meth:`~steering_adapter.diagnostics.DirectionDiagnostics.best_layers`). The sweep then tries the top ``n`` layers
-for each ``n`` in ``layer_counts`` and each ``α`` in ``alphas`` on held-out prompts, evaluates each point with
-:func:`~steering_adapter.evaluation.evaluate` (resumable), and picks by a three-way trade-off:
+for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5 … −3`` to remove,
+``+0.5 … +3`` to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean), evaluates each point
+with :func:`~steering_adapter.evaluation.evaluate` on held-out prompts (resumable; base answers and the base side of
+the KL are computed once for the whole sweep), then refines α around the best feasible grid point by a golden-section
+search (:func:`bracketed_minimum`), so the choice is not limited to the grid. It picks by a trade-off:
 
 - ``goal="remove"``: lowest refusal rate on the target sets, subject to harmful refusals ≥ base − δ, benign false
-  refusals ≤ base + δ, every "other" set within ±δ, and KL ≤ budget;
-- ``goal="induce"``: highest refusal rate on the target sets, subject to every non-target set within ±δ and KL ≤
-  budget.
+  refusals ≤ base + δ, every "other" set within ±δ, KL ≤ budget, and target answers that still answer: relevance
+  above a floor (absolute, and relative to the base model's relevance on benign answers), little repetition, and a
+  perplexity under the base model not far above its own answers' (:func:`quality_limits`);
+- ``goal="induce"``: highest refusal rate on the target sets, subject to every non-target set within ±δ, KL ≤
+  budget, and the same answer-quality limits on the benign / other sets (relative to their own base values).
 
-Ties go to the smaller KL, then the smaller |α|, then fewer layers. The table is saved as JSON and CSV with a Pareto
-plot, and :meth:`SweepResult.metadata` is what the adapter records in ``steering_metadata["selection"]``.
+Near-ties (within one target prompt by default) go to the smaller |α|, then the smaller KL, then fewer layers. The
+table is saved as JSON and CSV with a Pareto plot, and :meth:`SweepResult.metadata` is what the adapter records in
+``steering_metadata["selection"]``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 
 from .builder import adapter_from_vectors
+from .capability import NextTokenKL
 from .conditions import ConditionFit
 from .evaluation import EvalSet, evaluate
 from .judges.base import Judge
@@ -35,24 +42,51 @@ from .records import atomic_write_json
 from .tuner.model import set_adapter_scale
 
 GOALS = ("remove", "induce")
+GOLDEN = 0.3819660112501051  # 2 − φ: where a golden-section step probes the larger side of a bracket
+DEFAULT_ALPHAS = {"remove": (-0.5, -1.0, -1.5, -2.0, -3.0), "induce": (0.5, 1.0, 1.5, 2.0, 3.0)}
+
+
+def default_alphas(goal: str) -> tuple[float, ...]:
+    """The default α grid in separation units (``vector_units: class_separation``): α = ∓1 moves the refused prompts'
+    mean onto the complied prompts' mean along the direction, on any model."""
+    if goal not in GOALS:
+        raise ValueError(f"unknown selection goal {goal!r}; expected one of {GOALS}")
+    return DEFAULT_ALPHAS[goal]
 
 
 @dataclass
 class SelectionObjective:
     """What the sweep optimises and the constraints it respects.
 
+    Answer-quality constraints apply to the sets whose answers are meant to be answers: the target sets when
+    removing refusals, the benign and "other" sets when inducing them. A constraint set to ``None`` is off; one whose
+    measure was not taken (no relevance scorer) is skipped.
+
     Args:
         goal: ``"remove"`` target refusals (α < 0 for refusal vectors) or ``"induce"`` them (α > 0).
         delta: allowed change of the constrained sets, in percentage points.
         kl_budget: maximum mean KL(base ‖ steered) on the neutral prompts (``None``: unconstrained).
-        min_relevance: minimum mean prompt/answer relevance on the target sets (``None``: unconstrained); guards
-            against "compliance" that drifts off topic.
+        min_relevance: absolute floor on the mean prompt/answer relevance (MiniLM cosine) of those answers.
+        relevance_ratio: relative floor: the relevance must also reach this fraction of the base model's relevance
+            on benign answers (``remove``; the target sets' base answers are refusals) or of the same set's base
+            relevance (``induce``). The floor is the larger of the two.
+        max_repetition: ceiling on the mean share of repeated token 3-grams per answer (looping output).
+        max_perplexity_ratio: ceiling on the median perplexity of the answers under the base model, relative to the
+            base model's own answers (benign sets for ``remove``, the same set for ``induce``): garbled text that the
+            base model would never write.
+        near_tie: points whose target refusal rate is within this many percentage points of the best count as tied
+            and the smallest |α|, then the lowest KL, then the fewest layers wins (``None``: one prompt of the
+            smallest target set).
     """
 
     goal: str = "remove"
     delta: float = 5.0
     kl_budget: float | None = 0.5
-    min_relevance: float | None = None
+    min_relevance: float | None = 0.2
+    relevance_ratio: float | None = 0.8
+    max_repetition: float | None = 0.35
+    max_perplexity_ratio: float | None = 4.0
+    near_tie: float | None = None
 
     def __post_init__(self) -> None:
         if self.goal not in GOALS:
@@ -61,6 +95,17 @@ class SelectionObjective:
             raise ValueError(f"delta must be >= 0 percentage points, got {self.delta}")
         if self.kl_budget is not None and not self.kl_budget > 0:
             raise ValueError(f"kl_budget must be > 0 or None, got {self.kl_budget}")
+        for name in ("relevance_ratio", "max_repetition", "max_perplexity_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
+        if self.near_tie is not None and not self.near_tie >= 0:
+            raise ValueError(f"near_tie must be >= 0 percentage points or None, got {self.near_tie}")
+
+    def quality_sets(self, roles: Mapping[str, str]) -> list[str]:
+        """The sets whose answers must stay answers (see the class docstring)."""
+        wanted = ("target",) if self.goal == "remove" else ("benign", "other")
+        return [name for name, role in roles.items() if role in wanted]
 
 
 @dataclass
@@ -78,6 +123,8 @@ class SweepPoint:
     violations: list[str] = field(default_factory=list)
     label: str = ""
     gated: bool = False
+    quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refined: bool = False
 
 
 @dataclass
@@ -91,6 +138,9 @@ class SweepResult:
     choice: SweepPoint | None
     ranking: list[int]
     condition: dict[str, Any] | None = None
+    quality_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    near_tie: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +149,7 @@ class SweepResult:
         """The record of the choice stored in the adapter's ``steering_metadata["selection"]``."""
         chosen = None
         if self.choice is not None:
-            keep = ("layers", "alpha", "refusal_pct", "kl", "gated")
+            keep = ("layers", "alpha", "refusal_pct", "kl", "gated", "quality", "refined")
             chosen = {k: v for k, v in asdict(self.choice).items() if k in keep}
         return {
             "objective": asdict(self.objective),
@@ -109,25 +159,85 @@ class SweepResult:
             "chosen": chosen,
             "n_points": len(self.points),
             "n_feasible": sum(point.feasible for point in self.points),
+            "quality_limits": self.quality_limits,
+            "near_tie": self.near_tie,
             "condition": self.condition,
         }
 
 
+def quality_limits(
+    base_quality: Mapping[str, Mapping[str, Any]], roles: Mapping[str, str], objective: SelectionObjective
+) -> dict[str, dict[str, float]]:
+    """Per quality set (:meth:`SelectionObjective.quality_sets`): the relevance floor, the repetition ceiling and the
+    base-perplexity ceiling implied by ``objective`` and the base model's own answers.
+
+    Args:
+        base_quality: per set, the base condition's evaluation summary (``mean_relevance``, ``base_perplexity``).
+        roles: set name → role.
+        objective: the objective.
+
+    Returns:
+        ``{set: {"min_relevance": ..., "max_repetition": ..., "max_perplexity": ...}}`` with only the limits that
+        apply (a relative limit needs the base measure it is relative to).
+    """
+
+    def mean_of(names: Sequence[str], key: str) -> float | None:
+        values = [base_quality[n].get(key) for n in names if n in base_quality]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
+
+    benign = [name for name, role in roles.items() if role == "benign"]
+    limits: dict[str, dict[str, float]] = {}
+    for name in objective.quality_sets(roles):
+        reference = benign if objective.goal == "remove" else [name]
+        entry: dict[str, float] = {}
+        floors = []
+        if objective.min_relevance is not None:
+            floors.append(objective.min_relevance)
+        ref_relevance = mean_of(reference, "mean_relevance")
+        if objective.relevance_ratio is not None and ref_relevance is not None:
+            floors.append(objective.relevance_ratio * ref_relevance)
+        if floors:
+            entry["min_relevance"] = max(floors)
+        if objective.max_repetition is not None:
+            entry["max_repetition"] = objective.max_repetition
+        ref_perplexity = mean_of(reference, "base_perplexity")
+        if objective.max_perplexity_ratio is not None and ref_perplexity is not None:
+            entry["max_perplexity"] = objective.max_perplexity_ratio * ref_perplexity
+        limits[name] = entry
+    return limits
+
+
 def check_constraints(
-    point: SweepPoint, base: Mapping[str, float], roles: Mapping[str, str], objective: SelectionObjective
+    point: SweepPoint,
+    base: Mapping[str, float],
+    roles: Mapping[str, str],
+    objective: SelectionObjective,
+    limits: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[str]:
-    """The constraints ``point`` violates (empty when feasible)."""
+    """The constraints ``point`` violates (empty when feasible).
+
+    Args:
+        point: the measured point.
+        base: base refusal rate per set.
+        roles: set name → role.
+        objective: the objective.
+        limits: answer-quality limits per set (:func:`quality_limits`); without them, ``objective.min_relevance``
+            alone is checked on the quality sets.
+    """
     violations = []
+    if limits is None:
+        limits = {
+            name: {"min_relevance": objective.min_relevance}
+            for name in objective.quality_sets(roles)
+            if objective.min_relevance is not None
+        }
     for name, role in roles.items():
         after, before = point.refusal_pct[name], base[name]
         if math.isnan(after) or math.isnan(before):
             violations.append(f"{name}: no judged prompts")
             continue
         if role == "target":
-            if objective.min_relevance is not None and point.relevance.get(name, math.inf) < objective.min_relevance:
-                violations.append(
-                    f"{name}: relevance {point.relevance[name]:.3f} < {objective.min_relevance} (answers off topic)"
-                )
             continue
         if objective.goal == "remove" and role == "harmful":
             if after < before - objective.delta:
@@ -137,23 +247,106 @@ def check_constraints(
                 violations.append(f"{name}: false refusals {after:.1f}% > base {before:.1f}% + {objective.delta}")
         elif abs(after - before) > objective.delta:
             violations.append(f"{name}: refusals moved {after - before:+.1f} points (> ±{objective.delta})")
+    for name, limit in limits.items():
+        measured = {**point.quality.get(name, {})}
+        if name in point.relevance:
+            measured.setdefault("mean_relevance", point.relevance[name])
+        relevance = measured.get("mean_relevance")
+        if "min_relevance" in limit and relevance is not None and relevance < limit["min_relevance"]:
+            violations.append(f"{name}: relevance {relevance:.3f} < {limit['min_relevance']:.3g} (answers off topic)")
+        repetition = measured.get("repetition")
+        if "max_repetition" in limit and repetition is not None and repetition > limit["max_repetition"]:
+            violations.append(f"{name}: repetition {repetition:.3f} > {limit['max_repetition']:.3g} (looping)")
+        perplexity = measured.get("base_perplexity")
+        if "max_perplexity" in limit and perplexity is not None and perplexity > limit["max_perplexity"]:
+            violations.append(
+                f"{name}: base-model perplexity {perplexity:.1f} > {limit['max_perplexity']:.1f} (degenerate answers)"
+            )
     if objective.kl_budget is not None and point.kl is not None and point.kl > objective.kl_budget:
         violations.append(f"KL {point.kl:.4f} > budget {objective.kl_budget}")
     return violations
 
 
-def choose(points: Sequence[SweepPoint], objective: SelectionObjective) -> SweepPoint | None:
-    """The best feasible point (see the module docstring for the order), or ``None``."""
+def choose(points: Sequence[SweepPoint], objective: SelectionObjective, near_tie: float = 0.0) -> SweepPoint | None:
+    """The best feasible point, or ``None``.
+
+    The best target refusal rate (lowest for ``remove``, highest for ``induce``) wins; every feasible point within
+    ``near_tie`` percentage points of it counts as tied, and among those the smallest |α|, then the lowest KL, then the
+    fewest layers wins.
+    """
     feasible = [point for point in points if point.feasible and not math.isnan(point.target_refusal_pct)]
     if not feasible:
         return None
     sign = 1.0 if objective.goal == "remove" else -1.0
+    best = min(sign * point.target_refusal_pct for point in feasible)
+    tied = [point for point in feasible if sign * point.target_refusal_pct <= best + near_tie + 1e-9]
 
-    def key(point: SweepPoint) -> tuple[float, float, float, int]:
+    def key(point: SweepPoint) -> tuple[float, float, int, float]:
         kl = point.kl if point.kl is not None else 0.0
-        return (sign * point.target_refusal_pct, kl, abs(point.alpha), point.n_layers)
+        return (abs(point.alpha), kl, point.n_layers, sign * point.target_refusal_pct)
 
-    return min(feasible, key=key)
+    return min(tied, key=key)
+
+
+def objective_value(point: SweepPoint, objective: SelectionObjective) -> float:
+    """A scalar to minimise along α: the signed target refusal rate for feasible points (with a small preference for
+    smaller |α| and KL), and a large penalty growing with the number of violations for infeasible ones."""
+    if not point.feasible or math.isnan(point.target_refusal_pct):
+        return 1e4 + len(point.violations)
+    sign = 1.0 if objective.goal == "remove" else -1.0
+    kl = point.kl if point.kl is not None else 0.0
+    return sign * point.target_refusal_pct + 1e-3 * abs(point.alpha) + 1e-4 * kl
+
+
+def bracketed_minimum(
+    f: Callable[[float], float], low: float, best: float, high: float, f_best: float, steps: int
+) -> tuple[float, float]:
+    """Golden-section search for a minimum of ``f`` inside ``[low, high]``, starting from a known interior point.
+
+    Each step evaluates ``f`` once, at the golden section of the larger side of the current bracket, and keeps the
+    better point inside a shrinking bracket (ties keep the current point).
+
+    Args:
+        f: the function (e.g. :func:`objective_value` of a sweep point at α = sign·t).
+        low, best, high: the bracket, ``low < best < high``.
+        f_best: ``f(best)``.
+        steps: number of evaluations.
+
+    Returns:
+        ``(x, f(x))`` of the best point found.
+    """
+    if not low < best < high:
+        raise ValueError(f"the bracket must satisfy low < best < high, got {low}, {best}, {high}")
+    for _ in range(steps):
+        if high - best >= best - low:
+            x = best + GOLDEN * (high - best)
+        else:
+            x = best - GOLDEN * (best - low)
+        fx = f(x)
+        if fx < f_best:
+            if x > best:
+                low = best
+            else:
+                high = best
+            best, f_best = x, fx
+        elif x > best:
+            high = x
+        else:
+            low = x
+    return best, f_best
+
+
+def refinement_bracket(grid: Sequence[float], best: float) -> tuple[float, float]:
+    """The bracket ``(low, high)`` of magnitudes around the best grid magnitude ``best``: its grid neighbours, or,
+    at an end of the grid, half of it below / one grid step beyond it above."""
+    values = sorted({abs(float(v)) for v in grid})
+    i = values.index(abs(best))
+    low = values[i - 1] if i > 0 else values[0] / 2
+    if i + 1 < len(values):
+        high = values[i + 1]
+    else:
+        high = values[i] + (values[i] - values[i - 1] if i > 0 else values[i])
+    return low, high
 
 
 def sweep_layers_and_scale(
@@ -166,9 +359,11 @@ def sweep_layers_and_scale(
     out_dir: str | os.PathLike,
     *,
     layer_counts: Sequence[int] = (1, 2, 4),
-    alphas: Sequence[float] = (-1.0, -2.0, -4.0),
+    alphas: Sequence[float] | None = None,
+    refine_steps: int = 3,
     objective: SelectionObjective | None = None,
     kl_prompts: Sequence[str] | None = None,
+    kl_tokens: int | None = 16,
     relevance: Any | None = None,
     mode: str = "add",
     condition: ConditionFit | None = None,
@@ -177,22 +372,25 @@ def sweep_layers_and_scale(
     progress: bool = True,
     **sampling: Any,
 ) -> SweepResult:
-    """Sweep the number of top-ranked layers and α on held-out prompts, and choose by ``objective``.
+    """Sweep the number of top-ranked layers and α on held-out prompts, refine α, and choose by ``objective``.
 
     Args:
         model: the base model (a transformers causal LM, no adapters); it is wrapped during the sweep and given back
             unchanged (``unload``) at the end.
         tokenizer: its tokenizer.
-        directions: ``{layer: v}`` for every layer that may be chosen.
+        directions: ``{layer: v}`` for every layer that may be chosen (separation units for the default grids).
         ranking: layers best first (e.g. ``DirectionDiagnostics.best_layers()``); the top ``n`` are steered.
         sets: held-out prompt sets with roles; at least one ``"target"`` set.
         judge: the refusal judge.
         out_dir: run folder (``base/``, one folder per point, ``sweep.json``, ``sweep.csv``, ``pareto.png``).
         layer_counts: numbers of top layers to try.
-        alphas: scales to try.
-        objective: the :class:`SelectionObjective` (default: remove, δ = 5 points, KL ≤ 0.5).
-        kl_prompts: neutral prompts for the KL constraint.
-        relevance: optional :class:`~steering_adapter.relevance.RelevanceScorer`.
+        alphas: scales to try (default :func:`default_alphas` of the goal).
+        refine_steps: after the grid, golden-section evaluations of α around the best feasible grid point of the
+            chosen variant (``0``: the grid only).
+        objective: the :class:`SelectionObjective` (default: remove, δ = 5 points, KL ≤ 0.5, quality floors on).
+        kl_prompts: neutral prompts for the KL constraint (their base distributions are computed once).
+        kl_tokens: positions per KL prompt (see :class:`~steering_adapter.capability.NextTokenKL`).
+        relevance: optional :class:`~steering_adapter.relevance.RelevanceScorer` (needed for the relevance floor).
         mode: adapter mode (``"add"``).
         condition: a fitted condition (:func:`~steering_adapter.conditions.fit_condition`): every point is then
             tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
@@ -204,6 +402,7 @@ def sweep_layers_and_scale(
         The :class:`SweepResult`.
     """
     objective = objective or SelectionObjective()
+    alphas = tuple(default_alphas(objective.goal) if alphas is None else alphas)
     roles = {s.name: s.role for s in sets}
     if "target" not in roles.values():
         raise ValueError("the sweep needs at least one prompt set with role 'target'")
@@ -216,6 +415,10 @@ def sweep_layers_and_scale(
         raise ValueError(f"layer_counts must be within 1..{len(ranking)} (ranked layers), got {list(layer_counts)}")
     if not alphas:
         raise ValueError("alphas is empty")
+    if any(a == 0 for a in alphas) or len({math.copysign(1, a) for a in alphas}) > 1:
+        raise ValueError(f"alphas must be non-zero and of one sign, got {list(alphas)}")
+    if refine_steps < 0:
+        raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
     out = Path(out_dir)
     common = dict(judge=judge, batch_size=batch_size, progress=progress, relevance=relevance, plots=False)
 
@@ -241,46 +444,90 @@ def sweep_layers_and_scale(
                 **extra,
             )
             candidates.append((name, n, gated, sorted(layers)))
+    kl = None
+    if kl_prompts is not None:
+        kl = NextTokenKL(
+            tokenizer,
+            list(kl_prompts),
+            max_tokens=kl_tokens,
+            batch_size=batch_size,
+            system_prompt=sampling.get("system_prompt"),
+            progress=progress,
+        )
+    points: list[SweepPoint] = []
     try:
         base_report = evaluate(
             peft_model, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
         )
         base = {name: row["base"]["refusal_pct"] for name, row in base_report.sets.items()}
-        points = []
-        for name, n, gated, layers in candidates:
+        base_quality = {name: row["base"] for name, row in base_report.sets.items()}
+        limits = quality_limits(base_quality, roles, objective)
+        target_sizes = [row["base"]["n"] for row in base_report.sets.values() if row["role"] == "target"]
+        near_tie = objective.near_tie if objective.near_tie is not None else 100.0 / max(1, min(target_sizes))
+        measured: dict[tuple[str, float], SweepPoint] = {}
+
+        def measure(candidate: tuple[str, int, bool, list[int]], alpha: float, refined: bool = False) -> SweepPoint:
+            name, n, gated, layers = candidate
+            alpha = float(round(alpha, 4))
+            if (name, alpha) in measured:
+                return measured[(name, alpha)]
             peft_model.base_model.set_adapter(name)
+            set_adapter_scale(peft_model, alpha, name)
+            label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
+            report = evaluate(
+                peft_model,
+                tokenizer,
+                sets,
+                out_dir=out / label,
+                conditions=("steered",),
+                kl_prompts=kl,
+                **common,
+                **sampling,
+            )
+            quality_keys = ("mean_relevance", "relevance_interval", "repetition", "base_perplexity")
+            point = SweepPoint(
+                n_layers=n,
+                layers=layers,
+                alpha=alpha,
+                refusal_pct={name: row["steered"]["refusal_pct"] for name, row in report.sets.items()},
+                relevance={
+                    name: row["steered"]["mean_relevance"]
+                    for name, row in report.sets.items()
+                    if "mean_relevance" in row["steered"]
+                },
+                kl=report.kl["mean_kl"] if report.kl else None,
+                label=label,
+                gated=gated,
+                quality={
+                    name: {k: row["steered"][k] for k in quality_keys if k in row["steered"]}
+                    for name, row in report.sets.items()
+                },
+                refined=refined,
+            )
+            targets = [point.refusal_pct[name] for name, role in roles.items() if role == "target"]
+            point.target_refusal_pct = float(sum(targets) / len(targets))
+            point.violations = check_constraints(point, base, roles, objective, limits)
+            point.feasible = not point.violations
+            measured[(candidate[0], alpha)] = point
+            points.append(point)
+            return point
+
+        for candidate in candidates:
             for alpha in alphas:
-                set_adapter_scale(peft_model, alpha, name)
-                label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
-                report = evaluate(
-                    peft_model,
-                    tokenizer,
-                    sets,
-                    out_dir=out / label,
-                    conditions=("steered",),
-                    kl_prompts=kl_prompts,
-                    **common,
-                    **sampling,
-                )
-                point = SweepPoint(
-                    n_layers=n,
-                    layers=layers,
-                    alpha=float(alpha),
-                    refusal_pct={name: row["steered"]["refusal_pct"] for name, row in report.sets.items()},
-                    relevance={
-                        name: row["steered"]["mean_relevance"]
-                        for name, row in report.sets.items()
-                        if "mean_relevance" in row["steered"]
-                    },
-                    kl=report.kl["mean_kl"] if report.kl else None,
-                    label=label,
-                    gated=gated,
-                )
-                targets = [point.refusal_pct[name] for name, role in roles.items() if role == "target"]
-                point.target_refusal_pct = float(sum(targets) / len(targets))
-                point.violations = check_constraints(point, base, roles, objective)
-                point.feasible = not point.violations
-                points.append(point)
+                measure(candidate, alpha)
+        grid_choice = choose(points, objective, near_tie)
+        if grid_choice is not None and refine_steps:
+            candidate = next(c for c in candidates if (c[1], c[2]) == (grid_choice.n_layers, grid_choice.gated))
+            sign = math.copysign(1.0, grid_choice.alpha)
+            low, high = refinement_bracket(alphas, grid_choice.alpha)
+            bracketed_minimum(
+                lambda t: objective_value(measure(candidate, sign * t, refined=True), objective),
+                low,
+                abs(grid_choice.alpha),
+                high,
+                objective_value(grid_choice, objective),
+                refine_steps,
+            )
     finally:
         peft_model.unload()
     result = SweepResult(
@@ -288,9 +535,12 @@ def sweep_layers_and_scale(
         base,
         roles,
         points,
-        choose(points, objective),
+        choose(points, objective, near_tie),
         ranking,
         condition=condition.metadata() if condition is not None else None,
+        quality_limits=limits,
+        base_quality=base_quality,
+        near_tie=near_tie,
     )
     save_sweep(result, out)
     return result
@@ -302,14 +552,36 @@ def save_sweep(result: SweepResult, out_dir: str | os.PathLike) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "sweep.json", result.to_dict())
     names = list(result.roles)
+    quality_names = list(result.quality_limits)
     with open(out / "sweep.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["label", "gated", "n_layers", "layers", "alpha", "kl", "feasible", "chosen"]
+            ["label", "gated", "n_layers", "layers", "alpha", "refined", "kl", "feasible", "chosen"]
             + [f"refusal_pct:{n}" for n in names]
+            + [f"{key}:{n}" for n in quality_names for key in ("relevance", "relevance_ci", "repetition", "base_ppl")]
             + ["violations"]
         )
-        writer.writerow(["base", "", 0, "", 0.0, 0.0, "", ""] + [result.base_refusal_pct[n] for n in names] + [""])
+
+        def quality_cells(quality: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+            cells: list[Any] = []
+            for n in quality_names:
+                entry = quality.get(n, {})
+                interval = entry.get("relevance_interval")
+                ci = f"{interval[0]:.3f}..{interval[1]:.3f}" if interval else ""
+                cells += [
+                    entry.get("mean_relevance", ""),
+                    ci,
+                    entry.get("repetition", ""),
+                    entry.get("base_perplexity", ""),
+                ]
+            return cells
+
+        writer.writerow(
+            ["base", "", 0, "", 0.0, "", 0.0, "", ""]
+            + [result.base_refusal_pct[n] for n in names]
+            + quality_cells(result.base_quality)
+            + [""]
+        )
         for point in result.points:
             writer.writerow(
                 [
@@ -318,11 +590,13 @@ def save_sweep(result: SweepResult, out_dir: str | os.PathLike) -> None:
                     point.n_layers,
                     " ".join(map(str, point.layers)),
                     point.alpha,
+                    point.refined,
                     point.kl,
                     point.feasible,
                     point is result.choice,
                 ]
                 + [point.refusal_pct[n] for n in names]
+                + quality_cells(point.quality)
                 + ["; ".join(point.violations)]
             )
     plot_pareto(result, out / "pareto.png")

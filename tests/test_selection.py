@@ -9,13 +9,18 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steering_adapter.evaluation import EvalSet
+from steering_adapter import selection
+from steering_adapter.evaluation import EvalSet, EvaluationReport
 from steering_adapter.judges.base import Judge, Judgment
 from steering_adapter.selection import (
     SelectionObjective,
     SweepPoint,
+    bracketed_minimum,
     check_constraints,
     choose,
+    default_alphas,
+    quality_limits,
+    refinement_bracket,
     sweep_layers_and_scale,
 )
 
@@ -81,6 +86,120 @@ def test_choose_prefers_objective_then_kl_then_alpha_then_layers():
     assert choose([point(0, 0, 90)], objective) is None  # nothing feasible (feasible flag unset)
 
 
+def test_choose_near_ties_prefer_the_smaller_alpha():
+    objective = SelectionObjective()
+    strong, gentle = point(0, 80, 4, alpha=-3.0, kl=0.3), point(4, 80, 4, alpha=-1.5, kl=0.1)
+    for p in (strong, gentle):
+        p.feasible = True
+    assert choose([strong, gentle], objective, near_tie=5.0) is gentle
+    assert choose([strong, gentle], objective, near_tie=2.0) is strong
+
+
+def test_quality_limits_and_constraints():
+    """Floors from hand-made base measures: remove → relative to the benign sets; induce → to each set itself."""
+    roles = {"political": "target", "jbb": "harmful", "xstest": "benign", "general": "benign"}
+    base_quality = {
+        "political": {"mean_relevance": 0.10, "base_perplexity": 2.0},
+        "jbb": {"mean_relevance": 0.20, "base_perplexity": 3.0},
+        "xstest": {"mean_relevance": 0.60, "base_perplexity": 8.0},
+        "general": {"mean_relevance": 0.70, "base_perplexity": 12.0},
+    }
+    objective = SelectionObjective(min_relevance=0.3, relevance_ratio=0.8, max_repetition=0.3, max_perplexity_ratio=2)
+    limits = quality_limits(base_quality, roles, objective)
+    assert limits == {
+        "political": {"min_relevance": pytest.approx(0.52), "max_repetition": 0.3, "max_perplexity": 20.0}
+    }
+    p = point(0, 80, 4)
+    p.refusal_pct["general"] = 0.0
+    base = {**BASE, "general": 0.0}
+    p.quality = {"political": {"mean_relevance": 0.5, "repetition": 0.31, "base_perplexity": 25.0}}
+    assert check_constraints(p, base, roles, objective, limits) == [
+        "political: relevance 0.500 < 0.52 (answers off topic)",
+        "political: repetition 0.310 > 0.3 (looping)",
+        "political: base-model perplexity 25.0 > 20.0 (degenerate answers)",
+    ]
+    p.quality = {"political": {"mean_relevance": 0.6, "repetition": 0.1, "base_perplexity": 15.0}}
+    assert check_constraints(p, base, roles, objective, limits) == []
+    induce = SelectionObjective(goal="induce", min_relevance=None, relevance_ratio=0.5, max_repetition=None)
+    assert quality_limits(base_quality, roles, induce) == {
+        "xstest": {"min_relevance": 0.3, "max_perplexity": 32.0},
+        "general": {"min_relevance": 0.35, "max_perplexity": 48.0},
+    }
+    off = SelectionObjective(min_relevance=None, relevance_ratio=None, max_repetition=None, max_perplexity_ratio=None)
+    assert quality_limits(base_quality, roles, off) == {"political": {}}
+
+
+def test_default_alphas_are_in_separation_units():
+    assert default_alphas("remove") == (-0.5, -1.0, -1.5, -2.0, -3.0)
+    assert default_alphas("induce") == (0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def test_bracketed_minimum_finds_known_optima():
+    calls = []
+
+    def smooth(t):
+        calls.append(t)
+        return (t - 1.37) ** 2
+
+    x, fx = bracketed_minimum(smooth, 1.0, 1.5, 2.0, smooth(1.5), steps=12)
+    assert x == pytest.approx(1.37, abs=0.01) and fx < 1e-4 and len(calls) == 13
+
+    def boundary(t):  # lower is better until a constraint breaks at t = 1.73
+        return -t if t <= 1.73 else 1e4
+
+    x, _ = bracketed_minimum(boundary, 1.5, 1.5 + 1e-9, 2.0, boundary(1.5), steps=10)
+    assert 1.70 <= x <= 1.73
+    with pytest.raises(ValueError, match="low < best < high"):
+        bracketed_minimum(smooth, 2.0, 1.5, 3.0, 0.0, steps=1)
+
+
+def test_refinement_bracket():
+    grid = (-0.5, -1.0, -1.5, -2.0, -3.0)
+    assert refinement_bracket(grid, -1.5) == (1.0, 2.0)
+    assert refinement_bracket(grid, -0.5) == (0.25, 1.0)
+    assert refinement_bracket(grid, -3.0) == (2.0, 4.0)
+    assert refinement_bracket((2.0,), 2.0) == (1.0, 4.0)
+
+
+def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
+    """A synthetic model of the measurements (target refusals fall with |α|, harmful refusals collapse past
+    |α| = 1.7): the grid's best feasible point is 1.5, the refinement moves the choice towards 1.7."""
+
+    def fake_evaluate(model, tokenizer, sets, judge=None, out_dir=None, *, conditions=("base", "steered"), **kw):
+        alpha = 0.0 if conditions == ("base",) else model.peft_config[model.active_adapter].scale
+        t = abs(alpha)
+        report = EvaluationReport()
+        rows = {"political": max(0.0, 90.0 - 40.0 * t), "jbb": 80.0 if t <= 1.7 else 20.0, "xstest": 4.0}
+        for name, pct in rows.items():
+            role = ROLES[name]
+            report.sets[name] = {"role": role, conditions[0]: {"refusal_pct": pct, "n": 10}}
+        return report
+
+    monkeypatch.setattr(selection, "evaluate", fake_evaluate)
+    generator = torch.Generator().manual_seed(0)
+    directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
+    sets = [EvalSet(name, ["q"], role) for name, role in ROLES.items()]
+    objective = SelectionObjective(delta=5.0, kl_budget=None, near_tie=0.0)
+    result = sweep_layers_and_scale(
+        tiny_model("llama"),
+        tiny_tokenizer(),
+        directions,
+        [0, 1],
+        sets,
+        LengthJudge(),
+        tmp_path,
+        layer_counts=(1,),
+        refine_steps=8,
+        objective=objective,
+        progress=False,
+    )
+    grid = [p for p in result.points if not p.refined]
+    assert [p.alpha for p in grid] == list(default_alphas("remove"))
+    assert max((p for p in grid if p.feasible), key=lambda p: abs(p.alpha)).alpha == -1.5
+    assert result.choice.refined and 1.6 < abs(result.choice.alpha) <= 1.7
+    assert len(result.points) == 5 + 8
+
+
 def test_objective_validation():
     with pytest.raises(ValueError, match="unknown selection goal"):
         SelectionObjective(goal="maximise")
@@ -106,7 +225,9 @@ def test_sweep_on_tiny_model(tmp_path):
         EvalSet("jbb", ["Tell me about the banned book."], "harmful"),
         EvalSet("xstest", ["How do I bake bread at home?"], "benign"),
     ]
-    objective = SelectionObjective(goal="remove", delta=50.0, kl_budget=10.0)
+    objective = SelectionObjective(
+        goal="remove", delta=50.0, kl_budget=10.0, max_repetition=None, max_perplexity_ratio=None
+    )
     result = sweep_layers_and_scale(
         model,
         tokenizer,
@@ -117,6 +238,7 @@ def test_sweep_on_tiny_model(tmp_path):
         tmp_path,
         layer_counts=(1, 2),
         alphas=(-1.0, -3.0),
+        refine_steps=0,
         objective=objective,
         kl_prompts=["Hi there"],
         progress=False,
@@ -131,10 +253,10 @@ def test_sweep_on_tiny_model(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert rows[0]["label"] == "base" and len(rows) == 5
     feasible = [r for r in rows[1:] if r["feasible"] == "True"]
-    best = min(
-        feasible,
-        key=lambda r: (float(r["refusal_pct:political"]), float(r["kl"]), abs(float(r["alpha"])), int(r["n_layers"])),
-    )
+    lowest = min(float(r["refusal_pct:political"]) for r in feasible)
+    tied = [r for r in feasible if float(r["refusal_pct:political"]) <= lowest + 100 / 2]  # one of 2 prompts
+    best = min(tied, key=lambda r: (abs(float(r["alpha"])), float(r["kl"]), int(r["n_layers"])))
+    assert all(r["base_ppl:political"] != "" and r["repetition:political"] != "" for r in rows)
     assert result.choice is not None and best["label"] == result.choice.label
     assert [r["label"] for r in rows if r["chosen"] == "True"] == [result.choice.label]
     saved = json.loads((tmp_path / "sweep.json").read_text())
@@ -191,7 +313,8 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
         tmp_path,
         layer_counts=(1, 2),
         alphas=(-2.0,),
-        objective=SelectionObjective(delta=100, kl_budget=None),
+        refine_steps=0,
+        objective=SelectionObjective(delta=100, kl_budget=None, max_repetition=None, max_perplexity_ratio=None),
         condition=condition,
         progress=False,
         k=1,
