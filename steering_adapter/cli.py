@@ -36,7 +36,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[list[str], A
     return data
 
 
-def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None):
+def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None, spec: Any = None):
+    import dataclasses
+
     from .adapter_files import read_config_dict
     from .pipeline import load_model
     from .recipes import ModelSpec
@@ -46,7 +48,9 @@ def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], sc
         if not adapters:
             raise ValueError("give --model or at least one --adapter (its config names the base model)")
         model_name = read_config_dict(adapters[0]).get("base_model_name_or_path") or "organism"
-    model, tokenizer = load_model(ModelSpec(name_or_path=model_name))
+    if spec is None or spec.name_or_path != model_name:  # another model than the recipe's: its revision does not apply
+        spec = dataclasses.replace(spec or ModelSpec(), name_or_path=model_name, revision=None)
+    model, tokenizer = load_model(spec)
     names = []
     for index, adapter in enumerate(adapters):
         name = f"adapter{index}"
@@ -101,49 +105,102 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalSet, evaluate
     from .pipeline import build_judge
-    from .recipes import JudgeSpec
+    from .recipes import JudgeSpec, Recipe
 
-    model, tokenizer = _load_model_and_adapters(args.model, [args.adapter], args.scale)
-    sets = []
-    for text in args.sets:
-        parts = text.split("=", 1)
-        if len(parts) != 2 or ":" not in parts[1]:
-            raise ValueError(f"--sets expects NAME=SOURCE:ROLE, got {text!r}")
-        source, role = parts[1].rsplit(":", 1)
-        sets.append(EvalSet(parts[0], _prompts(source, args.limit), role))
-    kl = _prompts(args.kl_prompts, args.limit) if args.kl_prompts else None
+    recipe: Recipe | None = _read_recipe(args.recipe) if args.recipe else None
+    sampling = recipe.sampling if recipe is not None else None
+
+    def pick(value: Any, recipe_value: Any, default: Any) -> Any:
+        if value is not None:
+            return value
+        return recipe_value if recipe is not None else default
+
+    specs = [_parse_set(text) for text in args.sets] if args.sets else None
+    if specs is None:
+        if recipe is None:
+            raise ValueError("give --sets NAME=SOURCE:ROLE ... or --recipe RECIPE (its evaluation sets)")
+        specs = [(spec.name, spec.source, spec.role) for spec in recipe.prompts.evaluation]
+    seed = pick(args.seed, sampling.seed if sampling else None, 0)
+    # every prompt source is read and checked before the model is loaded
+    sets = [
+        EvalSet(name, _eval_prompts(source, args.split, recipe, args.sample, seed), role)
+        for name, source, role in specs
+    ]
+    kl_source = args.kl_prompts or (recipe.prompts.neutral if recipe is not None else None)
+    kl = _eval_prompts(kl_source, args.split, recipe, args.sample, seed) if kl_source else None
+    total = sum(len(s.prompts) for s in sets)
+    print(
+        f"[eval] scoring {total} prompts ({args.split}): "
+        + ", ".join(f"{s.name} {len(s.prompts)} ({s.role})" for s in sets)
+        + (f"; KL on {len(kl)} neutral prompts" if kl else ""),
+        flush=True,
+    )
+    model, tokenizer = _load_model_and_adapters(
+        args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None
+    )
     relevance = None
-    if not args.no_relevance:
+    if not args.no_relevance and (recipe is None or recipe.relevance):
         from .relevance import RelevanceScorer
 
         relevance = RelevanceScorer()
+    judge = build_judge(
+        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern")
+    )
     report = evaluate(
         model,
         tokenizer,
         sets,
-        build_judge(JudgeSpec(kind=args.judge)),
+        judge,
         args.out,
         kl_prompts=kl,
         relevance=relevance,
+        batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
         progress=not args.no_progress,
-        k=args.k,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
+        k=pick(args.k, sampling.k if sampling else None, 3),
+        max_new_tokens=pick(args.max_new_tokens, sampling.max_new_tokens if sampling else None, 64),
+        temperature=pick(args.temperature, sampling.temperature if sampling else None, 1.0),
+        top_p=sampling.top_p if sampling else 1.0,
+        seed=seed,
+        system_prompt=recipe.model.system_prompt if recipe is not None else None,
     )
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
 
 
-def _prompts(source: str, limit: int | None) -> list[str]:
-    """Held-out prompts of a source (see :func:`steering_adapter.pipeline.load_source`)."""
-    from .pipeline import load_source
+def _read_recipe(path: str) -> Any:
+    from .recipes import load_recipe
 
-    prompts = load_source(source)[1].prompts
+    return load_recipe(path)
+
+
+def _parse_set(text: str) -> tuple[str, str, str]:
+    parts = text.split("=", 1)
+    if len(parts) != 2 or ":" not in parts[1]:
+        raise ValueError(f"--sets expects NAME=SOURCE:ROLE, got {text!r}")
+    source, role = parts[1].rsplit(":", 1)
+    return parts[0], source, role
+
+
+def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed: int) -> list[str]:
+    """The prompts of ``source`` for ``eval``: the whole source (``split="all"``) or a part of the recipe's split
+    (defaults without a recipe), then a seeded sample of ``sample`` prompts when asked."""
+    import random
+
+    from .pipeline import resolve_prompts
+    from .recipes import Recipe
+
+    split_recipe = recipe if recipe is not None else Recipe(name="eval")
+    prompts = resolve_prompts(source, split, split_recipe, capped=False)
     if not prompts:
-        raise ValueError(f"no held-out prompts in {source!r}")
-    return prompts[:limit]
+        raise ValueError(f"no prompts in {source!r} ({split})")
+    if sample is not None:
+        if sample < 1:
+            raise ValueError(f"--sample must be >= 1, got {sample}")
+        if sample < len(prompts):
+            chosen = sorted(random.Random(seed).sample(range(len(prompts)), sample))
+            prompts = [prompts[i] for i in chosen]
+    return prompts
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -197,9 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 no feasible layer/alpha in the selection.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: $STEERING_ADAPTER_THREADS, else one per physical core)",
+    )
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run a recipe end to end (sample, judge, estimate, select, evaluate, save)",
         description="Run a recipe: sample answers, judge them, score prompts, collect activations, "
         "estimate directions, choose layers and alpha on held-out prompts, evaluate before/after "
@@ -220,27 +284,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
+        parents=[common],
         help="evaluate an existing adapter against its base model on prompt sets",
-        description="Score prompt sets with steering off and on; write report.json / report.md and plots.",
+        description="Score prompt sets with steering off and on; write report.json / report.md and plots. "
+        "Every prompt of each source is scored unless --split or --sample says otherwise; the prompt count is "
+        "printed before scoring starts.",
     )
     ev.add_argument("adapter", help="adapter folder or Hub repo id")
     ev.add_argument("--model", help="base model (default: the adapter's base_model_name_or_path)")
     ev.add_argument(
         "--sets",
         nargs="+",
-        required=True,
         metavar="NAME=SOURCE:ROLE",
         help="sets to score, e.g. political=organism:political:target jbb=jbb_harmful:harmful "
-        "xstest=xstest_safe:benign (roles: target, harmful, benign, other)",
+        "xstest=xstest_safe:benign (roles: target, harmful, benign, other); default: the recipe's evaluation sets",
     )
-    ev.add_argument("--kl-prompts", help="source of neutral prompts for the KL divergence")
-    ev.add_argument("--judge", choices=["pattern"], default="pattern", help="judge (LLM judges: use a recipe)")
+    ev.add_argument(
+        "--recipe",
+        help="reuse a recipe's judge (incl. extra refusal phrasings), sampling settings, model dtype/device/system "
+        "prompt, split, neutral prompts and evaluation sets; explicit options below override it",
+    )
+    ev.add_argument(
+        "--split",
+        choices=["all", "train", "selection", "test"],
+        default="all",
+        help="which prompts of each source: all (default) or a part of the recipe's split (test: what `run` reports)",
+    )
+    ev.add_argument("--sample", type=int, help="score a seeded random sample of N prompts per set instead of all")
+    ev.add_argument("--kl-prompts", help="source of neutral prompts for the KL divergence (default: the recipe's)")
+    ev.add_argument("--judge", choices=["pattern"], help="judge (default: the recipe's, else pattern)")
     ev.add_argument("--scale", type=float, help="override the adapter's scale alpha")
-    ev.add_argument("--k", type=int, default=3, help="answers per prompt (default 3)")
-    ev.add_argument("--max-new-tokens", type=int, default=64, help="answer length (default 64)")
-    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    ev.add_argument("--limit", type=int, help="at most this many prompts per set")
+    ev.add_argument("--k", type=int, help="answers per prompt (default: the recipe's, else 3)")
+    ev.add_argument("--max-new-tokens", type=int, help="answer length (default: the recipe's, else 64)")
+    ev.add_argument("--temperature", type=float, help="sampling temperature (default: the recipe's, else 1.0)")
+    ev.add_argument("--seed", type=int, help="sampling and --sample seed (default: the recipe's, else 0)")
+    ev.add_argument("--batch-size", type=int, help="prompts per generation batch (default: the recipe's, else 8)")
     ev.add_argument("--no-relevance", action="store_true", help="skip answer relevance")
     ev.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -250,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", cmd_generate, "answer prompts with adapters attached"),
         ("chat", cmd_chat, "interactive chat (stdin) with adapters attached"),
     ):
-        gen = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        gen = sub.add_parser(name, parents=[common], help=text, description=text.capitalize() + ".")
         if name == "generate":
             gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
             gen.add_argument("--compare", action="store_true", help="also print the base model's answer")
@@ -287,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            from .threads import configure_threads
+
+            configure_threads(args.threads)
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

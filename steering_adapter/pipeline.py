@@ -8,13 +8,14 @@ report (test), so the reported numbers are not the ones the choice was tuned on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,17 @@ from safetensors.torch import load_file, save_file
 
 from .activations import collect_activations
 from .builder import adapter_from_vectors, save_adapter
+from .capability import NextTokenKL
 from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_directions
-from .estimators import fit_directions, make_estimator
+from .estimators import VECTOR_UNITS, fit_directions, make_estimator
 from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, evaluate
 from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
 from .scoring_run import score_prompts
-from .selection import SelectionObjective, SweepResult, sweep_layers_and_scale
+from .selection import SelectionObjective, SweepResult, default_alphas, sweep_layers_and_scale
 
 ORGANISM = "organism"
 ORGANISM_PREFIX = "organism:"
@@ -101,24 +103,29 @@ def build_judge(spec: JudgeSpec) -> Judge:
     return LLMJudge(TransformersJudgeBackend(model, tokenizer))
 
 
-def resolve_prompts(source: str, part: str, recipe: Recipe) -> list[str]:
-    """Prompts of ``source`` for ``part`` (``"train"``, ``"selection"`` or ``"test"``).
+def resolve_prompts(source: str, part: str, recipe: Recipe, *, capped: bool = True) -> list[str]:
+    """Prompts of ``source`` for ``part`` (``"train"``, ``"selection"``, ``"test"`` or ``"all"``).
 
     ``organism:<category or topic>`` uses the organism's own train / held-out split; any other source (a known set
     name or a file) is split with ``recipe.prompts.held_out_fraction``. The held-out side is halved again into
-    ``selection`` and ``test``.
+    ``selection`` and ``test``; ``"all"`` is every prompt of the source (train first). ``capped=False`` ignores the
+    recipe's ``max_train_per_set`` / ``max_eval_per_set``.
     """
     spec = recipe.prompts
     train, held = load_source(
         source, held_out_fraction=spec.held_out_fraction, seed=spec.split_seed, language=spec.language
     )
+    if part == "all":
+        return train.prompts + held.prompts
+    if part not in ("train", "selection", "test"):
+        raise ValueError(f"unknown part {part!r}; expected 'train', 'selection', 'test' or 'all'")
     if part == "train":
-        return train.prompts[: spec.max_train_per_set]
+        return train.prompts[: spec.max_train_per_set if capped else None]
     if len(held) < 2:
         raise ValueError(f"{source!r}: only {len(held)} held-out prompts; need at least 2 to split selection/test")
     selection, test = split_prompts(held, held_out_fraction=0.5, seed=spec.split_seed + 1)
     chosen = selection if part == "selection" else test
-    return chosen.prompts[: spec.max_eval_per_set]
+    return chosen.prompts[: spec.max_eval_per_set if capped else None]
 
 
 def load_source(
@@ -164,6 +171,21 @@ def _tensor_digest(tensors: dict[Any, torch.Tensor]) -> str:
 STAGE_FILE = "stage.json"
 
 
+class StageTimes:
+    """Wall time per pipeline stage (``with times("select"): ...``), accumulated and written to ``timings.json``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
+
+
 def stage_dir(path: Path, fingerprint: str, log: Callable[[str], None]) -> Path:
     """The folder of a resumable stage whose records depend on ``fingerprint`` (vectors, gate, prompts, settings).
 
@@ -199,6 +221,7 @@ def estimate_directions(
     out: Path,
     progress: bool,
     log: Callable[[str], None],
+    times: StageTimes | None = None,
 ) -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]]:
     """Score the training prompts, collect activations, fit one direction per layer and diagnose them.
 
@@ -218,17 +241,19 @@ def estimate_directions(
             tensors = load_file(str(cache / "directions.safetensors"))
             return {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
 
+    times = times or StageTimes()
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
-    scores = score_prompts(
-        model,
-        tokenizer,
-        prompts,
-        judge,
-        stage_dir(out / "train_scores", _fingerprint(recipe.model), log),  # records are per model
-        batch_size=recipe.sampling.batch_size,
-        progress=progress,
-        **sampling,
-    )
+    with times("score training prompts"):
+        scores = score_prompts(
+            model,
+            tokenizer,
+            prompts,
+            judge,
+            stage_dir(out / "train_scores", _fingerprint(recipe.model), log),  # records are per model
+            batch_size=recipe.sampling.batch_size,
+            progress=progress,
+            **sampling,
+        )
     values = [s.score for s in scores]
     n_refusal = sum(v > 0.1 for v in values if not math.isnan(v))
     n_compliance = sum(v < -0.1 for v in values if not math.isnan(v))
@@ -242,22 +267,23 @@ def estimate_directions(
     est = recipe.estimator
     weighting = "both" if est.method == "wrmd" else "none"
     log(f"[collect] activations at the {est.position} prompt token")
-    collected = collect_activations(
-        model,
-        tokenizer,
-        prompts,
-        layers=est.layers,
-        position=est.position,
-        scores=values,
-        weighting=weighting,
-        keep_activations=True,
-        batch_size=recipe.sampling.batch_size,
-        progress=progress,
-        system_prompt=recipe.model.system_prompt,
-    )
-    params: dict[str, Any] = {}
+    with times("collect activations"):
+        collected = collect_activations(
+            model,
+            tokenizer,
+            prompts,
+            layers=est.layers,
+            position=est.position,
+            scores=values,
+            weighting=weighting,
+            keep_activations=True,
+            batch_size=recipe.sampling.batch_size,
+            progress=progress,
+            system_prompt=recipe.model.system_prompt,
+        )
+    params: dict[str, Any] = {"units": est.units}
     if est.method != "md":
-        params = {"ridge_lambda": est.ridge_lambda, "lambda_mode": est.lambda_mode}
+        params.update(ridge_lambda=est.ridge_lambda, lambda_mode=est.lambda_mode)
     stats = collected.weighted_stats if est.method == "wrmd" else collected.stats
     directions = fit_directions(make_estimator(est.method, **params), stats)
     diagnostics = diagnose_directions(collected.activations, directions, layers=collected.layers, scores=values)
@@ -273,6 +299,7 @@ def estimate_directions(
         "ridge_lambda": est.ridge_lambda if est.method != "md" else None,
         "lambda_mode": est.lambda_mode if est.method != "md" else None,
         "position": est.position,
+        "vector_units": VECTOR_UNITS[est.units],
         "sample_counts": {"refusal": n_refusal, "compliance": n_compliance, "prompts": len(prompts)},
         "datasets": {"refusal": recipe.prompts.refusal, "compliance": recipe.prompts.compliance},
         "judge": dataclasses.asdict(recipe.judge),
@@ -357,63 +384,80 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         NoFeasibleChoiceError: when no sweep point meets the constraints (the sweep table is still written).
     """
     started = time.time()
+    times = StageTimes()
     out = Path(recipe.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", recipe.to_dict())
-    model, tokenizer = load_model(recipe.model)
-    judge = build_judge(recipe.judge)
-    relevance = None
-    if recipe.relevance:
-        from .relevance import RelevanceScorer
+    with times("load model, judge, embedder"):
+        model, tokenizer = load_model(recipe.model)
+        judge = build_judge(recipe.judge)
+        relevance = None
+        if recipe.relevance:
+            from .relevance import RelevanceScorer
 
-        relevance = RelevanceScorer()
+            relevance = RelevanceScorer()
 
-    directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log)
-    condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
+    directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log, times)
+    with times("fit condition"):
+        condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
 
     sel = recipe.selection
     kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
     objective = SelectionObjective(
-        goal=sel.goal, delta=sel.delta, kl_budget=sel.kl_budget, min_relevance=sel.min_relevance
+        goal=sel.goal,
+        delta=sel.delta,
+        kl_budget=sel.kl_budget,
+        min_relevance=sel.min_relevance,
+        relevance_ratio=sel.relevance_ratio,
+        max_repetition=sel.max_repetition,
+        max_perplexity_ratio=sel.max_perplexity_ratio,
+        near_tie=sel.near_tie,
     )
-    log(f"[select] {len(sel.layer_counts)} layer counts × {len(sel.alphas)} α on the selection half")
+    alphas = sel.alphas if sel.alphas is not None else list(default_alphas(sel.goal))
+    log(
+        f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"
+        + (f", then {sel.refine_steps} refinement steps" if sel.refine_steps else "")
+    )
     selection_sets = _eval_sets(recipe, "selection", sel.max_prompts_per_set)
     gate_key = None
     if condition is not None:
         gate_key = (_tensor_digest({"condition": condition.direction}), condition.config_fields())
-    sweep = sweep_layers_and_scale(
-        model,
-        tokenizer,
-        directions,
-        ranking,
-        selection_sets,
-        judge,
-        stage_dir(
-            out / "selection",
-            _fingerprint(
-                _tensor_digest(directions),
-                ranking,
-                gate_key,
-                recipe.gating.mode,
-                dataclasses.asdict(sel),
-                [dataclasses.asdict(s) for s in selection_sets],
-                kl_selection,
-                _sampling(recipe),
-                judge.name,
+    with times("select layers and α"):
+        sweep = sweep_layers_and_scale(
+            model,
+            tokenizer,
+            directions,
+            ranking,
+            selection_sets,
+            judge,
+            stage_dir(
+                out / "selection",
+                _fingerprint(
+                    _tensor_digest(directions),
+                    ranking,
+                    gate_key,
+                    recipe.gating.mode,
+                    dataclasses.asdict(sel),
+                    [dataclasses.asdict(s) for s in selection_sets],
+                    kl_selection,
+                    _sampling(recipe),
+                    judge.name,
+                ),
+                log,
             ),
-            log,
-        ),
-        layer_counts=sel.layer_counts,
-        alphas=sel.alphas,
-        objective=objective,
-        kl_prompts=kl_selection,
-        relevance=relevance,
-        condition=condition,
-        include_ungated=recipe.gating.mode != "on",
-        batch_size=recipe.sampling.batch_size,
-        progress=progress,
-        **_sampling(recipe),
-    )
+            layer_counts=sel.layer_counts,
+            alphas=alphas,
+            refine_steps=sel.refine_steps,
+            objective=objective,
+            kl_prompts=kl_selection,
+            kl_tokens=sel.kl_tokens,
+            relevance=relevance,
+            condition=condition,
+            include_ungated=recipe.gating.mode != "on",
+            batch_size=recipe.sampling.batch_size,
+            progress=progress,
+            **_sampling(recipe),
+        )
     if sweep.choice is None:
         raise NoFeasibleChoiceError(
             f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
@@ -445,8 +489,18 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         judge.name,
         recipe.relevance,
     )
+    kl = None
+    if kl_test is not None:
+        kl = NextTokenKL(
+            tokenizer,
+            kl_test,
+            max_tokens=sel.kl_tokens,
+            batch_size=recipe.sampling.batch_size,
+            system_prompt=recipe.model.system_prompt,
+            progress=progress,
+        )
     evaluation_args = dict(
-        kl_prompts=kl_test, relevance=relevance, batch_size=recipe.sampling.batch_size, progress=progress
+        kl_prompts=kl, relevance=relevance, batch_size=recipe.sampling.batch_size, progress=progress
     )
     ungated_report = None
     gate_fields: dict[str, Any] = {}
@@ -456,17 +510,18 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         # the same vectors, blocks and scale without the gate: what the gate saves the other prompt sets from
         log("[evaluate] the chosen vector without its gate, on the test half")
         ungated_model = adapter_from_vectors(model, vectors, scale=choice.alpha)
-        ungated_report = evaluate(
-            ungated_model,
-            tokenizer,
-            test_sets,
-            judge,
-            stage_dir(out / "evaluation_ungated", evaluation_key, log),
-            conditions=("steered",),
-            plots=False,
-            **evaluation_args,
-            **_sampling(recipe),
-        )
+        with times("evaluate ungated"):
+            ungated_report = evaluate(
+                ungated_model,
+                tokenizer,
+                test_sets,
+                judge,
+                stage_dir(out / "evaluation_ungated", evaluation_key, log),
+                conditions=("steered",),
+                plots=False,
+                **evaluation_args,
+                **_sampling(recipe),
+            )
         ungated_model.unload()
     peft_model = adapter_from_vectors(
         model,
@@ -481,15 +536,16 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
     config.revision = recipe.model.revision
 
     log("[evaluate] before/after on the test half")
-    report = evaluate(
-        peft_model,
-        tokenizer,
-        test_sets,
-        judge,
-        stage_dir(out / "evaluation", _fingerprint(evaluation_key, gate_key if choice.gated else None), log),
-        **evaluation_args,
-        **_sampling(recipe),
-    )
+    with times("evaluate"):
+        report = evaluate(
+            peft_model,
+            tokenizer,
+            test_sets,
+            judge,
+            stage_dir(out / "evaluation", _fingerprint(evaluation_key, gate_key if choice.gated else None), log),
+            **evaluation_args,
+            **_sampling(recipe),
+        )
     markdown = adapter_report_markdown(report, ungated_report)
     adapter_dir = out / "adapter"
     save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown})
@@ -502,8 +558,10 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         "report": report.to_dict(),
         "ungated_report": ungated_report.to_dict() if ungated_report is not None else None,
         "seconds": round(time.time() - started, 1),
+        "stage_seconds": times.seconds,
     }
     atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "timings.json", {"seconds": summary["seconds"], "stages": times.seconds})
     atomic_write_text(
         out / "report.md",
         f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}"

@@ -121,6 +121,10 @@ class EstimatorSpec:
         lambda_mode: ``"absolute"`` or ``"relative"``.
         position: ``"last"`` prompt token or ``"mean"`` over prompt tokens.
         layers: candidate layers (``None``: all blocks).
+        units: ``"separation"`` (default): each vector is ``s·u``, the unit direction times the classes' mean
+            separation along it, so ``α = −1`` moves the refused prompts' mean onto the complied prompts' mean on any
+            model and the default α grids carry over; ``"raw"``: the estimator's closed form (its norm depends on the
+            model and λ, so α grids must be calibrated per model).
     """
 
     method: Literal["md", "rmd", "wrmd"] = "rmd"
@@ -128,18 +132,42 @@ class EstimatorSpec:
     lambda_mode: Literal["absolute", "relative"] = "relative"
     position: Literal["last", "mean"] = "last"
     layers: list[int] | None = None
+    units: Literal["raw", "separation"] = "separation"
 
 
 @dataclass
 class SelectionSpec:
-    """The layer / α sweep and its objective (see :mod:`steering_adapter.selection`)."""
+    """The layer / α sweep and its objective (see :mod:`steering_adapter.selection`).
+
+    Attributes:
+        goal: ``"remove"`` or ``"induce"`` the target refusals.
+        layer_counts: numbers of top-ranked layers to try.
+        alphas: the α grid (``None``: ``−0.5 … −3`` to remove, ``+0.5 … +3`` to induce, in separation units).
+        refine_steps: golden-section evaluations of α around the best feasible grid point (``0``: grid only).
+        delta: allowed change of the constrained sets, in percentage points.
+        kl_budget: maximum mean KL(base ‖ steered) on the neutral prompts (``None``: unconstrained).
+        kl_tokens: positions per neutral prompt in the KL (the last ones; ``None``: all).
+        min_relevance: absolute relevance floor of the answers that must stay answers (``None``: off).
+        relevance_ratio: relative floor: this fraction of the base model's relevance on benign answers (``None``: off).
+        max_repetition: ceiling on the mean share of repeated 3-grams per answer (``None``: off).
+        max_perplexity_ratio: ceiling on the answers' median perplexity under the base model, relative to the base
+            model's own answers (``None``: off).
+        near_tie: target-rate difference (points) treated as a tie, won by the smaller |α| (``None``: one prompt).
+        max_prompts_per_set: cap on selection prompts per set.
+    """
 
     goal: Literal["remove", "induce"] = "remove"
     layer_counts: list[int] = field(default_factory=lambda: [1, 2, 4])
-    alphas: list[float] = field(default_factory=lambda: [-1.0, -2.0, -4.0])
+    alphas: list[float] | None = None
+    refine_steps: int = 3
     delta: float = 5.0
     kl_budget: float | None = 0.5
-    min_relevance: float | None = None
+    kl_tokens: int | None = 16
+    min_relevance: float | None = 0.2
+    relevance_ratio: float | None = 0.8
+    max_repetition: float | None = 0.35
+    max_perplexity_ratio: float | None = 4.0
+    near_tie: float | None = None
     max_prompts_per_set: int | None = None
 
 
@@ -228,8 +256,20 @@ class Recipe:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
         if self.gating.ridge_lambda <= 0:
             raise RecipeError("recipe.gating.ridge_lambda: must be > 0")
-        if not self.selection.alphas or not self.selection.layer_counts:
-            raise RecipeError("recipe.selection: alphas and layer_counts must not be empty")
+        if self.selection.alphas is not None and not self.selection.alphas:
+            raise RecipeError("recipe.selection.alphas: must not be empty (omit it for the default grid)")
+        if not self.selection.layer_counts:
+            raise RecipeError("recipe.selection.layer_counts: must not be empty")
+        if self.selection.alphas and (
+            any(a == 0 for a in self.selection.alphas) or len({a > 0 for a in self.selection.alphas}) > 1
+        ):
+            raise RecipeError(
+                f"recipe.selection.alphas: must be non-zero and of one sign, got {self.selection.alphas}"
+            )
+        if self.selection.refine_steps < 0:
+            raise RecipeError("recipe.selection.refine_steps: must be >= 0")
+        if self.selection.kl_tokens is not None and self.selection.kl_tokens < 1:
+            raise RecipeError("recipe.selection.kl_tokens: must be >= 1 or null")
         if self.gating.mode != "off" and not self.gating.negative:
             raise RecipeError("recipe.gating.negative: gated steering needs prompts it must leave alone")
         if any(n < 1 for n in self.selection.layer_counts):
@@ -257,6 +297,11 @@ def _describe(tp: Any) -> str:
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(tp) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None
+        if len(options) == 1:  # Optional[X]: X's own error names the exact key (e.g. a list item)
+            return _convert(value, options[0], path)
         errors = []
         for option in typing.get_args(tp):
             try:

@@ -110,7 +110,7 @@ def test_eval_and_generate_commands(run_dir, tmp_path, capsys):
         "--sets",
         "political=organism:political:target",
         "harmful=organism:harmful:harmful",
-        "--limit",
+        "--sample",
         "4",
         "--k",
         "1",

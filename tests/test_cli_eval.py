@@ -1,0 +1,134 @@
+"""`steering-adapter eval` scores what the user gave (whole files by default, --sample N, the printed count), reuses a
+recipe's judge and sampling, and --threads / $STEERING_ADAPTER_THREADS set torch's threads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from steering_adapter import adapter_from_vectors, save_adapter
+from steering_adapter.cli import EXIT_OK, main
+from steering_adapter.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
+from steering_adapter.organism import load_organism
+from steering_adapter.threads import THREADS_ENV, configure_threads, physical_cores
+
+FAST = ["--k", "1", "--max-new-tokens", "6", "--no-relevance", "--no-progress", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    model, _ = load_organism()
+    vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    peft_model = adapter_from_vectors(model, {3: vector}, scale=-1.0)
+    folder = tmp_path_factory.mktemp("adapter")
+    save_adapter(peft_model, folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "organism"
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _prompt_file(tmp_path, n):
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"Question number {i}: what is {i} plus {i}?\n" for i in range(n)))
+    return path
+
+
+def test_prompt_file_is_scored_whole_and_counted_first(adapter, tmp_path, capsys):
+    path = _prompt_file(tmp_path, 37)
+    out = tmp_path / "eval"
+    assert main(["eval", str(adapter), "--sets", f"mine={path}:other", "--out", str(out), *FAST]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert printed.startswith("[eval] scoring 37 prompts (all): mine 37 (other)")
+    report = json.loads((out / "report.json").read_text())
+    assert report["sets"]["mine"]["base"]["n"] == report["sets"]["mine"]["steered"]["n"] == 37
+
+
+def test_sample_is_seeded_and_sized(adapter, tmp_path, capsys):
+    path = _prompt_file(tmp_path, 37)
+    runs = []
+    for index in range(2):
+        out = tmp_path / f"eval{index}"
+        args = [
+            "eval",
+            str(adapter),
+            "--sets",
+            f"mine={path}:other",
+            "--sample",
+            "5",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+        assert main([*args, *FAST]) == EXIT_OK
+        records = [json.loads(line) for line in (out / "base" / "mine" / "answers.jsonl").read_text().splitlines()]
+        runs.append(sorted(r["prompt"] for r in records))
+    assert len(runs[0]) == 5 and runs[0] == runs[1]
+    assert "[eval] scoring 5 prompts (all): mine 5 (other)" in capsys.readouterr().out
+    assert main(["eval", str(adapter), "--sets", f"mine={path}:other", "--sample", "0", *FAST]) == 2
+
+
+def test_recipe_supplies_judge_sampling_and_sets(adapter, tmp_path, capsys):
+    recipe = {
+        "name": "r",
+        "prompts": {
+            "refusal": ["organism:political"],
+            "compliance": ["organism:benign"],
+            "evaluation": [{"name": "pol", "source": "organism:political", "role": "target"}],
+        },
+        "judge": {"kind": "pattern", "extra_refusal_patterns": ["zebra crossing"]},
+        "sampling": {"k": 2, "max_new_tokens": 5, "seed": 11, "batch_size": 64},
+        "relevance": False,
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "eval"
+    args = ["eval", str(adapter), "--recipe", str(path), "--split", "test", "--out", str(out), "--no-progress"]
+    assert main(args) == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    expected_judge = PatternJudge(refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, "zebra crossing")).name
+    assert report["settings"]["judge"] == expected_judge
+    assert report["settings"]["sampling"]["k"] == 2 and report["settings"]["sampling"]["seed"] == 11
+    from steering_adapter.pipeline import resolve_prompts
+    from steering_adapter.recipes import recipe_from_dict
+
+    test_half = resolve_prompts("organism:political", "test", recipe_from_dict(recipe), capped=False)
+    assert report["sets"]["pol"]["base"]["n"] == len(test_half)
+    assert f"pol {len(test_half)} (target)" in capsys.readouterr().out
+
+
+def test_missing_sets_without_recipe_is_a_usage_error(adapter, capsys):
+    assert main(["eval", str(adapter)]) == 2
+    assert "--sets" in capsys.readouterr().err
+
+
+def test_threads_option_and_environment(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert configure_threads() == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv(THREADS_ENV, "many")
+        with pytest.raises(ValueError, match="must be an integer"):
+            configure_threads()
+        monkeypatch.delenv(THREADS_ENV)
+        assert configure_threads() == physical_cores()
+        with pytest.raises(ValueError, match=">= 1"):
+            configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_physical_cores_counts_hyperthreads_once(tmp_path):
+    for cpu, (package, core) in enumerate([(0, 0), (0, 1), (0, 0), (0, 1), (1, 0)]):
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    assert physical_cores({0, 1, 2, 3, 4}, sysfs=tmp_path) == 3
+    assert physical_cores({0, 2}, sysfs=tmp_path) == 1
+    assert physical_cores({7}, sysfs=tmp_path) == 1  # no topology: one core per CPU
