@@ -1,0 +1,77 @@
+"""Steering adapters saved next to their tiny base models, as the export tests start from them (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from architectures import BLOCK_PATHS, HIDDEN, VOCAB, tiny_config
+from transformers import AutoModelForCausalLM
+
+from steering_adapter import adapter_from_vectors, save_adapter
+
+LAYERS = (1, 3)
+SCALE = -2.5
+LAYER_SCALES = {"3": 0.5}
+METADATA = {"method": "md", "vector_units": "class_separation"}
+
+# case name -> (architecture, config overrides)
+CASES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "phi3": ("phi3", {}),
+    "gpt2": ("gpt2", {}),
+    "gpt_neox": ("gpt_neox", {"use_parallel_residual": True}),
+    "gpt_neox_sequential": ("gpt_neox", {"use_parallel_residual": False}),
+    "gemma2": ("gemma2", {}),
+    "gemma3_text": ("gemma3_text", {}),
+    "olmo2": ("olmo2", {}),
+    "qwen3_moe": ("qwen3_moe", {}),
+    "qwen3_next": ("qwen3_next", {}),
+}
+
+
+def tiny_base(case: str, seed: int = 0) -> torch.nn.Module:
+    """The tiny random model of ``case`` in float32, eval mode."""
+    arch, overrides = CASES[case]
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **overrides)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def blocks_path(case: str) -> str:
+    return BLOCK_PATHS[CASES[case][0]]
+
+
+def random_vectors(layers=LAYERS, seed: int = 1, hidden: int = HIDDEN) -> dict[int, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {layer: torch.randn(hidden, generator=generator) for layer in layers}
+
+
+def input_ids(batch: int = 2, length: int = 7, seed: int = 3) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def save_base_and_adapter(
+    case: str, root: Path, vectors: dict[int, torch.Tensor] | None = None, **config_fields
+) -> tuple[Path, Path, dict[int, torch.Tensor]]:
+    """Save the tiny base of ``case`` to ``root/base`` and a steering adapter for it to ``root/adapter``.
+
+    The adapter steers :data:`LAYERS` with α = :data:`SCALE` and :data:`LAYER_SCALES` unless ``config_fields`` say
+    otherwise; its ``base_model_name_or_path`` is the saved base folder.
+
+    Returns:
+        ``(base folder, adapter folder, vectors)``.
+    """
+    base_dir, adapter_dir = root / "base", root / "adapter"
+    model = tiny_base(case)
+    model.save_pretrained(base_dir)
+    vectors = vectors if vectors is not None else random_vectors()
+    fields = {"scale": SCALE, "layer_scales": LAYER_SCALES, "steering_metadata": dict(METADATA)} | config_fields
+    peft_model = adapter_from_vectors(model, vectors, **fields)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    save_adapter(peft_model, adapter_dir)
+    peft_model.unload()
+    return base_dir, adapter_dir, vectors
