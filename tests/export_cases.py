@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from architectures import BLOCK_PATHS, HIDDEN, VOCAB, tiny_config
 from transformers import AutoModelForCausalLM
@@ -75,3 +76,21 @@ def save_base_and_adapter(
     save_adapter(peft_model, adapter_dir)
     peft_model.unload()
     return base_dir, adapter_dir, vectors
+
+
+def write_control_vector(
+    path: Path, tensors: dict[str, np.ndarray], architecture: str = "controlvector", model_hint: str = "llama"
+) -> Path:
+    """Write a control vector as repeng does (``uint32`` layer count) holding exactly ``tensors``."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_string(f"{architecture}.model_hint", model_hint)
+    writer.add_uint32(f"{architecture}.layer_count", len(tensors))
+    for name, data in tensors.items():
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

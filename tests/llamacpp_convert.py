@@ -20,9 +20,11 @@ from pathlib import Path
 def main(llama_cpp_dir: str, model_dir: str, out: str) -> None:
     root = Path(llama_cpp_dir)
     sys.path[:0] = [str(root), str(root / "gguf-py")]
+    import json
+
     import convert_hf_to_gguf
+    from conversion import get_model_class
     from conversion.base import TextModel
-    from conversion.qwen import Qwen3Model
 
     known_pre = TextModel.get_vocab_base_pre
 
@@ -33,7 +35,8 @@ def main(llama_cpp_dir: str, model_dir: str, out: str) -> None:
             return "default"
 
     TextModel.get_vocab_base_pre = get_vocab_base_pre
-    Qwen3Model.set_vocab = TextModel._set_vocab_gpt2
+    architecture = json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0]
+    get_model_class(architecture).set_vocab = TextModel._set_vocab_gpt2
     sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", "f32", "--outfile", out]
     convert_hf_to_gguf.main()
 

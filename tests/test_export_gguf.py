@@ -12,7 +12,15 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from export_cases import LAYER_SCALES, LAYERS, SCALE, input_ids, save_base_and_adapter, tiny_base
+from export_cases import (
+    LAYER_SCALES,
+    LAYERS,
+    SCALE,
+    input_ids,
+    save_base_and_adapter,
+    tiny_base,
+    write_control_vector,
+)
 from peft import PeftModel
 from reference import block_output
 from safetensors.numpy import load_file as load_numpy
@@ -30,20 +38,6 @@ def llama_adapter(tmp_path_factory):
     """(base folder, adapter folder) of a tiny Llama steered at blocks 1 and 3."""
     base_dir, adapter_dir, _ = save_base_and_adapter("llama", tmp_path_factory.mktemp("gguf-llama"))
     return base_dir, adapter_dir
-
-
-def write_control_vector(path, directions: dict[str, np.ndarray], architecture="controlvector", layer_count=None):
-    """A control vector as repeng writes one (uint32 layer_count), with any tensors."""
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_string(f"{architecture}.model_hint", "llama")
-    writer.add_uint32(f"{architecture}.layer_count", layer_count if layer_count is not None else len(directions))
-    for name, data in directions.items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def tensors_of(path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:

@@ -1,6 +1,6 @@
 """Exported control vectors in llama.cpp itself: llama.cpp's own GGUF loader and control-vector path reproduce the
-steering adapter on the organism (next-token logits within float tolerance, identical greedy continuations), and a
-vector placed one block off is caught by the same comparison.
+steering adapter on the organism (Qwen3) and on tiny Llama, Gemma2 and GPT-2 models (next-token logits within float
+tolerance, identical greedy continuations), and a vector placed one block off is caught by the same comparison.
 
 llama.cpp runs through steering-cvec-eval (scripts/llamacpp/cvec_eval.cpp), built by scripts/build_llamacpp.sh in
 the same CMake build as the llama-cpp-python 0.3.36 wheel from its PyPI sdist: model, context and control vectors
@@ -21,7 +21,10 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from architectures import tiny_config
+from export_cases import random_vectors, write_control_vector
 from reference import block_output, contract_hooks
+from transformers import AutoModelForCausalLM
 
 from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.export import export_adapter
@@ -71,18 +74,22 @@ def llamacpp() -> dict:
     return _manifest()
 
 
-@pytest.fixture(scope="module")
-def organism_gguf(llamacpp, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("organism-gguf") / "organism-f32.gguf"
+def convert_to_gguf(llamacpp: dict, model_dir: Path, out: Path) -> Path:
+    """An F32 GGUF of ``model_dir`` written by the sdist's convert_hf_to_gguf.py (tests/llamacpp_convert.py)."""
     script = Path(__file__).with_name("llamacpp_convert.py")
     result = subprocess.run(
-        [sys.executable, str(script), llamacpp["llama_cpp_source"], str(ORGANISM_DIR), str(out)],
+        [sys.executable, str(script), llamacpp["llama_cpp_source"], str(model_dir), str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def organism_gguf(llamacpp, tmp_path_factory) -> Path:
+    return convert_to_gguf(llamacpp, ORGANISM_DIR, tmp_path_factory.mktemp("organism-gguf") / "organism-f32.gguf")
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +118,13 @@ def save_organism_adapter(folder: Path, vectors: dict[int, torch.Tensor], scale:
     return Path(save_adapter(peft_model, folder))
 
 
-def transformers_run(prompts, vectors=None, scale=ALPHA) -> list[dict]:
-    """Next-token logits and N_PREDICT greedy tokens from transformers, steered by the hook reference."""
-    model, _ = load_organism()
+def transformers_run(prompts, vectors=None, scale=ALPHA, model=None, blocks="model.layers") -> list[dict]:
+    """Next-token logits and N_PREDICT greedy tokens from transformers (the organism unless ``model`` is given),
+    steered by the hook reference."""
+    model = model if model is not None else load_organism()[0]
     spec = [{"vectors": vectors, "scale": scale}] if vectors else []
     runs = []
-    with contract_hooks(model, "model.layers", spec), torch.no_grad():
+    with contract_hooks(model, blocks, spec), torch.no_grad():
         for ids in prompts:
             output = model(torch.tensor([ids]), use_cache=True)
             first = output.logits[0, -1]
@@ -145,8 +153,8 @@ def max_logit_difference(a: list[dict], b: list[dict]) -> float:
     return max(float(np.abs(x["logits"] - y["logits"]).max()) for x, y in zip(a, b, strict=True))
 
 
-def assert_agree(got: list[dict], expected: list[dict]) -> None:
-    assert max_logit_difference(got, expected) <= LOGITS_ATOL
+def assert_agree(got: list[dict], expected: list[dict], atol: float = LOGITS_ATOL) -> None:
+    assert max_logit_difference(got, expected) <= atol
     for run, reference in zip(got, expected, strict=True):
         assert run["greedy"] == reference["greedy"]
         assert len(run["greedy"]) >= 16
@@ -171,22 +179,18 @@ def test_exported_control_vector_reproduces_the_steering_adapter(llamacpp, organ
     assert_agree(half, transformers_run(prompts, vectors, ALPHA * 0.5))
 
 
+def shift_one_block(control_vector: Path, out: Path) -> Path:
+    """The same directions, each written one block later: direction.{i+1} instead of direction.{i}."""
+    reader = gguf.GGUFReader(str(control_vector))
+    tensors = {f"direction.{int(t.name.split('.')[1]) + 1}": np.array(t.data) for t in reader.tensors}
+    return write_control_vector(out, tensors)
+
+
 def test_a_vector_one_block_off_is_detected(llamacpp, organism_gguf, prompts, vectors, tmp_path):
     """direction.{i+1} for block i (a numbering often shipped) does not reproduce the adapter: it steers block i+1."""
     adapter = save_organism_adapter(tmp_path / "adapter", vectors, ALPHA)
     control_vector = export_adapter(adapter, "gguf", tmp_path / "steer.gguf")
-    reader = gguf.GGUFReader(str(control_vector))
-    shifted = tmp_path / "shifted.gguf"
-    writer = gguf.GGUFWriter(str(shifted), "controlvector")
-    writer.add_string("controlvector.model_hint", "qwen3")
-    writer.add_int32("controlvector.layer_count", len(LAYERS))
-    for tensor in reader.tensors:
-        layer = int(tensor.name.split(".")[1])
-        writer.add_tensor(f"direction.{layer + 1}", np.array(tensor.data))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    shifted = shift_one_block(control_vector, tmp_path / "shifted.gguf")
     off = llamacpp_run(llamacpp, organism_gguf, prompts, ["--control-vector", str(shifted)])
     assert max_logit_difference(off, transformers_run(prompts, vectors)) > 100 * LOGITS_ATOL
     moved = {layer + 1: vector for layer, vector in vectors.items()}
@@ -194,13 +198,7 @@ def test_a_vector_one_block_off_is_detected(llamacpp, organism_gguf, prompts, ve
 
 
 def test_llama_cpp_rejects_direction_zero(llamacpp, organism_gguf, prompts, tmp_path):
-    path = tmp_path / "zero.gguf"
-    writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_tensor("direction.0", np.ones(256, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_control_vector(tmp_path / "zero.gguf", {"direction.0": np.ones(256, dtype=np.float32)})
     llamacpp_run(llamacpp, organism_gguf, prompts[:1], ["--control-vector", str(path)], expect_rc=3)
 
 
@@ -225,3 +223,50 @@ def test_the_harness_and_llama_cpp_python_run_the_same_llama_cpp(llamacpp, organ
     python_logits = np.asarray(json.loads(result.stdout.splitlines()[-1]), dtype=np.float32)
     harness = llamacpp_run(llamacpp, organism_gguf, prompts[:3])
     np.testing.assert_allclose(python_logits, np.stack([run["logits"] for run in harness]), atol=1e-5, rtol=0)
+
+
+# Other architectures, as tiny random models with the organism's tokenizer: (config overrides, block path). Gemma2
+# is the case the LoRA and merged exports refuse (post-feed-forward norm) while a control vector stays exact; it is
+# built with tied embeddings (llama.cpp's Gemma2 graph has no separate output matrix) and a sliding window longer than
+# the prompts.
+OTHER_ARCHITECTURES = {
+    "llama": ({}, "model.layers"),
+    "gemma2": ({"tie_word_embeddings": True, "sliding_window": 256, "max_position_embeddings": 256}, "model.layers"),
+    "gpt2": ({}, "transformer.h"),
+}
+# ggml evaluates GELU through an FP16 lookup table: unsteered Gemma2 logits differ by up to 1.8e-4 here (Llama 2e-7).
+TINY_ATOL = 5e-4
+
+
+@pytest.mark.parametrize("arch", sorted(OTHER_ARCHITECTURES))
+def test_control_vectors_on_other_architectures(llamacpp, prompts, tmp_path, arch):
+    overrides, blocks = OTHER_ARCHITECTURES[arch]
+    _, tokenizer = load_organism()
+    torch.manual_seed(0)
+    config = tiny_config(arch, vocab_size=len(tokenizer), **overrides)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager").eval()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    if arch == "gpt2":  # convert_hf_to_gguf reads the context length from the pre-transformers-5 key
+        saved = json.loads((tmp_path / "base" / "config.json").read_text())
+        (tmp_path / "base" / "config.json").write_text(json.dumps(saved | {"n_ctx": config.n_positions}))
+    model_gguf = convert_to_gguf(llamacpp, tmp_path / "base", tmp_path / "model.gguf")
+    vectors = random_vectors()
+    peft_model = adapter_from_vectors(model, vectors, scale=ALPHA)
+    peft_model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    save_adapter(peft_model, tmp_path / "adapter")
+    peft_model.unload()
+    control_vector = export_adapter(tmp_path / "adapter", "gguf", tmp_path / "steer.gguf")
+    short = prompts[:3]
+    base = transformers_run(short, model=model, blocks=blocks)
+    assert_agree(llamacpp_run(llamacpp, model_gguf, short), base, TINY_ATOL)
+    steered = transformers_run(short, vectors, model=model, blocks=blocks)
+    assert max_logit_difference(steered, base) > 100 * TINY_ATOL
+    assert_agree(
+        llamacpp_run(llamacpp, model_gguf, short, ["--control-vector", str(control_vector)]),
+        steered,
+        TINY_ATOL,
+    )
+    shifted = shift_one_block(control_vector, tmp_path / "shifted.gguf")
+    off = llamacpp_run(llamacpp, model_gguf, short, ["--control-vector", str(shifted)])
+    assert max_logit_difference(off, steered) > 100 * TINY_ATOL
