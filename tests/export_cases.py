@@ -10,6 +10,7 @@ from architectures import BLOCK_PATHS, HIDDEN, VOCAB, tiny_config
 from transformers import AutoModelForCausalLM
 
 from steering_adapter import adapter_from_vectors, save_adapter
+from steering_adapter.organism import ORGANISM_DIR, load_organism
 
 LAYERS = (1, 3)
 SCALE = -2.5
@@ -34,8 +35,14 @@ CASES: dict[str, tuple[str, dict]] = {
 }
 
 
+# The embedded organism (a trained Qwen3, hidden size 256) as a case of its own: real weights, base "organism".
+ORGANISM = "organism"
+
+
 def tiny_base(case: str, seed: int = 0) -> torch.nn.Module:
-    """The tiny random model of ``case`` in float32, eval mode."""
+    """The tiny random model of ``case`` (or the organism) in float32, eval mode."""
+    if case == ORGANISM:
+        return load_organism()[0]
     arch, overrides = CASES[case]
     torch.manual_seed(seed)
     config = tiny_config(arch, **overrides)
@@ -43,7 +50,7 @@ def tiny_base(case: str, seed: int = 0) -> torch.nn.Module:
 
 
 def blocks_path(case: str) -> str:
-    return BLOCK_PATHS[CASES[case][0]]
+    return "model.layers" if case == ORGANISM else BLOCK_PATHS[CASES[case][0]]
 
 
 def random_vectors(layers=LAYERS, seed: int = 1, hidden: int = HIDDEN) -> dict[int, torch.Tensor]:
@@ -61,18 +68,24 @@ def save_base_and_adapter(
     """Save the tiny base of ``case`` to ``root/base`` and a steering adapter for it to ``root/adapter``.
 
     The adapter steers :data:`LAYERS` with α = :data:`SCALE` and :data:`LAYER_SCALES` unless ``config_fields`` say
-    otherwise; its ``base_model_name_or_path`` is the saved base folder.
+    otherwise; its ``base_model_name_or_path`` is the saved base folder (``"organism"`` for the organism, whose base
+    folder is the shipped one).
 
     Returns:
         ``(base folder, adapter folder, vectors)``.
     """
-    base_dir, adapter_dir = root / "base", root / "adapter"
+    adapter_dir = root / "adapter"
     model = tiny_base(case)
-    model.save_pretrained(base_dir)
-    vectors = vectors if vectors is not None else random_vectors()
+    if case == ORGANISM:
+        base_dir, base_name = ORGANISM_DIR, ORGANISM
+    else:
+        base_dir = root / "base"
+        base_name = str(base_dir)
+        model.save_pretrained(base_dir)
+    vectors = vectors if vectors is not None else random_vectors(hidden=model.config.hidden_size)
     fields = {"scale": SCALE, "layer_scales": LAYER_SCALES, "steering_metadata": dict(METADATA)} | config_fields
     peft_model = adapter_from_vectors(model, vectors, **fields)
-    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    peft_model.peft_config["default"].base_model_name_or_path = base_name
     save_adapter(peft_model, adapter_dir)
     peft_model.unload()
     return base_dir, adapter_dir, vectors

@@ -1,14 +1,15 @@
-"""Convert a Qwen3 checkpoint (the organism) to an F32 GGUF with llama.cpp's own convert_hf_to_gguf.py.
+"""Convert a transformers checkpoint to an F32 GGUF with llama.cpp's own convert_hf_to_gguf.py.
 
 Run as a script (the tests do, in a subprocess): ``python llamacpp_convert.py LLAMA_CPP_DIR MODEL_DIR OUT.gguf``,
 with LLAMA_CPP_DIR the llama.cpp sources vendored in the llama-cpp-python sdist (its gguf-py is used, not the
 installed gguf package). Weights, hyper-parameters and tensor names are converted by llama.cpp's code unchanged.
 
-One adjustment for the organism's tokenizer, which llama.cpp does not know: convert_hf_to_gguf identifies BPE
-pre-tokenizers by hashing the token ids of a test string and refuses unknown hashes, and its Qwen path first tries
-a SentencePiece vocabulary. The organism has a byte-level BPE tokenizer of its own, so the vocabulary is written
-through the converter's own GPT-2 BPE path with pre-tokenizer "default". The tests feed token ids to llama.cpp, so
-llama.cpp's tokenisation of text never enters the comparison.
+One adjustment for the tokenizer, which llama.cpp does not know: the organism (and the tiny test models, which
+borrow it) has a byte-level BPE tokenizer of its own, while convert_hf_to_gguf identifies BPE pre-tokenizers by
+hashing the token ids of a test string (refusing unknown hashes) and some architectures first look for a
+SentencePiece vocabulary. The vocabulary is therefore written through the converter's own GPT-2 BPE path, with
+pre-tokenizer "default" when the hash is unknown. The tests feed token ids to llama.cpp, so llama.cpp's tokenisation
+of text never enters the comparison.
 """
 
 from __future__ import annotations

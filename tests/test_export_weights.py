@@ -33,7 +33,7 @@ from steering_adapter.export import NotExpressibleError, export_adapter
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ATOL = 1e-5
-LORA_CASES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "gpt_neox_sequential")
+LORA_CASES = ("organism", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox", "gpt_neox_sequential")
 MERGED_CASES = ("llama", "gpt2", "gpt_neox", "gpt_neox_sequential")
 POST_NORM = ("gemma2", "gemma3_text", "olmo2")
 MOE = ("qwen3_moe", "qwen3_next")
@@ -107,7 +107,11 @@ def test_stock_runtime_reproduces_the_steering_adapter(exports, case, export_for
     }
     assert record["layers"] == list(LAYERS) and record["scale"] == SCALE and record["layer_scales"] == LAYER_SCALES
     assert record["effective_scales"] == {"1": SCALE, "3": SCALE * 0.5}
-    assert record["vector_units"] == "class_separation" and record["base_model"].endswith("base")
+    assert record["vector_units"] == "class_separation"
+    assert (
+        record["base_model"]
+        == json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    )
 
 
 def test_lora_export_is_a_rank_one_bias_only_adapter(exports, tmp_path):
