@@ -1,4 +1,4 @@
-"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish.
+"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish, export.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad command line, recipe or input; 3 the selection found no layer/α
 that meets the recipe's constraints.
