@@ -137,6 +137,15 @@ def test_import_refuses_bad_control_vectors(llama_adapter, tmp_path, tensors, ar
     assert not (tmp_path / "out").exists()
 
 
+def test_import_adds_up_tensors_of_the_same_layer_like_llama_cpp(llama_adapter, tmp_path):
+    base_dir, _ = llama_adapter
+    one, two = np.full(HIDDEN, 0.25, np.float32), np.full(HIDDEN, 0.5, np.float32)
+    path = write_control_vector(tmp_path / "twice.gguf", {"direction.1": one, "direction.01": two})
+    imported = import_gguf(path, str(base_dir), tmp_path / "adapter")
+    vectors = load_numpy(imported / "adapter_model.safetensors")
+    np.testing.assert_array_equal(vectors["base_model.model.model.layers.1.steering_vector"], one + two)
+
+
 def test_import_refuses_a_file_that_is_not_gguf(llama_adapter, tmp_path):
     base_dir, _ = llama_adapter
     path = tmp_path / "vector.gguf"

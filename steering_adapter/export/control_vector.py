@@ -7,11 +7,12 @@ The layout is the one llama.cpp's loader reads (``common_control_vector_load`` i
 Layer numbering, read from llama.cpp's sources (the version vendored by llama-cpp-python 0.3.36) and checked
 against that runtime by tests/test_export_llamacpp.py: the loader stores ``direction.N`` at row ``N - 1`` and
 rejects ``N = 0``; ``llama_adapter_cvec::apply`` gives row ``il - 1`` to layer ``il`` for ``il = 1 .. n_layer - 1``;
-every model graph adds that tensor to the output of its 0-based block ``il`` (``build_cvec(cur, il)`` at the end of
-the block). So ``direction.N`` shifts the output of block ``N`` — the steering adapter's layer ``N``, transformers'
-``hidden_states[N + 1]`` — and block 0's output cannot be steered by a control vector. ``controlvector.layer_count``
-is not read by the loader; layers without a tensor get zeros; several files (or ``--control-vector-scaled F:S``) are
-summed after scaling.
+the model graphs that support control vectors add that tensor to the output of their 0-based block ``il``
+(``build_cvec(cur, il)`` after the block's last residual add). So ``direction.N`` shifts the output of block ``N`` —
+the steering adapter's layer ``N``, transformers' ``hidden_states[N + 1]`` — and block 0's output cannot be steered
+by a control vector. ``controlvector.layer_count`` is not read by the loader; layers without a tensor get zeros;
+tensors naming the same layer (``direction.1`` and ``direction.01``) are summed, and so are several files (each
+scaled by its ``--control-vector-scaled F:S`` strength).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def read_control_vector(path: str | os.PathLike) -> tuple[dict[int, np.ndarray],
         path: the ``.gguf`` file.
 
     Returns:
-        ``({N: direction.N as float32 [n_embd]}, {metadata key: value})``.
+        ``({N: direction.N as float32 [n_embd]}, {metadata key: value})``; tensors naming the same layer are added
+        up, as llama.cpp's loader does.
 
     Raises:
         ValueError: not a GGUF file, not a control vector (``general.architecture``), no direction tensors, a tensor
@@ -146,7 +148,8 @@ def read_control_vector(path: str | os.PathLike) -> tuple[dict[int, np.ndarray],
             raise ValueError(f"{path}: {tensor.name} has {data.shape[0]} values, the other directions {n_embd}")
         if not np.isfinite(data).all():
             raise ValueError(f"{path}: {tensor.name} contains NaN or Inf")
-        directions[layer] = data
+        # llama.cpp adds up tensors that name the same layer (direction.1 and direction.01)
+        directions[layer] = directions[layer] + data if layer in directions else data
     if not directions:
         raise ValueError(f"{path}: the control vector holds no direction tensors")
     return directions, metadata
