@@ -52,7 +52,9 @@ else
         --config-settings=build-dir="$WORK/build" --config-settings=cmake.build-type=Release
     rm -rf "$WORK/bin" && mkdir -p "$WORK/bin"
     cp -a "$WORK/build/bin/steering-cvec-eval" "$WORK"/build/bin/lib*.so* "$WORK/bin/"
-    cat > "$MANIFEST" <<JSON
+fi
+# Rewritten every time, so that a cache restored under another path names its own files.
+cat > "$MANIFEST" <<JSON
 {
   "stamp": "$STAMP",
   "llama_cpp_python": "$VERSION",
@@ -62,7 +64,6 @@ else
   "llama_cpp_source": "$WORK/src/vendor/llama.cpp"
 }
 JSON
-fi
 if ! "$PYTHON" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$VERSION')" \
     2>/dev/null; then
     "$PYTHON" -m pip install -q "$WHEEL"
