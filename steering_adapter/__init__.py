@@ -87,6 +87,9 @@ _LAZY = {
     "Recipe": "recipes",
     "load_recipe": "recipes",
     "run_recipe": "pipeline",
+    # other runtimes: llama.cpp control vectors, plain PEFT LoRA, merged checkpoints
+    "export_adapter": "export",
+    "import_gguf": "export",
 }
 
 __all__ = [

@@ -90,7 +90,7 @@ def render_model_card(config: dict[str, Any], evaluation: dict[str, Any] | None 
         intended_use=metadata.get("intended_use") or "Research on and control of refusal behaviour.",
         limitations=metadata.get("limitations")
         or "Measured only on the prompt sets listed above; steering can shift behaviour on other inputs.",
-        layers_plus_one=", ".join(str(layer + 1) for layer in layers),
+        llama_cpp_directions=", ".join(str(layer) for layer in layers),
     )
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + body
 

@@ -1,4 +1,4 @@
-"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish.
+"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish, export.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad command line, recipe or input; 3 the selection found no layer/α
 that meets the recipe's constraints.
@@ -246,6 +246,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_adapter
+
+    path = export_adapter(args.adapter, args.format, args.out, base_model=args.base, revision=args.revision)
+    print(f"wrote {args.format} export: {path}")
+    return EXIT_OK
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import import_gguf
+
+    out = args.out or str(Path(args.file).with_suffix("")) + "-steering-adapter"
+    path = import_gguf(args.file, args.base, out, revision=args.revision, scale=args.scale)
+    print(f"wrote steering adapter: {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steering-adapter",
@@ -357,6 +376,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("adapter", help="adapter folder or Hub repo id")
     inspect.set_defaults(func=cmd_inspect)
+
+    export = sub.add_parser(
+        "export",
+        help="export an adapter for llama.cpp (gguf), stock PEFT (lora) or plain transformers (merged)",
+        description="Write a steering adapter in another runtime's format: a llama.cpp control vector (gguf), a "
+        "plain PEFT LoRA adapter (lora) or a transformers checkpoint with the shift folded into a bias (merged). "
+        "Formats that cannot express the adapter exactly (ablate mode, gating, some architectures) are refused "
+        "with the reason.",
+    )
+    export.add_argument("adapter", help="steering adapter folder or Hub repo id")
+    export.add_argument("--format", required=True, choices=["gguf", "lora", "merged"], help="export format")
+    export.add_argument("--out", required=True, help="output .gguf file (gguf) or folder (lora, merged)")
+    export.add_argument("--base", help="base model to read (default: the adapter's base_model_name_or_path)")
+    export.add_argument("--revision", help="Hub revision of the base model (default: the adapter's revision)")
+    export.set_defaults(func=cmd_export)
+
+    import_gguf = sub.add_parser(
+        "import-gguf",
+        help="turn a llama.cpp / repeng control vector into a steering adapter",
+        description="Read a llama.cpp / repeng control vector (.gguf) and write a steering adapter: direction.N "
+        "becomes the vector of block N (where llama.cpp adds it).",
+    )
+    import_gguf.add_argument("file", help="control vector .gguf file")
+    import_gguf.add_argument("--base", required=True, help="its base model: Hub id, folder or 'organism'")
+    import_gguf.add_argument("--out", help="adapter folder to write (default: FILE without .gguf + -steering-adapter)")
+    import_gguf.add_argument("--scale", type=float, default=1.0, help="the adapter's scale alpha (default 1.0)")
+    import_gguf.add_argument("--revision", help="Hub revision of the base model")
+    import_gguf.set_defaults(func=cmd_import_gguf)
     return parser
 
 

@@ -41,7 +41,7 @@ def test_card_text_carries_the_adapter_facts():
     assert "`Qwen/Qwen3-4B-Instruct-2507` @ `abc123`" in card
     assert "| layers (0-based block outputs) | 14, 16 |" in card
     assert "| scale α | -4.0 |" in card and "| method | rmd |" in card
-    assert "direction.{15, 17}" in card  # llama.cpp numbering is block index + 1
+    assert "direction.{14, 16}" in card  # llama.cpp adds direction.N to block N's output
     assert "| set | before | after |" in card
     assert "$" not in card.split("---", 2)[2].replace("$ ", "")  # every template field was filled
 

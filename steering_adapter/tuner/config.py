@@ -32,7 +32,8 @@ class SteeringConfig(PeftConfig):
     Args:
         layers (`list[int]`):
             0-based indices of the decoder blocks whose **output** is steered. Block ``i`` output is transformers'
-            ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i + 1}``.
+            ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i}`` (llama.cpp adds
+            ``direction.N`` to the output of block ``N`` and has none for block 0; see :mod:`steering_adapter.export`).
         scale (`float`, defaults to 1.0):
             Global multiplier α. Negative values remove the behaviour the vectors point to (for refusal vectors:
             fewer refusals); positive values induce it.
