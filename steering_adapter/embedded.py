@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["EMBEDDED_MODELS", "is_embedded", "load_embedded"]
+__all__ = ["EMBEDDED_MODELS", "embedded_config_dir", "is_embedded", "load_embedded"]
 
 
 def _organism(dtype: torch.dtype) -> tuple[Any, Any]:
@@ -59,3 +59,20 @@ def load_embedded(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, A
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")
     return EMBEDDED_MODELS[name](dtype)
+
+
+def embedded_config_dir(name: str) -> str:
+    """The local folder holding the ``config.json`` (and tokenizer) of an embedded model.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name == "organism":
+        from .organism import ORGANISM_DIR
+
+        return str(ORGANISM_DIR)
+    if name in ("smollm2", "smollm2-censored"):  # the overlay changes weights only, never the config
+        from .smollm2 import base_model_dir
+
+        return str(base_model_dir())
+    raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")

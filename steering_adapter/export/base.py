@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..embedded import embedded_config_dir, is_embedded, load_embedded
 from ..tuner.config import SteeringConfig
 from ..tuner.model import check_model_fits
 
-ORGANISM = "organism"
-
 
 def resolve_base(name_or_path: str | None) -> str:
-    """Where to load a base model from: the embedded organism's folder for ``"organism"``, else the name as is.
+    """Where to load a base model's config from: an embedded model's folder (``"organism"``, ``"smollm2-censored"``,
+    see :mod:`steering_adapter.embedded`), else the name as is.
 
     Raises:
         ValueError: no base model named (the adapter has no ``base_model_name_or_path`` and none was given).
@@ -24,10 +24,8 @@ def resolve_base(name_or_path: str | None) -> str:
         raise ValueError(
             "the adapter names no base model (base_model_name_or_path is empty); pass one explicitly (--base MODEL)"
         )
-    if name_or_path == ORGANISM:
-        from ..organism import ORGANISM_DIR
-
-        return str(ORGANISM_DIR)
+    if is_embedded(name_or_path):
+        return embedded_config_dir(name_or_path)
     return str(name_or_path)
 
 
@@ -53,6 +51,9 @@ def load_base(name_or_path: str | None, revision: str | None = None, dtype: str 
     """The base causal LM with its weights, in eval mode (``dtype="auto"``: the checkpoint's own dtype)."""
     from transformers import AutoModelForCausalLM
 
+    if is_embedded(name_or_path):  # e.g. the censored SmolLM2: its overlay is merged at load, not in the folder
+        model, _ = load_embedded(name_or_path, dtype=torch.float32 if dtype == "auto" else dtype)
+        return model.eval()
     location = resolve_base(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         location, revision=revision, dtype=dtype, local_files_only=Path(location).is_dir()
