@@ -85,8 +85,9 @@ class JudgeSpec:
         kind: ``"pattern"`` (keyword baseline), ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or
             ``"transformers"`` (LLM judge run locally).
         model: judge model name (openai) or Hub id / folder (transformers).
-        base_url: endpoint for ``openai`` (default from ``STEERING_JUDGE_BASE_URL`` / ``OPENAI_BASE_URL``).
-        api_key_env: environment variable holding the API key.
+        base_url: endpoint for ``openai`` (default ``STEERING_JUDGE_BASE_URL``).
+        api_key_env: name of the environment variable holding the API key; the key is sent only when this names
+            one (never a fallback to ``OPENAI_API_KEY``), and only over https or to this machine.
         max_concurrency: parallel requests (openai).
         extra_refusal_patterns: phrases added to the pattern judge's defaults.
     """
@@ -94,7 +95,7 @@ class JudgeSpec:
     kind: Literal["pattern", "openai", "transformers"] = "pattern"
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str = "STEERING_JUDGE_API_KEY"
+    api_key_env: str | None = None
     max_concurrency: int = 4
     extra_refusal_patterns: list[str] = field(default_factory=list)
 
