@@ -30,6 +30,10 @@ from .tuner import (  # noqa: E402
 
 register()
 
+from .integrations import install as _install_load_checks  # noqa: E402
+
+_install_load_checks()
+
 from .builder import adapter_from_vectors, save_adapter  # noqa: E402
 from .hub import push_adapter  # noqa: E402
 

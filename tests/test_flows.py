@@ -156,7 +156,8 @@ def test_peft_load_adapter_adds_second_adapter(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- bad input
 def test_hidden_size_mismatch_names_both_numbers(tmp_path):
-    folder = write_contract_adapter(tmp_path / "x", "llama", vectors_for([1]), extra={"hidden_size": 48})
+    vectors = {1: torch.randn(48)}  # a self-consistent adapter for a model of hidden size 48
+    folder = write_contract_adapter(tmp_path / "x", "llama", vectors, extra={"hidden_size": 48})
     with pytest.raises(ValueError, match=r"hidden_size=48.*hidden_size=32"):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
     with pytest.raises(ValueError, match=r"hidden_size=48.*hidden_size=32"):
@@ -185,12 +186,13 @@ def test_nan_vector_is_refused(tmp_path):
     vectors = vectors_for([1, 2])
     vectors[2][5] = float("nan")
     folder = write_contract_adapter(tmp_path / "x", "llama", vectors)
-    with pytest.raises(ValueError, match="layer 2 contains NaN or Inf"):
+    with pytest.raises(ValueError, match="adapter_model.safetensors: steering vector for layer 2 contains NaN or Inf"):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
     model = tiny_model("llama")
-    model.load_adapter(folder)
-    with pytest.raises(ValueError, match="block 2 is not finite"):
-        logits(model)
+    with pytest.raises(ValueError, match="adapter_model.safetensors: steering vector for layer 2 contains NaN or Inf"):
+        model.load_adapter(folder)  # refused at load time, before anything is attached
+    assert not getattr(model, "_hf_peft_config_loaded", False)
+    assert torch.equal(logits(model), logits(tiny_model("llama")))
 
 
 def test_inf_vector_is_refused(tmp_path):
@@ -205,12 +207,11 @@ def test_missing_vector_never_loads_as_initial_value(tmp_path):
     vectors = vectors_for([1, 2])
     tensors = {"base_model.model.model.layers.1.steering_vector": vectors[1]}
     folder = write_contract_adapter(tmp_path / "x", "llama", vectors, tensors=tensors)
-    with pytest.raises(ValueError, match=r"missing steering vector 'base_model.model.model.layers.2.steering_vector'"):
+    missing = r"adapter_model.safetensors: missing steering vector 'base_model.model.model.layers.2.steering_vector'"
+    with pytest.raises(ValueError, match=missing):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
-    model = tiny_model("llama")
-    model.load_adapter(folder)  # transformers only logs missing keys ...
-    with pytest.raises(ValueError, match="block 2 is not finite: it was never loaded"):
-        logits(model)  # ... so the unset (NaN) vector fails loudly at the first forward
+    with pytest.raises(ValueError, match=missing):
+        tiny_model("llama").load_adapter(folder)  # transformers alone would only log the missing key
 
 
 def test_wrong_shape_vector(tmp_path):
@@ -234,8 +235,7 @@ def test_pickle_weights_are_never_read(tmp_path):
     os.replace(os.path.join(folder, "adapter_model.safetensors"), os.path.join(folder, "adapter_model.bin"))
     with pytest.raises(ValueError, match="safetensors only.*adapter_model.bin"):
         PeftModel.from_pretrained(tiny_model("llama"), folder)
-    # transformers 5.23's load_adapter looks for the safetensors file only, and fails without unpickling
-    with pytest.raises(OSError, match="adapter_model.safetensors"):
+    with pytest.raises(ValueError, match="safetensors only.*adapter_model.bin"):
         tiny_model("llama").load_adapter(folder)
 
 

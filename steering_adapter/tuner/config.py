@@ -14,6 +14,7 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
+from ..organism import ORGANISM_ID, is_organism, resolve_organism
 from .registration import PEFT_TYPE_NAME
 
 MODES = ("add", "ablate")
@@ -99,6 +100,9 @@ class SteeringConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The embedded organism's id resolves to its shipped folder, so AutoPeftModel loads it offline; to_dict writes
+        # the id back.
+        self.base_model_name_or_path = resolve_organism(self.base_model_name_or_path)
         self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
@@ -193,14 +197,32 @@ class SteeringConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
-        """Load the config, refusing adapters that carry no safetensors weights (pickle files are never read)."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        from ..adapter_files import require_safetensors
+        """Load the config and check the adapter's weights file against it before anything is attached.
 
-        require_safetensors(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        Refuses adapters that carry no safetensors weights (pickle files are never read) and weights that do not fit
+        the config (see :func:`steering_adapter.adapter_files.validate_vectors`); errors name the file.
+        """
+        from ..adapter_files import CONFIG_NAME, check_adapter_weights
+
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (TypeError, ValueError) as exc:
+            where = "/".join(part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part)
+            message = str(exc)
+            raise ValueError(message if CONFIG_NAME in message else f"{where}: {message}") from None
+        config._steering_weights_file = check_adapter_weights(
+            config.layers,
+            config.hidden_size,
+            config.condition_layer,
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            **kwargs,
+        )
         return config
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["layers"] = list(self.layers)
+        if is_organism(data.get("base_model_name_or_path")):
+            data["base_model_name_or_path"] = ORGANISM_ID
         return data

@@ -187,7 +187,7 @@ class SteeringModel(BaseTuner):
             config.layers,
             blocks_path,
             config.hidden_size,
-            source=f"steering adapter {adapter_name!r}",
+            source=getattr(config, "_steering_weights_file", None) or f"steering adapter {adapter_name!r}",
             condition_layer=config.condition_layer,
         )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
