@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .versions import IncompatibleVersionsError, check_versions
+from .versions import IncompatibleVersionsError, UntestedVersionsWarning, check_versions, warn_untested_versions
 
-check_versions()
+warn_untested_versions()  # one warning outside the tested pair, never a stop
 
 from .tuner import (  # noqa: E402
     SteeringConfig,
@@ -95,6 +95,7 @@ _LAZY = {
 
 __all__ = [
     "IncompatibleVersionsError",
+    "UntestedVersionsWarning",
     "SteeringConfig",
     "SteeringLayer",
     "SteeringModel",

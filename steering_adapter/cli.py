@@ -36,17 +36,31 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[list[str], A
     return data
 
 
-def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None):
+def base_model_spec(model_name: str | None, adapters: Sequence[str]):
+    """The base model to load: ``--model`` as given, else the one the first adapter's config names, pinned to the
+    revision it records (an adapter computed on the embedded organism loads the shipped organism)."""
     from .adapter_files import read_config_dict
-    from .pipeline import load_model
+    from .organism import is_organism
     from .recipes import ModelSpec
+
+    if model_name is not None:
+        return ModelSpec(name_or_path="organism" if is_organism(model_name) else model_name)
+    if not adapters:
+        raise ValueError("give --model or at least one --adapter (its config names the base model)")
+    config = read_config_dict(adapters[0])
+    name = config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapters[0]}: the adapter config names no base model; give --model")
+    if is_organism(name):
+        return ModelSpec(name_or_path="organism")
+    return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
+
+
+def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None):
+    from .pipeline import load_model
     from .tuner.model import set_adapter_scale
 
-    if model_name is None:
-        if not adapters:
-            raise ValueError("give --model or at least one --adapter (its config names the base model)")
-        model_name = read_config_dict(adapters[0]).get("base_model_name_or_path") or "organism"
-    model, tokenizer = load_model(ModelSpec(name_or_path=model_name))
+    model, tokenizer = load_model(base_model_spec(model_name, adapters))
     names = []
     for index, adapter in enumerate(adapters):
         name = f"adapter{index}"

@@ -32,6 +32,7 @@ from typing import Any
 
 from .adapter_files import _HUB_KWARGS, CONFIG_NAME, check_adapter_weights, read_json_file, validate_vectors
 from .organism import ORGANISM_DIR, is_organism
+from .tuner.config import check_adapter_name
 
 __all__ = ["check_steering_adapter", "install"]
 
@@ -86,22 +87,27 @@ def check_steering_adapter(model: Any, path_or_repo_id: str, **hub_kwargs: Any) 
     return config
 
 
-def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> None:
-    """``load_adapter(peft_config=..., adapter_state_dict=...)``: the same checks on tensors given in memory."""
+def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> bool:
+    """``load_adapter(peft_config=..., adapter_state_dict=...)``: the same checks on tensors given in memory.
+
+    Returns:
+        Whether the adapter is a steering adapter (checked).
+    """
     from .tuner.config import SteeringConfig
     from .tuner.model import check_model_fits
 
     if isinstance(peft_config, dict):
         if peft_config.get("peft_type") != "STEERING":
-            return
+            return False
         peft_config = SteeringConfig.from_peft_type(**peft_config)
     if not isinstance(peft_config, SteeringConfig):
-        return
+        return False
     fitted = copy.deepcopy(peft_config)
     blocks_path, _ = check_model_fits(fitted, model)
     validate_vectors(
         state_dict, fitted.layers, blocks_path, fitted.hidden_size, "adapter_state_dict", fitted.condition_layer
     )
+    return True
 
 
 def _loaded_vectors_are_finite(model: Any, adapter_name: str) -> str | None:
@@ -130,8 +136,7 @@ def _checked_load_adapter(original: Callable) -> Callable:
         state_dict = arguments.get("adapter_state_dict")
         adapter_name = arguments.get("adapter_name") or "default"
         if peft_config is not None and state_dict is not None:
-            _check_state_dict(self, peft_config, state_dict)
-            steering = True
+            steering = _check_state_dict(self, peft_config, state_dict)
         elif peft_config is None and isinstance(peft_model_id, (str, os.PathLike)):
             hub: dict[str, Any] = {}
             load_config = arguments.get("load_config")
@@ -145,6 +150,8 @@ def _checked_load_adapter(original: Callable) -> Callable:
             steering = check_steering_adapter(self, os.fspath(peft_model_id), **hub) is not None
         else:
             steering = False
+        if steering:
+            check_adapter_name(adapter_name)
         result = original(*bound.args, **bound.kwargs)
         if steering:
             problem = _loaded_vectors_are_finite(self, adapter_name)
@@ -191,13 +198,28 @@ def _named_from_json_file(original: Callable) -> Callable:
     @functools.wraps(function)
     def from_json_file(cls, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            return function(cls, path_json_file, **kwargs)
+            data = function(cls, path_json_file, **kwargs)
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"{path_json_file} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path_json_file} must hold a JSON object, got {type(data).__name__}")
+        if data.get("peft_type") == "STEERING":
+            _check_config_fields(path_json_file, data)
+        return data
 
     return classmethod(_mark(from_json_file))
+
+
+def _check_config_fields(path: str, data: dict[str, Any]) -> None:
+    """Every field of a steering adapter's config, with the file named (PEFT builds the config without it)."""
+    from .tuner.config import SteeringConfig
+
+    try:
+        SteeringConfig.from_peft_type(**data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def install() -> None:

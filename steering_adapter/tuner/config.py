@@ -8,6 +8,7 @@ The required fields follow the on-disk contract (format v1): ``layers``, ``scale
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,33 @@ from peft.config import PeftConfig
 from peft.utils import PeftType
 
 from ..organism import ORGANISM_ID, is_organism, resolve_organism
-from .registration import PEFT_TYPE_NAME
+from .registration import PEFT_TYPE_NAME, PREFIX
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+
+
+def check_adapter_name(name: object) -> str:
+    """The one rule for adapter names (attached adapters, composition parts, CLI and recipe names).
+
+    A name is 1-64 characters of letters, digits, ``_`` and ``-`` (not starting with ``-``): it is a key of PEFT's
+    parameter dicts (no ``.``), a folder name inside a composition (no ``/``, ``..`` or absolute path), and it must
+    not be part of PEFT's parameter prefix ``steering_`` (PEFT would confuse its keys with the vectors').
+
+    Returns:
+        ``name``.
+
+    Raises:
+        ValueError: naming the rule the name breaks.
+    """
+    if not isinstance(name, str) or not _ADAPTER_NAME.match(name):
+        raise ValueError(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '-'), e.g. "
+            "'no_refusal'"
+        )
+    if name in PREFIX:
+        raise ValueError(f"invalid adapter name {name!r}: it is part of the parameter prefix {PREFIX!r}; pick another")
+    return name
+
 
 MODES = ("add", "ablate")
 POSITIONS = ("all",)
@@ -210,6 +237,9 @@ class SteeringConfig(PeftConfig):
             where = "/".join(part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part)
             message = str(exc)
             raise ValueError(message if CONFIG_NAME in message else f"{where}: {message}") from None
+        config._steering_config_file = "/".join(
+            part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part
+        )
         config._steering_weights_file = check_adapter_weights(
             config.layers,
             config.hidden_size,
