@@ -20,7 +20,8 @@ def push_adapter(
     """Upload a saved steering adapter folder to a Hub model repo (created if needed).
 
     The folder is checked first: it must hold ``adapter_config.json`` (a valid ``STEERING`` config) and
-    ``adapter_model.safetensors``; a model card is written from the config when ``README.md`` is missing.
+    ``adapter_model.safetensors``. The card's usage code is pointed at ``repo_id`` (a card is written from the
+    config when ``README.md`` is missing).
 
     Args:
         adapter_dir: folder written by :func:`steering_adapter.save_adapter` or ``PeftModel.save_pretrained``.
@@ -35,7 +36,7 @@ def push_adapter(
     """
     from huggingface_hub import HfApi
 
-    from .cards import write_model_card
+    from .cards import set_card_repo_id
 
     adapter_dir = os.fspath(adapter_dir)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -45,8 +46,7 @@ def push_adapter(
     if config.get("peft_type") != "STEERING":
         raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')!r} adapter, not a STEERING adapter")
     SteeringConfig.from_peft_type(**config)  # validates every field
-    if not os.path.isfile(os.path.join(adapter_dir, "README.md")):
-        write_model_card(adapter_dir)
+    set_card_repo_id(adapter_dir, repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     message = commit_message or f"steering adapter: layers {config['layers']}, scale {config['scale']}"

@@ -16,7 +16,10 @@ non-steering adapter to the original code:
   computed on the embedded organism (``base_model_name_or_path: "steering-adapter:organism"``) names the shipped
   organism folder as its base model, so nothing is looked up on the Hub;
 - ``peft.config.PeftConfigMixin.from_json_file``: a malformed ``adapter_config.json`` names its path (PEFT's own
-  message does not).
+  message does not);
+- ``peft.PeftModel.create_or_update_model_card``: ``save_pretrained`` of a steering adapter writes this package's
+  card (not PEFT's blank template) and keeps its front matter (PEFT would replace the tags and set ``base_model`` to
+  a local folder).
 """
 
 from __future__ import annotations
@@ -222,10 +225,29 @@ def _check_config_fields(path: str, data: dict[str, Any]) -> None:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def _steering_model_card(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        from .cards import merge_card_after_peft, write_model_card_from_config
+        from .tuner.config import SteeringConfig
+
+        config = self.peft_config.get(self.active_adapter) if isinstance(self.active_adapter, str) else None
+        if not isinstance(config, SteeringConfig):
+            return original(self, output_dir)
+        path = os.path.join(output_dir, "README.md")
+        if not os.path.exists(path):
+            write_model_card_from_config(output_dir, config.to_dict())
+        original(self, output_dir)
+        merge_card_after_peft(path, config.to_dict())
+
+    return _mark(create_or_update_model_card)
+
+
 def install() -> None:
     """Install the load-time checks and the offline organism resolution (idempotent; see the module docstring)."""
     import transformers.integrations.peft as transformers_peft
     import transformers.models.auto.auto_factory as auto_factory
+    from peft import PeftModel
     from peft.config import PeftConfigMixin
 
     mixin = transformers_peft.PeftAdapterMixin
@@ -235,6 +257,8 @@ def install() -> None:
         finder = getattr(module, "find_adapter_config_file", None)
         if finder is not None and not getattr(finder, _WRAPPED, False):
             module.find_adapter_config_file = _checked_find_adapter_config_file(finder)
+    if not getattr(PeftModel.create_or_update_model_card, _WRAPPED, False):
+        PeftModel.create_or_update_model_card = _steering_model_card(PeftModel.create_or_update_model_card)
     reader = PeftConfigMixin.__dict__["from_json_file"]
     if not getattr(reader.__func__, _WRAPPED, False):
         PeftConfigMixin.from_json_file = _named_from_json_file(reader)
