@@ -37,6 +37,7 @@ IDS = torch.tensor([[5, 17, 42, 9, 33, 70, 3], [8, 8, 120, 64, 1, 2, 99]])
 ATOL = 1e-5
 # Generated folders per run (LOAD_EXAMPLES shortens a local run; CI uses the default).
 EXAMPLES = int(os.environ.get("LOAD_EXAMPLES", 1000))
+AUTO_EXAMPLES = int(os.environ.get("LOAD_AUTO_EXAMPLES", 150))
 
 # breakage -> a fragment every flow's error must contain
 BREAKAGES = {
@@ -358,13 +359,12 @@ def check_spec(spec: AdapterSpec, root: str, auto: bool, seen: Counter) -> None:
         seen[spec.breakage or "valid"] += 1
 
 
-def test_generated_adapters_through_every_flow(tmp_path_factory):
-    """1,000 generated folders through load_adapter, PeftModel (from_pretrained and load_adapter), composition."""
-    root = str(tmp_path_factory.mktemp("generated"))
+def run_generated(root: str, examples: int, auto: bool) -> Counter:
+    """Check ``examples`` generated folders (reproducible: derandomized, no example database)."""
     seen: Counter = Counter()
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -372,9 +372,15 @@ def test_generated_adapters_through_every_flow(tmp_path_factory):
     )
     @given(spec=adapter_specs())
     def check(spec):
-        check_spec(spec, root, auto=False, seen=seen)
+        check_spec(spec, root, auto=auto, seen=seen)
 
     check()
+    return seen
+
+
+def test_generated_adapters_through_every_flow(tmp_path_factory):
+    """1,000 generated folders through load_adapter, PeftModel (from_pretrained and load_adapter), composition."""
+    seen = run_generated(str(tmp_path_factory.mktemp("generated")), EXAMPLES, auto=False)
     examples = seen["valid"] + sum(seen[b] for b in BREAKAGES)
     assert examples >= EXAMPLES, seen
     assert seen["valid"] >= EXAMPLES // 5, seen
@@ -383,20 +389,6 @@ def test_generated_adapters_through_every_flow(tmp_path_factory):
 
 def test_generated_adapters_through_the_auto_classes(tmp_path_factory):
     """The flows that load the base model named by the adapter (AutoPeftModelForCausalLM, AutoModelForCausalLM)."""
-    root = str(tmp_path_factory.mktemp("generated-auto"))
-    seen: Counter = Counter()
-
-    @settings(
-        max_examples=int(os.environ.get("LOAD_AUTO_EXAMPLES", 150)),
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(spec=adapter_specs())
-    def check(spec):
-        check_spec(spec, root, auto=True, seen=seen)
-
-    check()
-    assert seen["AutoModelForCausalLM"] >= 150 and seen["valid"] >= 30, seen
+    seen = run_generated(str(tmp_path_factory.mktemp("generated-auto")), AUTO_EXAMPLES, auto=True)
+    assert seen["AutoModelForCausalLM"] >= AUTO_EXAMPLES and seen["valid"] >= AUTO_EXAMPLES // 5, seen
     assert sum(seen[b] > 0 for b in BREAKAGES) >= len(BREAKAGES) - 2, seen
