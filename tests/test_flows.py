@@ -75,7 +75,7 @@ def test_hand_written_adapter_loads_with_load_adapter_and_peft(tmp_path, arch, m
     assert not torch.allclose(expected, logits(tiny_model(arch)), atol=1e-3)
 
     model = tiny_model(arch)
-    model.load_adapter(folder, adapter_name="steer")
+    model.load_adapter(folder, adapter_name="probe")
     torch.testing.assert_close(logits(model), expected, atol=ATOL, rtol=1e-5)
 
     peft_model = PeftModel.from_pretrained(tiny_model(arch), folder)
@@ -103,7 +103,9 @@ def test_get_peft_model_save_then_every_flow(tmp_path, saved_base):
     assert saved["peft_type"] == "STEERING" and saved["steering_metadata"] == {"method": "rmd"}
     card = open(os.path.join(adapter_dir, "README.md")).read()
     front = read_front_matter(card)
-    assert front["base_model"] == saved_base and front["library_name"] == "peft" and "steering" in front["tags"]
+    assert front["library_name"] == "peft" and "steering" in front["tags"]
+    assert "base_model" not in front  # a local folder is no Hub id; the card's usage code names it instead
+    assert f'AutoModelForCausalLM.from_pretrained("{saved_base}")' in card
 
     # PeftModel.from_pretrained
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved_base).eval(), adapter_dir)
@@ -263,10 +265,10 @@ def test_set_adapter_scale_on_transformers_loaded_adapter(tmp_path):
     vectors = vectors_for([2])
     folder = write_contract_adapter(tmp_path / "x", "llama", vectors, scale=1.0)
     model = tiny_model("llama")
-    model.load_adapter(folder, adapter_name="s")
-    steering_adapter.set_adapter_scale(model, -4.0, "s")
+    model.load_adapter(folder, adapter_name="scaled")
+    steering_adapter.set_adapter_scale(model, -4.0, "scaled")
     torch.testing.assert_close(logits(model), expected_logits("llama", vectors, -4.0), atol=ATOL, rtol=1e-5)
     with pytest.raises(ValueError, match="no steering adapter named 'nope'"):
         steering_adapter.set_adapter_scale(model, 1.0, "nope")
     with pytest.raises(ValueError, match="finite"):
-        steering_adapter.set_adapter_scale(model, float("nan"), "s")
+        steering_adapter.set_adapter_scale(model, float("nan"), "scaled")
