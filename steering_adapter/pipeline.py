@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ def build_judge(spec: JudgeSpec) -> Judge:
     if spec.kind == "openai":
         backend = OpenAIChatBackend(
             base_url=spec.base_url,
-            api_key=os.environ.get(spec.api_key_env),
+            api_key_env=spec.api_key_env,
             model=spec.model,
             max_concurrency=spec.max_concurrency,
         )
