@@ -2,7 +2,7 @@
 
 The front matter is a :class:`huggingface_hub.ModelCardData`: ``library_name: peft``, ``tags`` (``steering``, ...),
 ``pipeline_tag``, ``license`` and ``base_model`` when the base model is a Hub id (it is left out for the embedded
-organism and for local folders, which the Hub could not link). The usage code names the real base model and the
+embedded models and for local folders, which the Hub could not link). The usage code names the real base model and the
 adapter's location: its folder when saved, its repo id once pushed (:func:`set_card_repo_id`, called by
 ``push_adapter``); it sits between ``<!-- steering-adapter:usage -->`` markers so that only it is rewritten.
 """
@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .organism import ORGANISM_ID, is_organism
+from .embedded import TITLES, canonical_name, embedded_id, is_embedded
 
 TEMPLATE_NAME = "steering_adapter_card.md"
 CARD_TAGS = ["steering", "steering-adapter", "refusal-steering", "peft"]
@@ -50,8 +50,8 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def hub_base_model(name: str | None) -> str | None:
-    """``name`` when it is a Hub model id the card can link as ``base_model``, else ``None`` (organism, folders)."""
-    if not name or is_organism(name) or os.path.isabs(name) or os.path.exists(name):
+    """``name`` when it is a Hub model id the card can link as ``base_model``, else ``None`` (embedded models, folders)."""
+    if not name or is_embedded(name) or os.path.isabs(name) or os.path.exists(name):
         return None
     try:
         validate_repo_id(name)
@@ -89,19 +89,20 @@ def usage_code(config: dict[str, Any], adapter: str) -> str:
     """
     base = config.get("base_model_name_or_path")
     ref = json.dumps(str(adapter))
-    if is_organism(base):
+    if is_embedded(base):
+        short = canonical_name(base)
         body = f"""import steering_adapter  # registers the STEERING adapter type with PEFT
 from peft import PeftModel
-from steering_adapter.organism import load_organism  # the base model: the organism shipped with steering-adapter
+from steering_adapter.embedded import load_embedded  # the base model, built locally by steering-adapter
 from transformers import AutoModelForCausalLM
 
-# transformers: the adapter names its base model ({ORGANISM_ID}), resolved offline to the shipped organism
+# transformers: the adapter names its base model ({embedded_id(base)}), resolved offline to the local model
 model = AutoModelForCausalLM.from_pretrained({ref})
 # transformers, onto a model you loaded
-model, tokenizer = load_organism()
+model, tokenizer = load_embedded({json.dumps(short)})
 model.load_adapter({ref})
 # PEFT
-base, tokenizer = load_organism()
+base, tokenizer = load_embedded({json.dumps(short)})
 model = PeftModel.from_pretrained(base, {ref})"""
     elif base is None:
         body = f"""import steering_adapter  # registers the STEERING adapter type with PEFT
@@ -157,8 +158,9 @@ def render_model_card(
     metadata = config.get("steering_metadata") or {}
     base = config.get("base_model_name_or_path")
     layers = config.get("layers", [])
-    if is_organism(base):
-        base_text = f"`{ORGANISM_ID}` (the model organism shipped with steering-adapter: `load_organism()`)"
+    if is_embedded(base):
+        short = canonical_name(base)
+        base_text = f"`{embedded_id(base)}` ({TITLES[short]}: `load_embedded({short!r})`)"
     else:
         base_text = f"`{base}`" + (f" @ `{config['revision']}`" if config.get("revision") else "")
         if hub_base_model(base) is None:
@@ -192,7 +194,7 @@ def render_model_card(
         card_data(config),
         template_str=_template_text(),
         title=metadata.get("title")
-        or f"Steering adapter for {'the steering-adapter model organism' if is_organism(base) else base}",
+        or f"Steering adapter for {TITLES[canonical_name(base)] if is_embedded(base) else base}",
         summary=metadata.get("summary")
         or "A refusal-steering adapter: one vector per steered decoder block, added to the block output.",
         details_table=_table(rows),

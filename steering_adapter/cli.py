@@ -70,21 +70,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[Sequence[str
 
 def base_model_spec(model_name: str | None, adapters: Sequence[str]):
     """The base model to load: ``--model`` as given, else the one the first adapter's config names, pinned to the
-    revision it records (an adapter computed on the embedded organism loads the shipped organism)."""
+    revision it records (an adapter computed on an embedded model, e.g. the organism, loads that model offline)."""
     from .adapter_files import read_config_dict
-    from .organism import is_organism
+    from .embedded import canonical_name
     from .recipes import ModelSpec
 
     if model_name is not None:
-        return ModelSpec(name_or_path="organism" if is_organism(model_name) else model_name)
+        return ModelSpec(name_or_path=canonical_name(model_name) or model_name)
     if not adapters:
         raise ValueError("give --model or at least one --adapter (its config names the base model)")
     config = read_config_dict(adapters[0])
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapters[0]}: the adapter config names no base model; give --model")
-    if is_organism(name):
-        return ModelSpec(name_or_path="organism")
+    short = canonical_name(name)
+    if short is not None:
+        return ModelSpec(name_or_path=short)
     return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 

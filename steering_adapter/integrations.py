@@ -1,4 +1,4 @@
-"""Steering adapters in transformers' and PEFT's own loading calls: checked at load time, organism offline.
+"""Steering adapters in transformers' and PEFT's own loading calls: checked at load time, embedded bases offline.
 
 PEFT's flows (``PeftModel.from_pretrained``, ``PeftModel.load_adapter``, ``AutoPeftModelForCausalLM``) call
 :meth:`SteeringConfig.from_pretrained <steering_adapter.tuner.config.SteeringConfig.from_pretrained>`, which checks
@@ -13,8 +13,9 @@ non-steering adapter to the original code:
   transformers touches the model, and every vector is checked again after the load;
 - ``find_adapter_config_file`` as transformers' ``from_pretrained`` and ``AutoModel*.from_pretrained`` see it: an
   ``adapter_config.json`` that is not valid JSON is reported with its path, line and column, and a steering adapter
-  computed on the embedded organism (``base_model_name_or_path: "steering-adapter:organism"``) names the shipped
-  organism folder as its base model, so nothing is looked up on the Hub;
+  computed on an embedded model (``base_model_name_or_path: "steering-adapter:organism"`` or another
+  :mod:`steering_adapter.embedded` id) names that model's local folder as its base model, so nothing is looked up on
+  the Hub;
 - ``peft.config.PeftConfigMixin.from_json_file``: a malformed ``adapter_config.json`` names its path (PEFT's own
   message does not);
 - ``peft.PeftModel.create_or_update_model_card``: ``save_pretrained`` of a steering adapter writes this package's
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .adapter_files import _HUB_KWARGS, CONFIG_NAME, check_adapter_weights, read_json_file, validate_vectors
-from .organism import ORGANISM_DIR, is_organism
+from .embedded import embedded_folder, is_embedded
 from .tuner.config import check_adapter_name
 
 __all__ = ["check_steering_adapter", "install"]
@@ -166,19 +167,20 @@ def _checked_load_adapter(original: Callable) -> Callable:
     return _mark(load_adapter)
 
 
-_ORGANISM_CONFIGS: dict[str, str] = {}
+_EMBEDDED_CONFIGS: dict[str, str] = {}
 
 
-def _config_naming_local_organism(config_file: str, data: dict[str, Any]) -> str:
-    """A copy of an organism adapter's config whose base model is the shipped organism folder (per process)."""
+def _config_naming_local_base(config_file: str, data: dict[str, Any]) -> str:
+    """A copy of an embedded-model adapter's config whose base model is that model's local folder (per process)."""
     key = os.path.realpath(config_file)
-    if key not in _ORGANISM_CONFIGS:
-        folder = tempfile.mkdtemp(prefix="steering-adapter-organism-config-")
+    if key not in _EMBEDDED_CONFIGS:
+        folder = tempfile.mkdtemp(prefix="steering-adapter-embedded-config-")
         path = os.path.join(folder, CONFIG_NAME)
+        base = embedded_folder(data["base_model_name_or_path"])
         with open(path, "w", encoding="utf-8") as handle:
-            json.dump({**data, "base_model_name_or_path": str(ORGANISM_DIR)}, handle)
-        _ORGANISM_CONFIGS[key] = path
-    return _ORGANISM_CONFIGS[key]
+            json.dump({**data, "base_model_name_or_path": base}, handle)
+        _EMBEDDED_CONFIGS[key] = path
+    return _EMBEDDED_CONFIGS[key]
 
 
 def _checked_find_adapter_config_file(original: Callable) -> Callable:
@@ -188,8 +190,8 @@ def _checked_find_adapter_config_file(original: Callable) -> Callable:
         if config_file is None or not os.path.isfile(config_file):
             return config_file
         data = read_json_file(config_file)  # a syntax error names the file, line and column
-        if data.get("peft_type") == "STEERING" and is_organism(data.get("base_model_name_or_path")):
-            return _config_naming_local_organism(config_file, data)
+        if data.get("peft_type") == "STEERING" and is_embedded(data.get("base_model_name_or_path")):
+            return _config_naming_local_base(config_file, data)
         return config_file
 
     return _mark(find_adapter_config_file)
@@ -244,7 +246,8 @@ def _steering_model_card(original: Callable) -> Callable:
 
 
 def install() -> None:
-    """Install the load-time checks and the offline organism resolution (idempotent; see the module docstring)."""
+    """Install the load-time checks and the offline resolution of embedded base models (idempotent; see the module
+    docstring)."""
     import transformers.integrations.peft as transformers_peft
     import transformers.models.auto.auto_factory as auto_factory
     from peft import PeftModel

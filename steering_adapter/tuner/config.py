@@ -15,7 +15,7 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from ..organism import ORGANISM_ID, is_organism, resolve_organism
+from ..embedded import embedded_id, is_embedded, resolve_embedded
 from .registration import PEFT_TYPE_NAME, PREFIX
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
@@ -128,9 +128,9 @@ class SteeringConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # The embedded organism's id resolves to its shipped folder, so AutoPeftModel loads it offline; to_dict writes
-        # the id back.
-        self.base_model_name_or_path = resolve_organism(self.base_model_name_or_path)
+        # An embedded model's id (e.g. the organism's) resolves to its local folder, so AutoPeftModel loads it
+        # offline; to_dict writes the id back.
+        self.base_model_name_or_path = resolve_embedded(self.base_model_name_or_path)
         self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
@@ -254,6 +254,6 @@ class SteeringConfig(PeftConfig):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["layers"] = list(self.layers)
-        if is_organism(data.get("base_model_name_or_path")):
-            data["base_model_name_or_path"] = ORGANISM_ID
+        if is_embedded(data.get("base_model_name_or_path")):
+            data["base_model_name_or_path"] = embedded_id(data["base_model_name_or_path"])
         return data
