@@ -143,7 +143,8 @@ class SelectionSpec:
     Attributes:
         goal: ``"remove"`` or ``"induce"`` the target refusals.
         layer_counts: numbers of top-ranked layers to try.
-        alphas: the α grid (``None``: ``−0.5 … −3`` to remove, ``+0.5 … +3`` to induce, in separation units).
+        alphas: the α grid (``None``: ``−0.5, −1, −2, −4, −8`` to remove, the same positive to induce, in
+            separation units).
         refine_steps: golden-section evaluations of α around the best feasible grid point (``0``: grid only).
         delta: allowed change of the constrained sets, in percentage points.
         kl_budget: maximum mean KL(base ‖ steered) on the neutral prompts (``None``: unconstrained).
@@ -167,7 +168,7 @@ class SelectionSpec:
     min_relevance: float | None = 0.2
     relevance_ratio: float | None = 0.8
     max_repetition: float | None = 0.35
-    max_perplexity_ratio: float | None = 4.0
+    max_perplexity_ratio: float | None = 10.0
     near_tie: float | None = None
     max_prompts_per_set: int | None = None
 

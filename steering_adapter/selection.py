@@ -2,8 +2,9 @@
 
 Layers are ranked first (|Pearson r| of the projection with c(x), then ROC AUC: see
 :meth:`~steering_adapter.diagnostics.DirectionDiagnostics.best_layers`). The sweep then tries the top ``n`` layers
-for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5 … −3`` to remove,
-``+0.5 … +3`` to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean), evaluates each point
+for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5, −1, −2, −4, −8`` to
+remove, the same positive to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean along the
+direction), evaluates each point
 with :func:`~steering_adapter.evaluation.evaluate` on held-out prompts (resumable; base answers and the base side of
 the KL are computed once for the whole sweep), then refines α around the best feasible grid point by a golden-section
 search (:func:`bracketed_minimum`), so the choice is not limited to the grid. It picks by a trade-off:
@@ -43,7 +44,9 @@ from .tuner.model import set_adapter_scale
 
 GOALS = ("remove", "induce")
 GOLDEN = 0.3819660112501051  # 2 − φ: where a golden-section step probes the larger side of a bracket
-DEFAULT_ALPHAS = {"remove": (-0.5, -1.0, -1.5, -2.0, -3.0), "induce": (0.5, 1.0, 1.5, 2.0, 3.0)}
+# Geometric, a factor 2 apart: a mean-difference vector often works near |α| = 1, a ridge vector — whose unit direction
+# carries only part of the mean difference — may need several times more (measured: the organism's RMD near −5).
+DEFAULT_ALPHAS = {"remove": (-0.5, -1.0, -2.0, -4.0, -8.0), "induce": (0.5, 1.0, 2.0, 4.0, 8.0)}
 
 
 def default_alphas(goal: str) -> tuple[float, ...]:
@@ -85,7 +88,7 @@ class SelectionObjective:
     min_relevance: float | None = 0.2
     relevance_ratio: float | None = 0.8
     max_repetition: float | None = 0.35
-    max_perplexity_ratio: float | None = 4.0
+    max_perplexity_ratio: float | None = 10.0
     near_tie: float | None = None
 
     def __post_init__(self) -> None:
