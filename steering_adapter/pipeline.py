@@ -35,7 +35,7 @@ from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
 from .scoring_run import score_prompts
-from .selection import SelectionObjective, SweepResult, default_alphas, sweep_layers_and_scale
+from .selection import SweepResult, default_alphas, sweep_layers_and_scale
 
 ORGANISM_PREFIX = "organism:"
 
@@ -401,16 +401,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
 
     sel = recipe.selection
     kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
-    objective = SelectionObjective(
-        goal=sel.goal,
-        delta=sel.delta,
-        kl_budget=sel.kl_budget,
-        min_relevance=sel.min_relevance,
-        relevance_ratio=sel.relevance_ratio,
-        max_repetition=sel.max_repetition,
-        max_perplexity_ratio=sel.max_perplexity_ratio,
-        near_tie=sel.near_tie,
-    )
+    objective = sel.objective()
     alphas = sel.alphas if sel.alphas is not None else list(default_alphas(sel.goal))
     log(
         f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"

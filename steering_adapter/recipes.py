@@ -172,6 +172,13 @@ class SelectionSpec:
     near_tie: float | None = None
     max_prompts_per_set: int | None = None
 
+    def objective(self) -> Any:
+        """The :class:`~steering_adapter.selection.SelectionObjective` these settings describe (its fields, by name)."""
+        from .selection import SelectionObjective
+
+        names = [f.name for f in dataclasses.fields(SelectionObjective)]
+        return SelectionObjective(**{name: getattr(self, name) for name in names})
+
 
 @dataclass
 class GatingSpec:
