@@ -173,7 +173,7 @@ class SelectionSpec:
     max_prompts_per_set: int | None = None
 
     def objective(self) -> Any:
-        """The :class:`~steering_adapter.selection.SelectionObjective` these settings describe (its fields, by name)."""
+        """The :class:`~steering_adapter.selection.SelectionObjective` of these settings (its fields, by name)."""
         from .selection import SelectionObjective
 
         names = [f.name for f in dataclasses.fields(SelectionObjective)]
