@@ -1,0 +1,1 @@
+"""vLLM integration: sampling backend and steered generation with steering adapters."""
