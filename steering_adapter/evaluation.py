@@ -19,12 +19,11 @@ from typing import Any
 
 from torch import nn
 
-from .capability import next_token_kl, perplexity
 from .judges.base import Judge
 from .records import JsonlLog, atomic_write_json, atomic_write_text
+from .samplers import Sampler, as_sampler
 from .scoring import plot_histogram, summarize
 from .scoring_run import ANSWERS_FILE, score_prompts
-from .tuner.model import steering_disabled
 
 ROLES = ("target", "harmful", "benign", "other")
 CONDITIONS = ("base", "steered")
@@ -154,7 +153,7 @@ def answer_texts(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[s
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     sets: Sequence[EvalSet],
     judge: Judge,
@@ -172,7 +171,8 @@ def evaluate(
     """Score every set with steering off (``base``) and on (``steered``) and write the report.
 
     Args:
-        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``).
+        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``), or a
+            sampling backend with its adapters (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one).
         tokenizer: its tokenizer.
         sets: the prompt sets with their roles.
         judge: the refusal judge.
@@ -199,14 +199,15 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names must be unique, got {names}")
     out = Path(out_dir)
+    sampler = as_sampler(model, tokenizer)
     report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
-            with _condition(model, condition):
+            with _condition(sampler, condition):
                 scores = score_prompts(
-                    model,
+                    sampler,
                     tokenizer,
                     eval_set.prompts,
                     judge,
@@ -230,15 +231,15 @@ def evaluate(
             report.sets[eval_set.name][condition] = summary
     if kl_prompts is not None:
         report.kl = {
-            **next_token_kl(model, tokenizer, list(kl_prompts), batch_size=batch_size, progress=progress),
+            **sampler.next_token_kl(list(kl_prompts), batch_size=batch_size, progress=progress),
             "n_prompts": len(kl_prompts),
         }
     if perplexity_texts is not None:
         report.perplexity = {}
         for condition in conditions:
-            with _condition(model, condition):
-                report.perplexity[condition] = perplexity(
-                    model, tokenizer, list(perplexity_texts), batch_size=batch_size, progress=progress
+            with _condition(sampler, condition):
+                report.perplexity[condition] = sampler.perplexity(
+                    list(perplexity_texts), batch_size=batch_size, progress=progress
                 )
     if plots:
         plot_refusal_rates(report, out / "refusal_rates.png")
@@ -247,9 +248,9 @@ def evaluate(
     return report
 
 
-def _condition(model: nn.Module, condition: str) -> contextlib.AbstractContextManager:
+def _condition(sampler: Sampler, condition: str) -> contextlib.AbstractContextManager:
     """Steering switched off for ``"base"``; left as it is for ``"steered"``."""
-    return steering_disabled(model) if condition == "base" else contextlib.nullcontext()
+    return sampler.steering_disabled() if condition == "base" else contextlib.nullcontext()
 
 
 def plot_refusal_rates(report: EvaluationReport, path: str | os.PathLike) -> str:

@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .builder import adapter_from_vectors
 from .conditions import ConditionFit
 from .evaluation import EvalSet, evaluate
 from .judges.base import Judge
 from .records import atomic_write_json
-from .tuner.model import set_adapter_scale
+from .samplers import Sampler, as_sampler
 
 GOALS = ("remove", "induce")
 
@@ -157,7 +156,7 @@ def choose(points: Sequence[SweepPoint], objective: SelectionObjective) -> Sweep
 
 
 def sweep_layers_and_scale(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     directions: Mapping[int, torch.Tensor],
     ranking: Sequence[int],
@@ -180,8 +179,9 @@ def sweep_layers_and_scale(
     """Sweep the number of top-ranked layers and α on held-out prompts, and choose by ``objective``.
 
     Args:
-        model: the base model (a transformers causal LM, no adapters); it is wrapped during the sweep and given back
-            unchanged (``unload``) at the end.
+        model: the base model (a transformers causal LM, no adapters), wrapped during the sweep and given back
+            unchanged (``unload``) at the end; or a sampling backend without adapters
+            (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one), whose candidates are removed at the end.
         tokenizer: its tokenizer.
         directions: ``{layer: v}`` for every layer that may be chosen.
         ranking: layers best first (e.g. ``DirectionDiagnostics.best_layers()``); the top ``n`` are steered.
@@ -222,7 +222,7 @@ def sweep_layers_and_scale(
     variants = [False] if condition is None else ([False, True] if include_ungated else [True])
     gated_ranking = [layer for layer in ranking if condition is not None and layer >= condition.layer]
     candidates: list[tuple[str, int, bool, list[int]]] = []
-    peft_model = None
+    sampler = as_sampler(model, tokenizer)
     for gated in variants:
         order = gated_ranking if gated else ranking
         for n in counts:
@@ -231,10 +231,9 @@ def sweep_layers_and_scale(
             layers = order[:n]
             name = f"sweep_top{n}" + ("_gated" if gated else "")
             extra = condition.config_fields() if gated else {}
-            peft_model = adapter_from_vectors(
-                peft_model or model,
+            sampler.add_adapter(
+                name,
                 {layer: directions[layer] for layer in layers},
-                adapter_name=name,
                 scale=1.0,
                 mode=mode,
                 condition=condition.direction if gated else None,
@@ -243,17 +242,17 @@ def sweep_layers_and_scale(
             candidates.append((name, n, gated, sorted(layers)))
     try:
         base_report = evaluate(
-            peft_model, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
+            sampler, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
         )
         base = {name: row["base"]["refusal_pct"] for name, row in base_report.sets.items()}
         points = []
         for name, n, gated, layers in candidates:
-            peft_model.base_model.set_adapter(name)
+            sampler.activate(name)
             for alpha in alphas:
-                set_adapter_scale(peft_model, alpha, name)
+                sampler.set_scale(name, alpha)
                 label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
                 report = evaluate(
-                    peft_model,
+                    sampler,
                     tokenizer,
                     sets,
                     out_dir=out / label,
@@ -282,7 +281,7 @@ def sweep_layers_and_scale(
                 point.feasible = not point.violations
                 points.append(point)
     finally:
-        peft_model.unload()
+        sampler.remove_adapters()
     result = SweepResult(
         objective,
         base,

@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..adapter_files import (
     CONDITION_PARAM,
     VECTOR_PARAM,
+    WEIGHTS_NAME,
     load_vectors_file,
     read_config_dict,
     require_safetensors,
     validate_vectors,
+    vector_key,
 )
 from ..composition import COMPOSITION_FILE
 from ..tuner.config import SteeringConfig
 
-__all__ = ["AdapterSpec", "AdapterVectors", "parse_adapter_specs", "read_adapter"]
+__all__ = ["AdapterSpec", "AdapterVectors", "parse_adapter_specs", "read_adapter", "write_adapter"]
 
 _KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.(?:{VECTOR_PARAM}|{CONDITION_PARAM})$")
 
@@ -193,3 +196,51 @@ def read_adapter(spec: AdapterSpec, hidden_size: int, num_hidden_layers: int) ->
         condition=condition,
         source=spec.path,
     )
+
+
+def write_adapter(
+    directory: str | Path,
+    vectors: Mapping[int, torch.Tensor],
+    *,
+    hidden_size: int,
+    num_hidden_layers: int,
+    condition: torch.Tensor | None = None,
+    blocks_path: str = "model.layers",
+    **config: Any,
+) -> Path:
+    """Write a steering adapter folder from vectors alone (no model at hand, e.g. beside a vLLM engine).
+
+    Args:
+        directory: the folder to create.
+        vectors: ``{block: [hidden_size]}``.
+        hidden_size: hidden size of the base model.
+        num_hidden_layers: its number of decoder blocks.
+        condition: the condition vector of a gated adapter (``config`` then holds ``condition_layer`` etc.).
+        blocks_path: the transformers path of the decoder blocks in the saved keys (``model.layers`` for Llama,
+            Qwen, Mistral, Gemma, ...).
+        **config: other :class:`SteeringConfig` fields (``scale``, ``mode``, ``layer_scales``, ...).
+
+    Returns:
+        The folder; it loads with ``PeftModel.from_pretrained`` like any saved steering adapter.
+    """
+    directory = Path(directory)
+    steering = SteeringConfig(
+        layers=sorted(int(layer) for layer in vectors),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        **config,
+    )
+    tensors = {
+        vector_key(blocks_path, int(layer)): vector.detach().float().cpu().contiguous()
+        for layer, vector in vectors.items()
+    }
+    if condition is not None:
+        if not steering.gated:
+            raise ValueError("a condition vector needs condition_layer and condition_threshold in the config")
+        key = f"base_model.model.{blocks_path}.{steering.condition_layer}.{CONDITION_PARAM}"
+        tensors[key] = condition.detach().float().cpu().contiguous()
+    validate_vectors(tensors, steering.layers, blocks_path, hidden_size, str(directory), steering.condition_layer)
+    directory.mkdir(parents=True, exist_ok=True)
+    steering.save_pretrained(str(directory))
+    save_file(tensors, str(directory / WEIGHTS_NAME))
+    return directory

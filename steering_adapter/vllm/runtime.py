@@ -116,8 +116,8 @@ class TokenGate:
             projections = (torch.stack(pooled) @ self.unit.to(hidden.device)).tolist()
             self.last_projections = projections
             for state, value in zip(deciding, projections, strict=True):
-                state.decisions[self.name] = value > self.threshold if self.comparator == "greater" else (
-                    value < self.threshold
+                state.decisions[self.name] = (
+                    value > self.threshold if self.comparator == "greater" else (value < self.threshold)
                 )
         for (start, end), state in zip(layout, states, strict=True):
             decision = state.decisions.get(self.name)
@@ -238,9 +238,12 @@ class SteeringRuntime:
 
     # --------------------------------------------------------------------------------------------- hooks
     def _hook_for(self, layer: int):
-        deciding = [gate for a in self.adapters if a.gated and a.config.condition_layer == layer for gate in [
-            self._gates[a.name]
-        ]]
+        deciding = [
+            gate
+            for a in self.adapters
+            if a.gated and a.config.condition_layer == layer
+            for gate in [self._gates[a.name]]
+        ]
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not self.enabled:
@@ -293,9 +296,9 @@ def check_engine_config(vllm_config: Any, gated: bool) -> None:
         problems.append("prefix caching is on (enable_prefix_caching=False / --no-enable-prefix-caching)")
     if vllm_config.scheduler_config.enable_chunked_prefill:
         problems.append("chunked prefill is on (enable_chunked_prefill=False / --no-enable-chunked-prefill)")
-    processors = [p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in (
-        model_config.logits_processors or []
-    )]
+    processors = [
+        p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in (model_config.logits_processors or [])
+    ]
     if TRACKER_QUALNAME not in processors and SteeringBatchTracker not in (model_config.logits_processors or []):
         problems.append(f"the batch tracker is missing (logits_processors=['{TRACKER_QUALNAME}'])")
     if problems:
