@@ -1,0 +1,96 @@
+"""``vllm serve`` with a steering adapter answers steered through the OpenAI-compatible API (real HTTP over
+loopback), launched the documented way (python -m steering_adapter.vllm.serve)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import heldout_prompts
+from test_steering import ADD, reference
+
+from steering_adapter.organism import ORGANISM_DIR
+
+MAX_TOKENS = 48
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(adapter_dirs, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "steering_adapter.vllm.serve",
+        str(ORGANISM_DIR),
+        "--adapter",
+        str(adapter_dirs["add"]),
+    ]
+    command += ["--", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256"]
+    command += ["--served-model-name", "organism"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-4000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_served_chat_answers_are_steered(server, organism, vectors):
+    prompts = heldout_prompts(6)
+    settings = dict(k=1, temperature=0.0, max_new_tokens=MAX_TOKENS)
+    steered = reference(organism, prompts, [{"vectors": vectors["add"], **ADD}], **settings)
+    plain = reference(organism, prompts, [], **settings)
+    served = []
+    for prompt in prompts:
+        reply = _post(
+            f"{server}/v1/chat/completions",
+            {
+                "model": "organism",
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": MAX_TOKENS,
+            },
+        )
+        served.append(reply["choices"][0]["message"]["content"].strip())
+    expected = [s.answers[0].text for s in steered]
+    agree = sum(a == b for a, b in zip(served, expected, strict=True))
+    assert agree == len(prompts), list(zip(served, expected, strict=True))
+    assert sum(a != p.answers[0].text for a, p in zip(served, plain, strict=True)) >= 2
