@@ -36,8 +36,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[list[str], A
     return data
 
 
-def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None):
+def _base_model_of(adapter: str) -> str:
+    """The base model an adapter's config names (``"organism"`` when it names none)."""
     from .adapter_files import read_config_dict
+
+    return read_config_dict(adapter).get("base_model_name_or_path") or "organism"
+
+
+def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None):
     from .pipeline import load_model
     from .recipes import ModelSpec
     from .tuner.model import set_adapter_scale
@@ -45,7 +51,7 @@ def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], sc
     if model_name is None:
         if not adapters:
             raise ValueError("give --model or at least one --adapter (its config names the base model)")
-        model_name = read_config_dict(adapters[0]).get("base_model_name_or_path") or "organism"
+        model_name = _base_model_of(adapters[0])
     model, tokenizer = load_model(ModelSpec(name_or_path=model_name))
     names = []
     for index, adapter in enumerate(adapters):
@@ -83,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append((["output", "dir"], args.out))
+    if args.backend:
+        overrides.append((["sampling", "backend"], args.backend))
     recipe = recipe_from_dict(apply_overrides(data, overrides))
     try:
         result = run_recipe(recipe, progress=not args.no_progress)
@@ -101,9 +109,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalSet, evaluate
     from .pipeline import build_judge
-    from .recipes import JudgeSpec
+    from .recipes import JudgeSpec, ModelSpec
 
-    model, tokenizer = _load_model_and_adapters(args.model, [args.adapter], args.scale)
+    if args.backend == "vllm":
+        from .vllm.sampler import VllmSampler
+
+        spec = ModelSpec(name_or_path=args.model or _base_model_of(args.adapter))
+        model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}])
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer = _load_model_and_adapters(args.model, [args.adapter], args.scale)
     sets = []
     for text in args.sets:
         parts = text.split("=", 1)
@@ -131,6 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
+    if args.backend == "vllm":
+        model.close()
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
@@ -216,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; values are YAML)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--backend", choices=["transformers", "vllm"], help="sampling backend (overrides sampling.backend)"
+    )
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser(
@@ -244,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-relevance", action="store_true", help="skip answer relevance")
     ev.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="sampling backend: the transformers model (default) or a vLLM engine with the adapter attached",
+    )
     ev.set_defaults(func=cmd_eval)
 
     for name, func, text in (

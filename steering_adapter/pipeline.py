@@ -32,6 +32,7 @@ from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, eval
 from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
+from .samplers import Sampler, TransformersSampler
 from .scoring_run import score_prompts
 from .selection import SelectionObjective, SweepResult, sweep_layers_and_scale
 
@@ -75,6 +76,15 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sampler:
+    """The backend that samples the judged answers: the loaded model, or a vLLM engine on the same model."""
+    if recipe.sampling.backend == "vllm":
+        from .vllm.sampler import VllmSampler
+
+        return VllmSampler.from_model_spec(recipe.model, **(recipe.sampling.engine_args or {}))
+    return TransformersSampler(model, tokenizer)
 
 
 def build_judge(spec: JudgeSpec) -> Judge:
@@ -199,8 +209,10 @@ def estimate_directions(
     out: Path,
     progress: bool,
     log: Callable[[str], None],
+    sampler: Sampler | None = None,
 ) -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]]:
-    """Score the training prompts, collect activations, fit one direction per layer and diagnose them.
+    """Score the training prompts (answers from ``sampler``, default the model), collect activations, fit one
+    direction per layer and diagnose them.
 
     Returns:
         ``(directions, layer ranking, provenance)``; cached in ``out/directions`` for reruns.
@@ -220,7 +232,7 @@ def estimate_directions(
 
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
     scores = score_prompts(
-        model,
+        sampler or model,
         tokenizer,
         prompts,
         judge,
@@ -368,7 +380,30 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
 
         relevance = RelevanceScorer()
 
-    directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log)
+    sampler = build_sampler(recipe, model, tokenizer)
+    try:
+        return _run_stages(recipe, model, tokenizer, sampler, judge, relevance, out, started, progress, log)
+    finally:
+        close = getattr(sampler, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_stages(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sampler: Sampler,
+    judge: Judge,
+    relevance: Any,
+    out: Path,
+    started: float,
+    progress: bool,
+    log: Callable[[str], None],
+) -> RunResult:
+    directions, ranking, provenance = estimate_directions(
+        model, tokenizer, recipe, judge, out, progress, log, sampler=sampler
+    )
     condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
 
     sel = recipe.selection
@@ -382,7 +417,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
     if condition is not None:
         gate_key = (_tensor_digest({"condition": condition.direction}), condition.config_fields())
     sweep = sweep_layers_and_scale(
-        model,
+        sampler,
         tokenizer,
         directions,
         ranking,
@@ -455,9 +490,10 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
         metadata["condition"] = condition.metadata()
         # the same vectors, blocks and scale without the gate: what the gate saves the other prompt sets from
         log("[evaluate] the chosen vector without its gate, on the test half")
-        ungated_model = adapter_from_vectors(model, vectors, scale=choice.alpha)
+        sampler.add_adapter("ungated", vectors, scale=choice.alpha)
+        sampler.activate("ungated")
         ungated_report = evaluate(
-            ungated_model,
+            sampler,
             tokenizer,
             test_sets,
             judge,
@@ -467,7 +503,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
             **evaluation_args,
             **_sampling(recipe),
         )
-        ungated_model.unload()
+        sampler.remove_adapters()
     peft_model = adapter_from_vectors(
         model,
         vectors,
@@ -481,8 +517,14 @@ def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], No
     config.revision = recipe.model.revision
 
     log("[evaluate] before/after on the test half")
+    measured: torch.nn.Module | Sampler = peft_model
+    if not isinstance(sampler, TransformersSampler):  # the same adapter in the sampling engine
+        gate = {key: value for key, value in gate_fields.items() if key != "condition"}
+        sampler.add_adapter("chosen", vectors, scale=choice.alpha, condition=gate_fields.get("condition"), **gate)
+        sampler.activate("chosen")
+        measured = sampler
     report = evaluate(
-        peft_model,
+        measured,
         tokenizer,
         test_sets,
         judge,

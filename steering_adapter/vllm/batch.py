@@ -12,6 +12,9 @@ mirror of the batch, per worker process, and changes no logits. The token rows o
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +22,41 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-__all__ = ["RequestState", "SteeringBatchTracker", "TRACKER_QUALNAME", "current_tracker"]
+__all__ = [
+    "REQUEST_ADAPTERS_ENV",
+    "RequestState",
+    "SteeringBatchTracker",
+    "TRACKER_QUALNAME",
+    "current_tracker",
+    "request_adapter_specs",
+]
 
 TRACKER_QUALNAME = "steering_adapter.vllm.batch:SteeringBatchTracker"
+# Adapters that requests may name (``SamplingParams.extra_args`` / the API's ``vllm_xargs``): a JSON list of
+# ``{"name", "path", "scale", "revision"}``. An environment variable, because vLLM's API server process (which
+# validates requests) and its workers (which steer) both see it.
+REQUEST_ADAPTERS_ENV = "STEERING_ADAPTER_VLLM_REQUEST_ADAPTERS"
+REQUEST_ADAPTER_KEY = "steering_adapter"
+REQUEST_SCALE_KEY = "steering_scale"
+
+
+def request_adapter_specs() -> list[dict[str, Any]]:
+    """The request-selectable adapters declared in :data:`REQUEST_ADAPTERS_ENV` (``[]`` when unset).
+
+    Raises:
+        ValueError: not a JSON list of objects each with a ``name`` and a ``path``.
+    """
+    raw = os.environ.get(REQUEST_ADAPTERS_ENV, "").strip()
+    if not raw:
+        return []
+    try:
+        specs = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{REQUEST_ADAPTERS_ENV} is not JSON: {exc}") from None
+    if not isinstance(specs, list) or not all(isinstance(s, dict) and "name" in s and "path" in s for s in specs):
+        raise ValueError(f"{REQUEST_ADAPTERS_ENV} must be a JSON list of {{'name': ..., 'path': ...}} objects")
+    return specs
+
 
 # A request that leaves the batch without finishing (not scheduled for a step) keeps its gate decisions for when it
 # comes back; at most this many such requests are remembered. A request that was forgotten can only come back
@@ -37,12 +72,14 @@ class RequestState:
 
     Attributes:
         prompt_len: number of prompt tokens.
-        extra_args: the request's ``SamplingParams.extra_args`` (per-request steering settings).
+        adapter: the request-selected adapter (``extra_args["steering_adapter"]``), or ``None``.
+        scale: the request's α for it (``extra_args["steering_scale"]``), or ``None`` for the adapter's own.
         decisions: gate decisions ``{adapter name: steer}`` taken during its prompt's forward pass.
     """
 
     prompt_len: int
-    extra_args: dict[str, Any]
+    adapter: str | None
+    scale: float | None
     output_ids: list[int] = field(repr=False)
     decisions: dict[str, bool] = field(default_factory=dict)
 
@@ -54,6 +91,27 @@ class SteeringBatchTracker(LogitsProcessor):
         self.slots: list[RequestState | None] = []
         self._parked: OrderedDict[int, RequestState] = OrderedDict()
         _TRACKERS.append(self)
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        """Refuse a request whose steering fields are malformed or name an adapter that was not declared (vLLM
+        answers HTTP 400 with this message)."""
+        extra = getattr(sampling_params, "extra_args", None) or {}
+        name, scale = extra.get(REQUEST_ADAPTER_KEY), extra.get(REQUEST_SCALE_KEY)
+        if name is None:
+            if scale is not None:
+                raise ValueError(f"{REQUEST_SCALE_KEY} needs {REQUEST_ADAPTER_KEY} (the adapter to scale)")
+            return
+        known = [spec["name"] for spec in request_adapter_specs()]
+        if name not in known:
+            raise ValueError(
+                f"unknown steering adapter {name!r}: this server accepts {known or 'none'} "
+                f"(declared with {REQUEST_ADAPTERS_ENV})"
+            )
+        if scale is not None and (
+            isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+        ):
+            raise ValueError(f"{REQUEST_SCALE_KEY} must be a finite number, got {scale!r}")
 
     def is_argmax_invariant(self) -> bool:
         return True
@@ -75,9 +133,12 @@ class SteeringBatchTracker(LogitsProcessor):
             self._park(self.slots[index])
             state = self._parked.pop(id(output_ids), None)
             if state is None or state.output_ids is not output_ids:
+                extra = getattr(params, "extra_args", None) or {}
+                scale = extra.get(REQUEST_SCALE_KEY)
                 state = RequestState(
                     prompt_len=len(prompt_ids) if prompt_ids is not None else -1,
-                    extra_args=dict(getattr(params, "extra_args", None) or {}),
+                    adapter=extra.get(REQUEST_ADAPTER_KEY),
+                    scale=None if scale is None else float(scale),
                     output_ids=output_ids,
                 )
             self.slots[index] = state

@@ -162,6 +162,7 @@ class SteeringRuntime:
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_hidden_layers)
         self.adapters: list[AdapterVectors] = []
+        self.request_adapters: dict[str, AdapterVectors] = {}
         self.enabled = True
         self._gates: dict[str, TokenGate] = {}
         self._handles: list[Any] = []
@@ -179,11 +180,10 @@ class SteeringRuntime:
             A description of each attached adapter (name, layers, mode, scale, gated).
         """
         adapters = list(adapters)
-        names = [adapter.name for adapter in adapters]
+        names = [adapter.name for adapter in adapters] + list(self.request_adapters)
         if len(set(names)) != len(names):
-            raise ValueError(f"steering adapter names must be unique, got {names}")
+            raise ValueError(f"steering adapter names must be unique (request adapters included), got {names}")
         self.adapters = adapters
-        self._gates = {adapter.name: TokenGate(adapter) for adapter in adapters if adapter.gated}
         self._rebuild()
         return self.describe()
 
@@ -216,8 +216,10 @@ class SteeringRuntime:
             handle.remove()
         self._handles = []
         self._plans.clear()
+        everything = [*self.adapters, *self.request_adapters.values()]
+        self._gates = {adapter.name: TokenGate(adapter) for adapter in everything if adapter.gated}
         layers = set()
-        for adapter in self.adapters:
+        for adapter in everything:
             layers |= set(adapter.vectors)
             if adapter.gated:
                 layers.add(adapter.config.condition_layer)
@@ -238,12 +240,9 @@ class SteeringRuntime:
 
     # --------------------------------------------------------------------------------------------- hooks
     def _hook_for(self, layer: int):
-        deciding = [
-            gate
-            for a in self.adapters
-            if a.gated and a.config.condition_layer == layer
-            for gate in [self._gates[a.name]]
-        ]
+        everything = [*self.adapters, *self.request_adapters.values()]
+        deciding = [self._gates[a.name] for a in everything if a.gated and a.config.condition_layer == layer]
+        per_request = [a for a in self.request_adapters.values() if layer in a.vectors]
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not self.enabled:
@@ -257,14 +256,60 @@ class SteeringRuntime:
                 positions = kwargs.get("positions", args[0] if args else None)
                 gate.decide(stream, positions)
             plan = self._plan(layer, stream.dtype, stream.device)
-            if not plan:
+            steered = apply_plan(stream, plan) if plan else stream
+            if per_request:
+                steered = self._apply_request_adapters(layer, steered, per_request)
+            if steered is stream:
                 return None
-            steered = apply_plan(stream, plan)
             if residual is None:
                 return steered if isinstance(output, torch.Tensor) else (steered, *output[1:])
             return (torch.zeros_like(steered), steered, *output[2:])
 
         return hook
+
+    def _apply_request_adapters(
+        self, layer: int, hidden: torch.Tensor, adapters: Sequence[AdapterVectors]
+    ) -> torch.Tensor:
+        """Steer the rows of the requests that selected one of ``adapters`` (with their own α), as the tuner's plan
+        would: ``h + (α s_i) v_i`` or ``h - (h.u)u`` on those rows, the other rows untouched."""
+        from .batch import current_tracker
+
+        layout = step_layout(hidden.shape[0])
+        if layout is None:
+            return hidden
+        states = current_tracker().requests(len(layout))
+        for adapter in adapters:
+            users = [
+                (rows, state) for rows, state in zip(layout, states, strict=True) if state.adapter == adapter.name
+            ]
+            if not users:
+                continue
+            gate = self._gates.get(adapter.name)
+            allowed = gate.current(hidden.shape[0]) if gate is not None else None
+            vector = adapter.vectors[layer].to(device=hidden.device, dtype=torch.float32)
+            if adapter.config.mode == "ablate":
+                mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+                for (start, end), _ in users:
+                    mask[start:end] = True
+                if allowed is not None:
+                    mask &= allowed
+                unit = (vector / torch.linalg.vector_norm(vector)).to(hidden.dtype)
+                ablated = hidden - torch.matmul(hidden, unit).unsqueeze(-1) * unit
+                hidden = torch.where(mask[:, None], ablated, hidden)
+                continue
+            by_scale: dict[float, list[tuple[int, int]]] = {}
+            for rows, state in users:
+                scale = adapter.config.scale if state.scale is None else state.scale
+                by_scale.setdefault(scale, []).append(rows)
+            for scale, ranges in by_scale.items():
+                mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+                for start, end in ranges:
+                    mask[start:end] = True
+                if allowed is not None:
+                    mask &= allowed
+                delta = (vector * (scale * adapter.config.layer_scale(layer))).to(hidden.dtype)
+                hidden = torch.where(mask[:, None], hidden + delta, hidden)
+        return hidden
 
 
 def get_runtime(model: nn.Module) -> SteeringRuntime | None:
@@ -272,12 +317,13 @@ def get_runtime(model: nn.Module) -> SteeringRuntime | None:
     return getattr(model, _RUNTIME_ATTR, None)
 
 
-def check_engine_config(vllm_config: Any, gated: bool) -> None:
+def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False) -> None:
     """Refuse engine settings under which the hooks would not steer exactly.
 
     Raises:
         ValueError: a compiled / CUDA-graph model (hooks are Python, called per step only in eager mode); for gated
-            adapters also prefix caching, chunked prefill or a missing batch tracker, naming the setting to change.
+            adapters also prefix caching, chunked prefill or a missing batch tracker; for request-selected adapters
+            prefix caching (a cached prompt may have been computed under another adapter) or a missing tracker.
     """
     from vllm.config import CompilationMode
 
@@ -289,12 +335,12 @@ def check_engine_config(vllm_config: Any, gated: bool) -> None:
             "steering adapters in vLLM need eager mode: pass enforce_eager=True (CLI: --enforce-eager). A compiled or "
             "CUDA-graph model replays the traced step and would skip the steering hooks."
         )
-    if not gated:
+    if not (gated or per_request):
         return
     problems = []
     if vllm_config.cache_config.enable_prefix_caching:
         problems.append("prefix caching is on (enable_prefix_caching=False / --no-enable-prefix-caching)")
-    if vllm_config.scheduler_config.enable_chunked_prefill:
+    if gated and vllm_config.scheduler_config.enable_chunked_prefill:
         problems.append("chunked prefill is on (enable_chunked_prefill=False / --no-enable-chunked-prefill)")
     processors = [
         p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in (model_config.logits_processors or [])
@@ -302,10 +348,12 @@ def check_engine_config(vllm_config: Any, gated: bool) -> None:
     if TRACKER_QUALNAME not in processors and SteeringBatchTracker not in (model_config.logits_processors or []):
         problems.append(f"the batch tracker is missing (logits_processors=['{TRACKER_QUALNAME}'])")
     if problems:
-        raise ValueError(
-            "condition-gated steering adapters decide each sequence's gate from its whole prompt in one step: "
-            + "; ".join(problems)
+        reason = (
+            "condition-gated steering adapters decide each sequence's gate from its whole prompt in one step"
+            if gated
+            else "request-selected steering adapters steer each request's own prompt"
         )
+        raise ValueError(f"{reason}: " + "; ".join(problems))
 
 
 def attach(model: nn.Module, vllm_config: Any, specs: Sequence[AdapterSpec]) -> SteeringRuntime:
@@ -319,7 +367,13 @@ def attach(model: nn.Module, vllm_config: Any, specs: Sequence[AdapterSpec]) -> 
         text = vllm_config.model_config.hf_text_config
         runtime = SteeringRuntime(model, text.hidden_size, text.num_hidden_layers)
         setattr(model, _RUNTIME_ATTR, runtime)
+    from .adapters import parse_adapter_specs
+    from .batch import request_adapter_specs
+
     adapters = runtime.read(specs)
-    check_engine_config(vllm_config, gated=any(adapter.gated for adapter in adapters))
+    per_request = runtime.read(parse_adapter_specs(request_adapter_specs()))
+    gated = any(adapter.gated for adapter in [*adapters, *per_request])
+    check_engine_config(vllm_config, gated=gated, per_request=bool(per_request))
+    runtime.request_adapters = {adapter.name: adapter for adapter in per_request}
     runtime.set_adapters(adapters)
     return runtime

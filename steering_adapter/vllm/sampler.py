@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..generation import (
     THINK_END,
+    Answer,
     PromptSamples,
     _derive_seed,
     _eos_ids,
@@ -40,7 +43,7 @@ from ..generation import (
     user_conversation,
 )
 from .adapters import AdapterSpec, parse_adapter_specs, write_adapter
-from .batch import TRACKER_QUALNAME
+from .batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
 from .worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
 
 __all__ = ["VllmSampler", "engine_kwargs"]
@@ -82,6 +85,10 @@ class VllmSampler:
         dtype: vLLM ``dtype`` (``"auto"``, ``"float32"``, ``"bfloat16"``, ...).
         revision: Hub revision of ``model``.
         gated: allow condition-gated adapters (prefix caching and chunked prefill off; see :func:`engine_kwargs`).
+        request_adapters: adapters that single requests may select (``{"name", "path", "scale"}`` dicts), with
+            ``SamplingParams(extra_args={"steering_adapter": name, "steering_scale": α})``; they are declared in
+            the ``STEERING_ADAPTER_VLLM_REQUEST_ADAPTERS`` environment variable of this process (the engine's
+            processes inherit it) and need prefix caching off.
         work_dir: where adapters built with :meth:`add_adapter` are written (default: a temporary folder).
         **engine: more ``vllm.LLM`` arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
             ...); they override the defaults above.
@@ -96,6 +103,7 @@ class VllmSampler:
         dtype: str = "auto",
         revision: str | None = None,
         gated: bool = True,
+        request_adapters: Sequence[Mapping[str, Any]] = (),
         work_dir: str | os.PathLike | None = None,
         **engine: Any,
     ) -> None:
@@ -114,10 +122,23 @@ class VllmSampler:
         self._active = list(self._specs)
         self._work = Path(work_dir) if work_dir is not None else None
         self._temporary: tempfile.TemporaryDirectory | None = None
+        declared = parse_adapter_specs(list(request_adapters))
+        if any(spec.name is None for spec in declared):
+            raise ValueError("request adapters need a name (the value requests give as steering_adapter)")
+        os.environ[REQUEST_ADAPTERS_ENV] = json.dumps([spec.to_dict() for spec in declared])
         settings = {"model": self.model_path, "dtype": dtype, "revision": revision, "max_logprobs": -1}
         settings.update(engine_kwargs(self._initial, gated=gated))
         settings.update(engine)
         self.llm = LLM(**settings)
+
+    @classmethod
+    def from_model_spec(cls, spec: Any, *, adapters: Sequence[Any] = (), **engine: Any) -> VllmSampler:
+        """A sampler on the model a recipe names (:class:`~steering_adapter.recipes.ModelSpec`; ``"organism"`` is
+        the embedded model), with its dtype and revision; ``engine`` as in the constructor."""
+        from ..organism import ORGANISM_DIR
+
+        model = ORGANISM_DIR if spec.name_or_path == "organism" else spec.name_or_path
+        return cls(model, adapters=adapters, dtype=spec.dtype, revision=spec.revision, **engine)
 
     # ------------------------------------------------------------------------------------------- sampling
     def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -197,8 +218,7 @@ class VllmSampler:
                 finished = bool(tokens) and tokens[-1] in self.eos_ids and completion.finish_reason == "stop"
                 answers.append(answer_from_tokens(self.tokenizer, tokens, logprobs, finished, think_end, thinking))
             if greedy:
-                answers = [answers[0]] * k
-                answers = [answers[0].__class__(**vars(answer)) for answer in answers]
+                answers = [answers[0]] + [Answer(**asdict(answers[0])) for _ in range(k - 1)]
             prompt_id = str(prompt_ids[index]) if prompt_ids is not None else str(index)
             results.append(PromptSamples(prompt=prompt, answers=answers, prompt_id=prompt_id))
         return results

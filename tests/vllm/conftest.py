@@ -57,11 +57,18 @@ def vectors(organism) -> dict[str, dict[int, torch.Tensor]]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator:
-    """One vLLM engine on the organism (float32, eager, gated adapters allowed) for the whole session."""
+def engine(adapter_dirs) -> Iterator:
+    """One vLLM engine on the organism (float32, eager, gated adapters allowed) for the whole session, on which
+    requests may select the adapters ``req-add`` and ``req-ablate``."""
     from steering_adapter.vllm import VllmSampler
 
-    sampler = VllmSampler(str(ORGANISM_DIR), dtype="float32", max_model_len=256, seed=0)
+    request_adapters = [
+        {"name": "req-add", "path": str(adapter_dirs["add"])},
+        {"name": "req-ablate", "path": str(adapter_dirs["ablate"])},
+    ]
+    sampler = VllmSampler(
+        str(ORGANISM_DIR), dtype="float32", max_model_len=256, seed=0, request_adapters=request_adapters
+    )
     yield sampler
     sampler.close()
 

@@ -1,5 +1,6 @@
 """``vllm serve`` with a steering adapter answers steered through the OpenAI-compatible API (real HTTP over
-loopback), launched the documented way (python -m steering_adapter.vllm.serve)."""
+loopback), launched the documented way (python -m steering_adapter.vllm.serve); concurrent requests select their
+own adapter with ``vllm_xargs``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import heldout_prompts
@@ -73,24 +76,36 @@ def server(adapter_dirs, tmp_path_factory):
             process.kill()
 
 
-def test_served_chat_answers_are_steered(server, organism, vectors):
+def _chat(server: str, prompt: str, xargs: dict | None = None) -> str:
+    body = {
+        "model": "organism",
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+    }
+    if xargs is not None:
+        body["vllm_xargs"] = xargs  # the OpenAI client sends it as extra_body={"vllm_xargs": {...}}
+    return _post(f"{server}/v1/chat/completions", body)["choices"][0]["message"]["content"].strip()
+
+
+def test_served_answers_are_steered_per_request(server, organism, vectors):
     prompts = heldout_prompts(6)
     settings = dict(k=1, temperature=0.0, max_new_tokens=MAX_TOKENS)
-    steered = reference(organism, prompts, [{"vectors": vectors["add"], **ADD}], **settings)
+    add = [{"vectors": vectors["add"], **ADD}]
+    steered = reference(organism, prompts, add, **settings)
+    both = reference(organism, prompts, [*add, {"vectors": vectors["ablate"], "mode": "ablate"}], **settings)
     plain = reference(organism, prompts, [], **settings)
-    served = []
-    for prompt in prompts:
-        reply = _post(
-            f"{server}/v1/chat/completions",
-            {
-                "model": "organism",
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0,
-                "max_tokens": MAX_TOKENS,
-            },
-        )
-        served.append(reply["choices"][0]["message"]["content"].strip())
-    expected = [s.answers[0].text for s in steered]
-    agree = sum(a == b for a, b in zip(served, expected, strict=True))
-    assert agree == len(prompts), list(zip(served, expected, strict=True))
-    assert sum(a != p.answers[0].text for a, p in zip(served, plain, strict=True)) >= 2
+    jobs = [(p, None) for p in prompts] + [(p, {"steering_adapter": "req-ablate"}) for p in prompts]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # concurrent: the requests share engine steps
+        served = list(pool.map(lambda job: _chat(server, *job), jobs))
+    expected = [s.answers[0].text for s in steered] + [s.answers[0].text for s in both]
+    assert served == expected
+    assert sum(a != p.answers[0].text for a, p in zip(served, plain, strict=False)) >= 2
+    assert sum(s.answers[0].text != b.answers[0].text for s, b in zip(steered, both, strict=True)) >= 1
+
+
+def test_undeclared_request_adapter_is_a_400(server):
+    with pytest.raises(urllib.error.HTTPError) as error:
+        _chat(server, "hello", {"steering_adapter": "org/unknown"})
+    assert error.value.code == 400
+    assert "unknown steering adapter 'org/unknown'" in error.value.read().decode()
