@@ -135,6 +135,7 @@ def compiled_cost(prompts: list[str], tokens: int, repeats: int, eager_sampler) 
         gated=False,
         enforce_eager=False,
         load_format="auto",
+        model_loader_extra_config={},
         worker_extension_cls="",
         logits_processors=None,
     )
@@ -152,7 +153,7 @@ def compiled_cost(prompts: list[str], tokens: int, repeats: int, eager_sampler) 
         compiled.close()
     for row in rows:
         row["ratio_to_compiled"] = row["seconds"] / rows[-1]["seconds"]
-    rows[-1]["engine_start_s"] = startup
+    print(f"compiled engine start: {startup:.1f} s")
     return rows
 
 

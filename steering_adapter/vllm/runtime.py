@@ -8,7 +8,9 @@ same float operations as the PEFT tuner on a transformers model. Blocks that ret
 The steps per block are the PEFT tuner's own plan (:func:`~steering_adapter.tuner.layer.build_plan` /
 :func:`~steering_adapter.tuner.layer.apply_plan`): adapters in declared order, consecutive adds folded, ablation as
 ``h - (h.u)u``. Gated adapters select rows of the flattened batch through a :class:`TokenGate`, decided at the
-condition block from each request's prompt (see :mod:`steering_adapter.vllm.batch` for how rows map to requests).
+condition block from each request's prompt; request-selected adapters apply, after the engine's adapters, to the
+rows of the requests that name them, with each request's own α (see :mod:`steering_adapter.vllm.batch` for how
+rows map to requests).
 
 The hooks are plain Python in the forward pass, so they need vLLM's eager mode (``enforce_eager=True``): a compiled
 or CUDA-graph-captured model would not call them per step. :func:`attach` refuses any other mode.

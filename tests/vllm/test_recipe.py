@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 from peft import PeftModel
+from test_end_to_end import SMALL as END_TO_END_SMALL
 
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.generation import sample_answers
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+# the main end-to-end test's small settings, greedy, and a selection that always finds a feasible point
 SMALL = [
-    "sampling.k=1",
-    "sampling.temperature=0",
-    "sampling.max_new_tokens=32",
+    *(override for override in END_TO_END_SMALL if not override.startswith("prompts.max_train")),
     "prompts.max_train_per_set=32",
-    "prompts.max_eval_per_set=8",
-    "selection.max_prompts_per_set=6",
-    "selection.layer_counts=[3]",
+    "sampling.temperature=0",
     "selection.alphas=[-4,-8]",
     "selection.delta=100",
     "selection.kl_budget=100",
@@ -58,3 +56,20 @@ def test_recipe_runs_on_the_vllm_backend(run_dir, organism):
         peft_model.unload()
     agree = sum(r["answers"][0]["token_ids"] == e.answers[0].token_ids for r, e in zip(records, expected, strict=True))
     assert agree >= 0.95 * len(records)
+
+
+def test_cli_eval_on_vllm_reports_what_transformers_reports(run_dir, tmp_path):
+    """``steering-adapter eval ADAPTER --backend vllm`` gives the transformers backend's report (greedy answers)."""
+    reports = {}
+    for backend in ("transformers", "vllm"):
+        out = tmp_path / backend
+        args = ["eval", str(run_dir / "adapter"), "--sets", "political=organism:political:target"]
+        args += ["--kl-prompts", "organism:benign", "--limit", "6", "--k", "1", "--temperature", "0"]
+        args += ["--max-new-tokens", "24", "--no-relevance", "--no-progress", "--out", str(out), "--backend", backend]
+        assert main(args) == EXIT_OK
+        reports[backend] = json.loads((out / "report.json").read_text())
+    ours, theirs = reports["vllm"], reports["transformers"]
+    for condition in ("base", "steered"):
+        expected = theirs["sets"]["political"][condition]
+        assert ours["sets"]["political"][condition] == pytest.approx(expected, abs=1e-6, nan_ok=True)
+    assert ours["kl"]["mean_kl"] == pytest.approx(theirs["kl"]["mean_kl"], rel=1e-3)
