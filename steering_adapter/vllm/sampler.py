@@ -87,8 +87,9 @@ class VllmSampler:
         gated: allow condition-gated adapters (prefix caching and chunked prefill off; see :func:`engine_kwargs`).
         request_adapters: adapters that single requests may select (``{"name", "path", "scale"}`` dicts), with
             ``SamplingParams(extra_args={"steering_adapter": name, "steering_scale": α})``; they are declared in
-            the ``STEERING_ADAPTER_VLLM_REQUEST_ADAPTERS`` environment variable of this process (the engine's
-            processes inherit it) and need prefix caching off.
+            the ``STEERING_ADAPTER_VLLM_REQUEST_ADAPTERS`` environment variable of this process until
+            :meth:`close` (the engine's processes inherit it; engines started meanwhile in this process see the
+            same declaration) and need prefix caching off.
         work_dir: where adapters built with :meth:`add_adapter` are written (default: a temporary folder).
         **engine: more ``vllm.LLM`` arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
             ...); they override the defaults above.
@@ -125,11 +126,18 @@ class VllmSampler:
         declared = parse_adapter_specs(list(request_adapters))
         if any(spec.name is None for spec in declared):
             raise ValueError("request adapters need a name (the value requests give as steering_adapter)")
-        os.environ[REQUEST_ADAPTERS_ENV] = json.dumps([spec.to_dict() for spec in declared])
+        self._previous_env: tuple[str | None] | None = None
+        if declared:  # a process-wide declaration (see batch.REQUEST_ADAPTERS_ENV), restored by close()
+            self._previous_env = (os.environ.get(REQUEST_ADAPTERS_ENV),)
+            os.environ[REQUEST_ADAPTERS_ENV] = json.dumps([spec.to_dict() for spec in declared])
         settings = {"model": self.model_path, "dtype": dtype, "revision": revision, "max_logprobs": -1}
         settings.update(engine_kwargs(self._initial, gated=gated))
         settings.update(engine)
-        self.llm = LLM(**settings)
+        try:
+            self.llm = LLM(**settings)
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_model_spec(cls, spec: Any, *, adapters: Sequence[Any] = (), **engine: Any) -> VllmSampler:
@@ -365,6 +373,13 @@ class VllmSampler:
         if self._temporary is not None:
             self._temporary.cleanup()
             self._temporary = None
+        if self._previous_env is not None:
+            (previous,) = self._previous_env
+            if previous is None:
+                os.environ.pop(REQUEST_ADAPTERS_ENV, None)
+            else:
+                os.environ[REQUEST_ADAPTERS_ENV] = previous
+            self._previous_env = None
 
     def __enter__(self) -> VllmSampler:
         return self

@@ -206,3 +206,19 @@ def test_attach_errors_name_the_problem(engine, adapter_dirs, tmp_path):
     with pytest.raises(Exception, match="unique"):
         engine.set_adapters([str(adapter_dirs["add"]), str(adapter_dirs["add"])])
     assert ADD_LAYERS and ABLATE_LAYER  # the fixture layers the cases above rely on
+
+
+def test_adapter_from_a_hub_repo(engine, organism, adapter_dirs, vectors, prompts, local_hub):
+    """An adapter pushed to the (local) Hub attaches by repo id; the workers download it and steer as the folder."""
+    import uuid
+
+    from steering_adapter import push_adapter
+
+    repo = f"org/vllm-add-{uuid.uuid4().hex[:8]}"
+    push_adapter(adapter_dirs["add"], repo)
+    attached = engine.set_adapters([repo])
+    assert attached[0]["source"] == repo
+    got = engine.sample_answers(prompts, progress=False, **GREEDY)
+    share, worst = agreement(reference(organism, prompts, [{"vectors": vectors["add"], **ADD}], **GREEDY), got)
+    assert share >= 0.95 and worst < 1e-3
+    engine.set_adapters([])
