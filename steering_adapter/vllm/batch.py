@@ -12,6 +12,7 @@ mirror of the batch, per worker process, and changes no logits. The token rows o
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -64,6 +65,8 @@ def request_adapter_specs() -> list[dict[str, Any]]:
 _PARKED_LIMIT = 65536
 
 _TRACKERS: list[SteeringBatchTracker] = []
+# Orders request arrivals and adapter attachments in this process (see RequestState.arrival).
+CLOCK = itertools.count()
 
 
 @dataclass
@@ -75,6 +78,8 @@ class RequestState:
         adapter: the request-selected adapter (``extra_args["steering_adapter"]``), or ``None``.
         scale: the request's α for it (``extra_args["steering_scale"]``), or ``None`` for the adapter's own.
         decisions: gate decisions ``{adapter name: steer}`` taken during its prompt's forward pass.
+        arrival: when the request first entered the batch (:data:`CLOCK`); a gate attached later has no decision
+            for it.
     """
 
     prompt_len: int
@@ -82,6 +87,7 @@ class RequestState:
     scale: float | None
     output_ids: list[int] = field(repr=False)
     decisions: dict[str, bool] = field(default_factory=dict)
+    arrival: int = field(default_factory=lambda: next(CLOCK))
 
 
 class SteeringBatchTracker(LogitsProcessor):

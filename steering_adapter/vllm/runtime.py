@@ -78,12 +78,16 @@ class TokenGate:
         self.position = config.condition_position
         self.mask: torch.Tensor | None = None
         self.last_projections: list[float] = []
+        from .batch import CLOCK
+
+        self.attached = next(CLOCK)
 
     def decide(self, hidden: torch.Tensor, positions: torch.Tensor | None) -> None:
         """Set :attr:`mask` for this forward pass from the condition block's output ``hidden`` ``[tokens, d]``.
 
         A request whose rows start at position 0 is processing its prompt (fresh, or recomputed after preemption):
-        its gate is decided here and stored with the request. Any other request continues a decided sequence.
+        its gate is decided here and stored with the request. Any other request continues a decided sequence; one
+        whose prompt ran before this adapter was attached is left alone by it.
 
         Raises:
             RuntimeError: no batch tracker, a prompt split over several steps (chunked prefill), a continuing request
@@ -123,6 +127,8 @@ class TokenGate:
                 )
         for (start, end), state in zip(layout, states, strict=True):
             decision = state.decisions.get(self.name)
+            if decision is None and state.arrival < self.attached:
+                continue  # the request's prompt ran before this adapter was attached: not steered by it
             if decision is None:
                 raise RuntimeError(
                     "steering: a request continues without a gate decision (its prompt was not processed in one "
