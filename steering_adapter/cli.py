@@ -155,6 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append((["output", "dir"], args.out))
+    if args.backend:
+        overrides.append((["sampling", "backend"], args.backend))
     recipe = recipe_from_dict(apply_overrides(data, overrides))
     check_sources(recipe)
     try:
@@ -204,9 +206,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         + (f"; KL on {len(kl)} neutral prompts" if kl else ""),
         flush=True,
     )
-    model, tokenizer = _load_model_and_adapters(
-        args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None
-    )
+    backend = args.backend or (sampling.backend if sampling is not None else "transformers")
+    if backend == "vllm":
+        import dataclasses
+
+        from .vllm.sampler import VllmSampler
+
+        spec = base_model_spec(args.model, [args.adapter])
+        if recipe is not None:
+            spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
+        engine = dict(sampling.engine_args or {}) if sampling is not None else {}
+        model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}], **engine)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer = _load_model_and_adapters(
+            args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None
+        )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
         from .relevance import RelevanceScorer
@@ -232,6 +247,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=seed,
         system_prompt=recipe.model.system_prompt if recipe is not None else None,
     )
+    if backend == "vllm":
+        model.close()
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
@@ -387,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; values are YAML)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--backend", choices=["transformers", "vllm"], help="sampling backend (overrides sampling.backend)"
+    )
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser(
@@ -429,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-relevance", action="store_true", help="skip answer relevance")
     ev.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        help="sampling backend: the transformers model (default, or the recipe's) or a vLLM engine with the adapter",
+    )
     ev.set_defaults(func=cmd_eval)
 
     for name, func, text in (

@@ -102,7 +102,14 @@ class JudgeSpec:
 
 @dataclass
 class SamplingSpec:
-    """Answer sampling for judging (authors: K = 5, temperature 1.0)."""
+    """Answer sampling for judging (authors: K = 5, temperature 1.0).
+
+    Attributes:
+        backend: ``"transformers"`` (the loaded model) or ``"vllm"`` (a vLLM engine on the same model samples the
+            judged answers of scoring, selection and evaluation; activations still come from the loaded model).
+        engine_args: extra ``vllm.LLM`` arguments for the ``vllm`` backend (``tensor_parallel_size``,
+            ``gpu_memory_utilization``, ``max_model_len``, ...).
+    """
 
     k: int = 5
     max_new_tokens: int = 128
@@ -110,6 +117,8 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
+    backend: Literal["transformers", "vllm"] = "transformers"
+    engine_args: Any = None
 
 
 @dataclass
@@ -261,6 +270,10 @@ class Recipe:
             raise RecipeError("recipe.prompts.held_out_fraction: must be between 0 and 1")
         if self.sampling.k < 1 or self.sampling.max_new_tokens < 1:
             raise RecipeError("recipe.sampling: k and max_new_tokens must be >= 1")
+        if self.sampling.engine_args is not None and (
+            self.sampling.backend != "vllm" or not isinstance(self.sampling.engine_args, dict)
+        ):
+            raise RecipeError("recipe.sampling.engine_args: a mapping of vllm.LLM arguments, for backend 'vllm' only")
         if self.estimator.ridge_lambda <= 0:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
         if self.gating.ridge_lambda <= 0:

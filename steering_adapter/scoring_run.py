@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .generation import Answer, _derive_seed, sample_answers
 from .judges.base import Judge, Judgment
 from .records import JsonlLog, atomic_write_json, stable_key
+from .samplers import Sampler, as_sampler
 from .scoring import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
 
 __all__ = ["PromptScore", "load_scores", "prompt_key", "sampling_settings", "score_prompts"]
@@ -132,7 +133,7 @@ def load_scores(log_dir: str | os.PathLike) -> list[PromptScore]:
 
 
 def score_prompts(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     prompts: Sequence[str],
     judge: Judge,
@@ -148,7 +149,8 @@ def score_prompts(
     """Sample, judge and score ``prompts``, resuming from whatever ``log_dir`` already holds.
 
     Args:
-        model: the model under study (adapters included), as for :func:`~steering_adapter.generation.sample_answers`.
+        model: the model under study (adapters included), as for :func:`~steering_adapter.generation.sample_answers`,
+            or a sampling backend (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one): same records.
         tokenizer: its tokenizer.
         prompts: user prompts (duplicates are scored once and reported at each position).
         judge: any :class:`~steering_adapter.judges.Judge`; its ``name`` keys the judgment records.
@@ -200,14 +202,13 @@ def score_prompts(
             judgments[record["prompt_key"]] = [Judgment.from_dict(item) for item in record["judgments"]]
 
     sample_settings = {name: value for name, value in settings.items() if name != "seed"}
+    sampler = as_sampler(model, tokenizer)
     bar = tqdm(total=len(order), desc="scoring", unit="prompt", disable=not progress)
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             if any(key not in answers for key in chunk):
-                samples = sample_answers(
-                    model,
-                    tokenizer,
+                samples = sampler.sample_answers(
                     [unique[key][0] for key in chunk],
                     prompt_ids=[unique[key][1] for key in chunk],
                     batch_size=len(chunk),
