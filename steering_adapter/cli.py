@@ -89,9 +89,7 @@ def base_model_spec(model_name: str | None, adapters: Sequence[str]):
     return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 
-def _load_model_and_adapters(
-    model_name: str | None, adapters: Sequence[str], scale: float | None, spec: Any = None
-):
+def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None, spec: Any = None):
     """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
     and system prompt; the model itself and its revision come from :func:`base_model_spec`."""
     import dataclasses

@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .builder import adapter_from_vectors
 from .conditions import ConditionFit
 from .evaluation import EvalSet, evaluate
 from .judges.base import Judge
