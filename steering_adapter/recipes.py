@@ -282,12 +282,8 @@ class Recipe:
             raise RecipeError("recipe.selection.alphas: must not be empty (omit it for the default grid)")
         if not self.selection.layer_counts:
             raise RecipeError("recipe.selection.layer_counts: must not be empty")
-        if self.selection.alphas and (
-            any(a == 0 for a in self.selection.alphas) or len({a > 0 for a in self.selection.alphas}) > 1
-        ):
-            raise RecipeError(
-                f"recipe.selection.alphas: must be non-zero and of one sign, got {self.selection.alphas}"
-            )
+        if self.selection.alphas and any(a == 0 for a in self.selection.alphas):
+            raise RecipeError(f"recipe.selection.alphas: must be non-zero, got {self.selection.alphas}")
         if self.selection.refine_steps < 0:
             raise RecipeError("recipe.selection.refine_steps: must be >= 0")
         if self.selection.kl_tokens is not None and self.selection.kl_tokens < 1:

@@ -388,7 +388,7 @@ def sweep_layers_and_scale(
         layer_counts: numbers of top layers to try.
         alphas: scales to try (default :func:`default_alphas` of the goal).
         refine_steps: after the grid, golden-section evaluations of α around the best feasible grid point of the
-            chosen variant (``0``: the grid only).
+            chosen variant, between its grid neighbours of the same sign (``0``: the grid only).
         objective: the :class:`SelectionObjective` (default: remove, δ = 5 points, KL ≤ 0.5, quality floors on).
         kl_prompts: neutral prompts for the KL constraint (their base distributions are computed once).
         kl_tokens: positions per KL prompt (see :class:`~steering_adapter.capability.NextTokenKL`).
@@ -417,8 +417,8 @@ def sweep_layers_and_scale(
         raise ValueError(f"layer_counts must be within 1..{len(ranking)} (ranked layers), got {list(layer_counts)}")
     if not alphas:
         raise ValueError("alphas is empty")
-    if any(a == 0 for a in alphas) or len({math.copysign(1, a) for a in alphas}) > 1:
-        raise ValueError(f"alphas must be non-zero and of one sign, got {list(alphas)}")
+    if any(a == 0 for a in alphas):
+        raise ValueError(f"alphas must be non-zero, got {list(alphas)}")
     if refine_steps < 0:
         raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
     out = Path(out_dir)
@@ -511,7 +511,8 @@ def sweep_layers_and_scale(
         if grid_choice is not None and refine_steps:
             candidate = next(c for c in candidates if (c[1], c[2]) == (grid_choice.n_layers, grid_choice.gated))
             sign = math.copysign(1.0, grid_choice.alpha)
-            low, high = refinement_bracket(alphas, grid_choice.alpha)
+            same_sign = [a for a in alphas if math.copysign(1.0, a) == sign]
+            low, high = refinement_bracket(same_sign, grid_choice.alpha)
             bracketed_minimum(
                 lambda t: objective_value(measure(candidate, sign * t, refined=True), objective),
                 low,
