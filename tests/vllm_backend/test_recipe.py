@@ -24,6 +24,9 @@ SMALL = [
     "selection.delta=100",
     "selection.kl_budget=100",
     "selection.min_relevance=null",
+    "selection.max_repetition=null",
+    "selection.max_perplexity_ratio=null",
+    "selection.refine_steps=1",
 ]
 
 

@@ -92,7 +92,7 @@ class _ExplodingSampler:
     def _explode(self, *args, **kwargs):
         raise AssertionError("the sampler was used although every record is on disk")
 
-    sample_answers = steering_disabled = next_token_kl = perplexity = _explode
+    sample_answers = steering_disabled = next_token_kl = perplexity = answer_logprobs = _explode
     add_adapter = activate = set_scale = remove_adapters = _explode
 
 
