@@ -36,7 +36,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[list[str], A
     return data
 
 
-def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None, spec: Any = None):
+def _load_model_and_adapters(
+    model_name: str | None,
+    adapters: Sequence[str],
+    scale: float | None,
+    spec: Any = None,
+    placement: dict[str, str] | None = None,
+):
     import dataclasses
 
     from .adapter_files import read_config_dict
@@ -50,6 +56,8 @@ def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], sc
         model_name = read_config_dict(adapters[0]).get("base_model_name_or_path") or "organism"
     if spec is None or spec.name_or_path != model_name:  # another model than the recipe's: its revision does not apply
         spec = dataclasses.replace(spec or ModelSpec(), name_or_path=model_name, revision=None)
+    if placement:
+        spec = dataclasses.replace(spec, **placement)
     model, tokenizer = load_model(spec)
     names = []
     for index, adapter in enumerate(adapters):
@@ -73,26 +81,81 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, tem
     return [sample.answers[0].text for sample in samples]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _placement(args: argparse.Namespace) -> dict[str, str]:
+    """``--dtype`` / ``--device`` / ``--device-map`` as ModelSpec overrides."""
+    placement = {}
+    if getattr(args, "dtype", None):
+        placement["dtype"] = args.dtype
+    if getattr(args, "device", None):
+        placement["device"] = args.device
+    if getattr(args, "device_map", None):
+        placement["device"] = args.device_map
+    return placement
+
+
+def _add_placement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--device", help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    where.add_argument(
+        "--device-map",
+        choices=["auto", "balanced", "balanced_low_0", "sequential"],
+        help="spread the model's blocks over the visible GPUs (transformers device_map)",
+    )
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .memory import estimate_recipe_memory, free_memory, model_config
+
+    recipe = _recipe_with_overrides(args.recipe, list(args.set or []))
+    if args.config:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.config)
+    else:
+        config = model_config(recipe.model.name_or_path, recipe.model.revision)
+    estimate = estimate_recipe_memory(recipe, config, prompt_tokens=args.prompt_tokens)
+    print(f"# memory of {recipe.name} ({recipe.model.name_or_path}, {recipe.model.dtype} on {recipe.model.device})\n")
+    print(estimate.table())
+    free = free_memory(recipe.model.device)
+    print("\nassumed: " + ", ".join(f"{key} {value}" for key, value in estimate.assumptions.items()))
+    print("free now: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in free.items() if v is not None))
+    return EXIT_OK
+
+
+def _recipe_with_overrides(path: str, overrides: list[tuple[list[str], Any]]) -> Any:
     import yaml
 
-    from .evaluation import adapter_report_markdown
-    from .pipeline import NoFeasibleChoiceError, run_recipe
     from .recipes import recipe_from_dict
 
-    with open(args.recipe, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     if not isinstance(data, dict):
-        raise ValueError(f"{args.recipe}: a recipe must be a YAML mapping")
+        raise ValueError(f"{path}: a recipe must be a YAML mapping")
+    return recipe_from_dict(apply_overrides(data, overrides))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .evaluation import adapter_report_markdown
+    from .pipeline import NoFeasibleChoiceError, run_recipe
+
     overrides = list(args.set or [])
     if args.out:
         overrides.append((["output", "dir"], args.out))
-    recipe = recipe_from_dict(apply_overrides(data, overrides))
+    recipe = _recipe_with_overrides(args.recipe, overrides)
+    distributed.init_from_environment(recipe.model.device)  # under torchrun: join the other processes
+    main = distributed.is_main()
     try:
-        result = run_recipe(recipe, progress=not args.no_progress)
+        result = run_recipe(recipe, progress=not args.no_progress, memory_check=not args.no_memory_check)
     except NoFeasibleChoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main:
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_INFEASIBLE
+    finally:
+        distributed.shutdown()
+    if not main:
+        return EXIT_OK
     print()
     choice = result.selection.choice
     gate = f", gated at block {result.selection.condition['layer']}" if choice.gated else ""
@@ -136,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flush=True,
     )
     model, tokenizer = _load_model_and_adapters(
-        args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None
+        args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None, _placement(args)
     )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
@@ -144,7 +207,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         relevance = RelevanceScorer()
     judge = build_judge(
-        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern")
+        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern"),
+        _model_placement(recipe, args),
     )
     report = evaluate(
         model,
@@ -166,6 +230,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
+
+
+def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
+    """The dtype and device a local judge model gets: the evaluated model's (recipe, then command-line options)."""
+    import dataclasses
+
+    from .recipes import ModelSpec
+
+    return dataclasses.replace(recipe.model if recipe is not None else ModelSpec(), **_placement(args))
 
 
 def _read_recipe(path: str) -> Any:
@@ -206,7 +279,7 @@ def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed
 def cmd_generate(args: argparse.Namespace) -> int:
     from .tuner.model import steering_disabled
 
-    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale)
+    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale, None, _placement(args))
     prompts = args.prompt
     steered = _generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
     base = None
@@ -222,7 +295,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale)
+    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale, None, _placement(args))
     print("steering-adapter chat: one prompt per line; empty line or Ctrl-D quits.", file=sys.stderr)
     for line in sys.stdin:
         prompt = line.strip()
@@ -280,7 +353,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; values are YAML)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="do not stop before loading the model when the memory estimate exceeds the free memory",
+    )
     run.set_defaults(func=cmd_run)
+
+    memory = sub.add_parser(
+        "memory",
+        parents=[common],
+        help="estimate a recipe's memory per stage from the model's config (nothing is loaded)",
+        description="Print the memory a recipe needs per stage (weights, sampling, statistics, diagnostics, gating, "
+        "KL) and per process, from the model's config and the recipe; `run` checks the same estimate against the "
+        "free memory before it loads the model.",
+    )
+    memory.add_argument("recipe", help="recipe YAML file")
+    memory.add_argument("--config", help="a local config.json (or folder) to use instead of the recipe model's")
+    memory.add_argument(
+        "--set", action="append", type=_parse_override, metavar="KEY.PATH=VALUE", help="override a recipe value"
+    )
+    memory.add_argument("--prompt-tokens", type=int, default=256, help="assumed prompt length (default 256)")
+    memory.set_defaults(func=cmd_memory)
 
     ev = sub.add_parser(
         "eval",
@@ -322,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-relevance", action="store_true", help="skip answer relevance")
     ev.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_placement_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     for name, func, text in (
@@ -337,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--scale", type=float, help="override every adapter's scale alpha")
         gen.add_argument("--max-new-tokens", type=int, default=96, help="answer length (default 96)")
         gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        _add_placement_options(gen)
         gen.set_defaults(func=func)
 
     push = sub.add_parser(
