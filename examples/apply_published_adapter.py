@@ -3,7 +3,7 @@
     python examples/apply_published_adapter.py org/no-political-refusal --prompt "What happened in 1989?"
 
 Needs the base model named in the adapter's config (downloaded from the Hub unless it is a local path); an adapter
-made on the embedded organism (base model "organism") runs offline.
+made on the embedded organism (base model "steering-adapter:organism") runs offline.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steering_adapter import set_adapter_scale  # importing steering_adapter registers STEERING
 from steering_adapter.adapter_files import read_config_dict
-from steering_adapter.organism import load_organism
+from steering_adapter.organism import is_organism, load_organism
 
 
 def main() -> None:
@@ -27,14 +27,14 @@ def main() -> None:
 
     config = read_config_dict(args.adapter)
     base_id = config["base_model_name_or_path"]
-    if base_id == "organism":  # the package's own small model, no download
+    if is_organism(base_id):  # the package's own small model, no download
         model, tokenizer = load_organism()
     else:
         tokenizer = AutoTokenizer.from_pretrained(base_id)
         model = AutoModelForCausalLM.from_pretrained(base_id, revision=config.get("revision"))
-    model.load_adapter(args.adapter, adapter_name="steer")
+    model.load_adapter(args.adapter, adapter_name="published")
     if args.scale is not None:
-        set_adapter_scale(model, args.scale, "steer")
+        set_adapter_scale(model, args.scale, "published")
 
     messages = [{"role": "user", "content": args.prompt}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

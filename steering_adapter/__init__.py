@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .versions import IncompatibleVersionsError, check_versions
+from .versions import IncompatibleVersionsError, UntestedVersionsWarning, check_versions, warn_untested_versions
 
-check_versions()
+warn_untested_versions()  # one warning outside the tested pair, never a stop
 
 from .tuner import (  # noqa: E402
     SteeringConfig,
@@ -29,6 +29,10 @@ from .tuner import (  # noqa: E402
 )
 
 register()
+
+from .integrations import install as _install_load_checks  # noqa: E402
+
+_install_load_checks()
 
 from .builder import adapter_from_vectors, save_adapter  # noqa: E402
 from .hub import push_adapter  # noqa: E402
@@ -87,10 +91,14 @@ _LAZY = {
     "Recipe": "recipes",
     "load_recipe": "recipes",
     "run_recipe": "pipeline",
+    # other runtimes: llama.cpp control vectors, plain PEFT LoRA, merged checkpoints
+    "export_adapter": "export",
+    "import_gguf": "export",
 }
 
 __all__ = [
     "IncompatibleVersionsError",
+    "UntestedVersionsWarning",
     "SteeringConfig",
     "SteeringLayer",
     "SteeringModel",

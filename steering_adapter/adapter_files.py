@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 CONFIG_NAME = "adapter_config.json"
@@ -16,6 +18,9 @@ VECTOR_PARAM = "steering_vector"
 CONDITION_PARAM = "steering_condition"
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+# Every tensor of a steering adapter: base_model.model.<blocks path>.<i>.steering_vector (or .steering_condition).
+_KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.(?P<kind>{VECTOR_PARAM}|{CONDITION_PARAM})$")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _local_dir(path: str, subfolder: str | None) -> str:
@@ -65,10 +70,27 @@ def require_safetensors(path_or_repo_id: str, subfolder: str | None = None, **kw
         ) from exc
 
 
+def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a file; a syntax error or a non-object names the file, the line and the column.
+
+    Raises:
+        ValueError: ``<path> is not valid JSON: <problem> (line L, column C)`` or ``<path> must hold a JSON object``.
+    """
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: not UTF-8 text ({exc.reason})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_config_dict(path_or_repo_id: str, **kwargs: Any) -> dict[str, Any]:
-    """The raw ``adapter_config.json`` as a dict."""
-    with open(resolve_adapter_file(path_or_repo_id, CONFIG_NAME, **kwargs), encoding="utf-8") as handle:
-        return json.load(handle)
+    """The raw ``adapter_config.json`` as a dict (errors name the file)."""
+    return read_json_file(resolve_adapter_file(path_or_repo_id, CONFIG_NAME, **kwargs))
 
 
 def vector_key(blocks_path: str, layer: int) -> str:
@@ -76,66 +98,121 @@ def vector_key(blocks_path: str, layer: int) -> str:
     return f"base_model.model.{blocks_path}.{layer}.{VECTOR_PARAM}"
 
 
+def _check_float_vector(tensor: Any, what: str, hidden_size: int | None, source: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{source}: {what} is a {type(tensor).__name__}, not a tensor")
+    if tensor.ndim != 1 or (hidden_size is not None and tensor.shape[0] != hidden_size):
+        raise ValueError(f"{source}: {what} has shape {tuple(tensor.shape)}, expected ({hidden_size},)")
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{source}: {what} has dtype {tensor.dtype}; expected a float tensor (float32 recommended)")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{source}: {what} contains NaN or Inf")
+
+
 def validate_vectors(
     state_dict: dict[str, torch.Tensor],
     layers: list[int],
-    blocks_path: str,
+    blocks_path: str | None,
     hidden_size: int | None,
     source: str,
     condition_layer: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """Check a saved state dict against the config and return ``{layer: vector}``.
 
-    Every configured layer must have exactly one finite vector of shape ``[hidden_size]``; keys for blocks that are
-    not in ``layers`` are an error too (they would be silently ignored otherwise). A gated adapter also needs its
-    finite, non-zero condition vector ``...<condition_layer>.steering_condition``.
+    Every configured layer must have exactly one finite float vector of shape ``[hidden_size]``; keys for blocks that
+    are not in ``layers`` are an error too (they would be silently ignored otherwise), and so is any tensor that is not
+    a steering vector or condition. A gated adapter (``condition_layer`` set) needs its finite, non-zero float
+    condition vector ``...<condition_layer>.steering_condition``; an ungated one must not have one.
+
+    Args:
+        state_dict: the tensors of ``adapter_model.safetensors`` (keys as saved).
+        layers: the config's ``layers``.
+        blocks_path: the model's decoder-block path (e.g. ``"model.layers"``); ``None`` when no model is at hand: the
+            keys must then agree on one path.
+        hidden_size: the config's ``hidden_size`` (``None``: not checked).
+        source: what the error messages name (the file).
+        condition_layer: the config's ``condition_layer``.
 
     Raises:
-        ValueError: naming the missing / extra key, the bad shape or the non-finite layer.
+        ValueError: ``<source>: <problem>``, naming the missing / extra / unexpected key, the bad shape or dtype, or
+            the non-finite layer.
     """
-    vectors: dict[int, torch.Tensor] = {}
-    condition_keys = {k for k in state_dict if k.endswith(f".{CONDITION_PARAM}")}
-    expected_condition = (
-        {f"base_model.model.{blocks_path}.{condition_layer}.{CONDITION_PARAM}"}
-        if condition_layer is not None
-        else set()
-    )
+    parsed = {}
+    for key in state_dict:
+        match = _KEY.match(key)
+        if match is None:
+            raise ValueError(
+                f"{source}: unexpected tensor {key!r}; a steering adapter holds only "
+                f"'base_model.model.<blocks path>.<i>.{VECTOR_PARAM}' (and '...{CONDITION_PARAM}' when gated)"
+            )
+        parsed[key] = match
+    paths = sorted({match["path"] for match in parsed.values()})
+    if blocks_path is None and len(paths) > 1:
+        raise ValueError(f"{source}: tensor keys name several decoder-block paths {paths}; expected one")
+    if blocks_path is None:
+        blocks_path = paths[0] if paths else "<blocks path>"
+    condition_keys = {k for k, match in parsed.items() if match["kind"] == CONDITION_PARAM}
+    expected_condition = set()
+    if condition_layer is not None:
+        expected_condition = {f"base_model.model.{blocks_path}.{condition_layer}.{CONDITION_PARAM}"}
     if condition_keys != expected_condition:
-        raise ValueError(
-            f"{source}: condition vectors {sorted(condition_keys)} do not match the config "
-            f"(condition_layer={condition_layer}; expected {sorted(expected_condition)})"
-        )
+        if not expected_condition:
+            problem = f"holds condition tensor(s) {sorted(condition_keys)} but the config has no condition_layer"
+        elif not condition_keys:
+            problem = f"the config is gated (condition_layer={condition_layer}) but has no condition tensor"
+        else:
+            problem = f"condition tensor(s) {sorted(condition_keys)} do not match condition_layer={condition_layer}"
+        raise ValueError(f"{source}: {problem} (expected {sorted(expected_condition) or 'no condition tensor'})")
     for key in expected_condition:
-        condition = state_dict[key]
-        if condition.shape != (hidden_size,) or not torch.isfinite(condition).all() or not torch.any(condition != 0):
-            raise ValueError(f"{source}: condition vector {key!r} must be finite, non-zero, of shape ({hidden_size},)")
+        _check_float_vector(state_dict[key], f"condition vector {key!r}", hidden_size, source)
+        if not torch.any(state_dict[key] != 0):
+            raise ValueError(f"{source}: condition vector {key!r} is zero")
     expected = {vector_key(blocks_path, layer): layer for layer in layers}
-    vector_keys = {k for k in state_dict if k.endswith(f".{VECTOR_PARAM}")}
+    vector_keys = {k for k, match in parsed.items() if match["kind"] == VECTOR_PARAM}
     extra = sorted(vector_keys - set(expected))
     if extra:
         raise ValueError(
             f"{source}: steering vectors {extra} do not belong to the configured layers {layers} "
             f"(expected keys like {next(iter(expected), '<none>')!r})"
         )
+    vectors: dict[int, torch.Tensor] = {}
     for key, layer in expected.items():
         if key not in state_dict:
             raise ValueError(f"{source}: missing steering vector {key!r} for layer {layer}")
-        tensor = state_dict[key]
-        if tensor.ndim != 1 or (hidden_size is not None and tensor.shape[0] != hidden_size):
-            raise ValueError(
-                f"{source}: steering vector for layer {layer} has shape {tuple(tensor.shape)}, "
-                f"expected ({hidden_size},)"
-            )
-        if not tensor.is_floating_point():
-            raise ValueError(f"{source}: steering vector for layer {layer} has non-float dtype {tensor.dtype}")
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"{source}: steering vector for layer {layer} contains NaN or Inf")
-        vectors[layer] = tensor
+        _check_float_vector(state_dict[key], f"steering vector for layer {layer}", hidden_size, source)
+        vectors[layer] = state_dict[key]
     return vectors
+
+
+def check_adapter_weights(
+    layers: list[int],
+    hidden_size: int | None,
+    condition_layer: int | None,
+    path_or_repo_id: str,
+    *,
+    subfolder: str | None = None,
+    blocks_path: str | None = None,
+    **kwargs: Any,
+) -> str:
+    """Read an adapter's ``adapter_model.safetensors`` and check it against its config (see :func:`validate_vectors`).
+
+    Returns:
+        The local path of the weights file.
+
+    Raises:
+        ValueError: no safetensors file (a pickle-only adapter is refused), an unreadable file, or a tensor that does
+            not fit the config; the message names the file.
+    """
+    path = require_safetensors(path_or_repo_id, subfolder=subfolder, **kwargs)
+    validate_vectors(load_vectors_file(path), layers, blocks_path, hidden_size, path, condition_layer)
+    return path
 
 
 def load_vectors_file(path: str) -> dict[str, torch.Tensor]:
     """Load an ``adapter_model.safetensors`` file (the only weight format read)."""
     if not path.endswith(".safetensors"):
         raise ValueError(f"refusing to read {path}: steering adapters are read from .safetensors files only")
-    return load_file(path)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None

@@ -1,4 +1,4 @@
-"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish.
+"""The ``steering-adapter`` console script: run recipes, evaluate, generate / chat with adapters, publish, export.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad command line, recipe or input; 3 the selection found no layer/α
 that meets the recipe's constraints.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,25 +16,77 @@ from typing import Any
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INFEASIBLE = 0, 1, 2, 3
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+_KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def _parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``a.b[2].c=VALUE`` -> (``["a", "b", 2, "c"]``, the YAML value)."""
     import yaml
 
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY.PATH=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key.split("."), yaml.safe_load(value)
+    path: list[str | int] = []
+    for part in key.split("."):
+        match = _KEY_PART.fullmatch(part)
+        if match is None:
+            raise argparse.ArgumentTypeError(
+                f"--set {key!r}: expected KEY.PATH like 'sampling.k' or 'prompts.evaluation[0].source'"
+            )
+        path.append(match.group(1))
+        path += [int(index) for index in re.findall(r"\d+", match.group(2))]
+    return path, yaml.safe_load(value)
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[list[str], Any]]) -> dict[str, Any]:
-    """Set ``a.b.c = value`` entries in a parsed recipe dict (validated afterwards by the schema)."""
+def _path_text(path: Sequence[str | int]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[Sequence[str | int], Any]]) -> dict[str, Any]:
+    """Set ``a.b[1].c = value`` entries in a parsed recipe dict (validated afterwards by the schema).
+
+    Missing mapping keys are created; list items must exist.
+    """
     for path, value in overrides:
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {'.'.join(path)}: {part!r} is not a mapping in the recipe")
-        node[path[-1]] = value
+        node: Any = data
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            where = _path_text(path[: depth + 1])
+            if isinstance(part, int):
+                if not isinstance(node, list):
+                    raise ValueError(f"--set {_path_text(path)}: {_path_text(path[:depth])} is not a list")
+                if not 0 <= part < len(node):
+                    raise ValueError(f"--set {_path_text(path)}: {where} does not exist (the list has {len(node)})")
+            elif not isinstance(node, dict):
+                raise ValueError(f"--set {_path_text(path)}: {_path_text(path[:depth])} is not a mapping")
+            if last:
+                node[part] = value
+            elif isinstance(part, int):
+                node = node[part]
+            else:
+                node = node.setdefault(part, [] if isinstance(path[depth + 1], int) else {})
     return data
+
+
+def base_model_spec(model_name: str | None, adapters: Sequence[str]):
+    """The base model to load: ``--model`` as given, else the one the first adapter's config names, pinned to the
+    revision it records (an adapter computed on an embedded model, e.g. the organism, loads that model offline)."""
+    from .adapter_files import read_config_dict
+    from .embedded import canonical_name
+    from .recipes import ModelSpec
+
+    if model_name is not None:
+        return ModelSpec(name_or_path=canonical_name(model_name) or model_name)
+    if not adapters:
+        raise ValueError("give --model or at least one --adapter (its config names the base model)")
+    config = read_config_dict(adapters[0])
+    name = config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapters[0]}: the adapter config names no base model; give --model")
+    short = canonical_name(name)
+    if short is not None:
+        return ModelSpec(name_or_path=short)
+    return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 
 def _load_model_and_adapters(
@@ -43,22 +96,20 @@ def _load_model_and_adapters(
     spec: Any = None,
     placement: dict[str, str] | None = None,
 ):
+    """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
+    and system prompt; the model itself and its revision come from :func:`base_model_spec`; ``placement``
+    (``--dtype`` / ``--device`` / ``--device-map``) overrides dtype and device."""
     import dataclasses
 
-    from .adapter_files import read_config_dict
     from .pipeline import load_model
-    from .recipes import ModelSpec
     from .tuner.model import set_adapter_scale
 
-    if model_name is None:
-        if not adapters:
-            raise ValueError("give --model or at least one --adapter (its config names the base model)")
-        model_name = read_config_dict(adapters[0]).get("base_model_name_or_path") or "organism"
-    if spec is None or spec.name_or_path != model_name:  # another model than the recipe's: its revision does not apply
-        spec = dataclasses.replace(spec or ModelSpec(), name_or_path=model_name, revision=None)
+    base = base_model_spec(model_name, adapters)
+    if spec is not None:
+        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
     if placement:
-        spec = dataclasses.replace(spec, **placement)
-    model, tokenizer = load_model(spec)
+        base = dataclasses.replace(base, **placement)
+    model, tokenizer = load_model(base)
     names = []
     for index, adapter in enumerate(adapters):
         name = f"adapter{index}"
@@ -123,16 +174,31 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_sources(recipe) -> None:
+    """Load every prompt source a recipe names, so a missing or empty one is reported before the model loads.
+
+    Raises:
+        ValueError: ``recipe.prompts.refusal[1]: prompt file 'x.txt' does not exist`` (the key and the problem).
+    """
+    from .pipeline import load_source
+    from .recipes import recipe_sources
+
+    spec = recipe.prompts
+    for key, source in recipe_sources(recipe).items():
+        try:
+            train, held = load_source(
+                source, held_out_fraction=spec.held_out_fraction, seed=spec.split_seed, language=spec.language
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"{key}: {exc}") from None
+        if not len(train) and not len(held):
+            raise ValueError(f"{key}: source {source!r} has no prompts")
+
+
 def _recipe_with_overrides(path: str, overrides: list[tuple[list[str], Any]]) -> Any:
-    import yaml
+    from .recipes import read_recipe_yaml, recipe_from_dict
 
-    from .recipes import recipe_from_dict
-
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping")
-    return recipe_from_dict(apply_overrides(data, overrides))
+    return recipe_from_dict(apply_overrides(read_recipe_yaml(path), overrides))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -144,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append((["output", "dir"], args.out))
     recipe = _recipe_with_overrides(args.recipe, overrides)
+    check_sources(recipe)
     distributed.init_from_environment(recipe.model.device)  # under torchrun: join the other processes
     main = distributed.is_main()
     try:
@@ -294,14 +361,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+RESET_COMMAND = "/reset"
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .judges.backends import TransformersJudgeBackend
+
     model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale, None, _placement(args))
-    print("steering-adapter chat: one prompt per line; empty line or Ctrl-D quits.", file=sys.stderr)
+    # greedy chat completion of the whole conversation (the same runner as a local judge model)
+    runner = TransformersJudgeBackend(model, tokenizer, max_new_tokens=args.max_new_tokens, batch_size=1)
+    print(
+        f"steering-adapter chat: one message per line; the model sees the whole conversation. {RESET_COMMAND} "
+        "starts a new one; an empty line or Ctrl-D quits.",
+        file=sys.stderr,
+    )
+    history: list[dict[str, str]] = []
     for line in sys.stdin:
-        prompt = line.strip()
-        if not prompt:
+        message = line.strip()
+        if not message:
             break
-        print(_generate(model, tokenizer, [prompt], args.max_new_tokens, args.temperature)[0], flush=True)
+        if message == RESET_COMMAND:
+            history = []
+            print("(new conversation)", file=sys.stderr, flush=True)
+            continue
+        history.append({"role": "user", "content": message})
+        answer = runner.complete(history).text or ""
+        history.append({"role": "assistant", "content": answer})
+        print(answer, flush=True)
     return EXIT_OK
 
 
@@ -316,6 +402,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .adapter_files import read_config_dict
 
     print(json.dumps(read_config_dict(args.adapter), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_adapter
+
+    path = export_adapter(args.adapter, args.format, args.out, base_model=args.base, revision=args.revision)
+    print(f"wrote {args.format} export: {path}")
+    return EXIT_OK
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import import_gguf
+
+    out = args.out or str(Path(args.file).with_suffix("")) + "-steering-adapter"
+    path = import_gguf(args.file, args.base, out, revision=args.revision, scale=args.scale)
+    print(f"wrote steering adapter: {path}")
     return EXIT_OK
 
 
@@ -421,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (
         ("generate", cmd_generate, "answer prompts with adapters attached"),
-        ("chat", cmd_chat, "interactive chat (stdin) with adapters attached"),
+        ("chat", cmd_chat, "interactive multi-turn chat (stdin, greedy) with adapters attached; /reset starts over"),
     ):
         gen = sub.add_parser(name, parents=[common], help=text, description=text.capitalize() + ".")
         if name == "generate":
@@ -431,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--adapter", action="append", help="adapter folder or repo id (repeatable; applied in order)")
         gen.add_argument("--scale", type=float, help="override every adapter's scale alpha")
         gen.add_argument("--max-new-tokens", type=int, default=96, help="answer length (default 96)")
-        gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        if name == "generate":
+            gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         _add_placement_options(gen)
         gen.set_defaults(func=func)
 
@@ -453,11 +559,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("adapter", help="adapter folder or Hub repo id")
     inspect.set_defaults(func=cmd_inspect)
+
+    export = sub.add_parser(
+        "export",
+        help="export an adapter for llama.cpp (gguf), stock PEFT (lora) or plain transformers (merged)",
+        description="Write a steering adapter in another runtime's format: a llama.cpp control vector (gguf), a "
+        "plain PEFT LoRA adapter (lora) or a transformers checkpoint with the shift folded into a bias (merged). "
+        "Formats that cannot express the adapter exactly (ablate mode, gating, some architectures) are refused "
+        "with the reason.",
+    )
+    export.add_argument("adapter", help="steering adapter folder or Hub repo id")
+    export.add_argument("--format", required=True, choices=["gguf", "lora", "merged"], help="export format")
+    export.add_argument("--out", required=True, help="output .gguf file (gguf) or folder (lora, merged)")
+    export.add_argument("--base", help="base model to read (default: the adapter's base_model_name_or_path)")
+    export.add_argument("--revision", help="Hub revision of the base model (default: the adapter's revision)")
+    export.set_defaults(func=cmd_export)
+
+    import_gguf = sub.add_parser(
+        "import-gguf",
+        help="turn a llama.cpp / repeng control vector into a steering adapter",
+        description="Read a llama.cpp / repeng control vector (.gguf) and write a steering adapter: direction.N "
+        "becomes the vector of block N (where llama.cpp adds it).",
+    )
+    import_gguf.add_argument("file", help="control vector .gguf file")
+    import_gguf.add_argument("--base", required=True, help="its base model: Hub id, folder or 'organism'")
+    import_gguf.add_argument("--out", help="adapter folder to write (default: FILE without .gguf + -steering-adapter)")
+    import_gguf.add_argument("--scale", type=float, default=1.0, help="the adapter's scale alpha (default 1.0)")
+    import_gguf.add_argument("--revision", help="Hub revision of the base model")
+    import_gguf.set_defaults(func=cmd_import_gguf)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``steering-adapter`` command; returns the process exit code."""
+    from .hub import HubUnreachableError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -466,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_threads(args.threads)
         return args.func(args)
+    except HubUnreachableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

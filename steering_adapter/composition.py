@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter_files import CONFIG_NAME, WEIGHTS_NAME
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, read_json_file
 from .records import atomic_write_json
+from .tuner.config import check_adapter_name
 from .tuner.layer import SteeringLayer
 from .tuner.model import set_adapter_scale
 
@@ -59,6 +60,13 @@ class Composition:
     def validate(self) -> None:
         if not self.parts:
             raise ValueError("a composition needs at least one part")
+        for part in self.parts:
+            check_adapter_name(part.name)
+            check_part_path(part.path)
+            if isinstance(part.weight, bool) or not isinstance(part.weight, (int, float)):
+                raise ValueError(f"part {part.name!r}: weight must be a number, got {part.weight!r}")
+            if not math.isfinite(part.weight):
+                raise ValueError(f"part {part.name!r}: weight must be finite, got {part.weight!r}")
         names = [part.name for part in self.parts]
         if len(set(names)) != len(names):
             raise ValueError(f"composition part names must be unique, got {names}")
@@ -69,6 +77,44 @@ class Composition:
                 raise ValueError(f"orthogonalize rule {rule} must name two parts of {names} as 'part' and 'against'")
             if rule["part"] == rule["against"]:
                 raise ValueError(f"orthogonalize rule {rule}: a part cannot be orthogonalised against itself")
+
+
+def check_part_path(path: object) -> str:
+    """A part path as written in ``steering_composition.json``: relative, with no ``..`` (``parts/<name>``).
+
+    Raises:
+        ValueError: an absolute path, a ``..`` component, an empty path or a non-string.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"composition part path must be a relative folder path, got {path!r}")
+    pure = Path(path)
+    if pure.is_absolute() or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        raise ValueError(f"composition part path {path!r} is absolute; it must stay inside the composition folder")
+    if ".." in pure.parts or ".." in path.replace("\\", "/").split("/"):
+        raise ValueError(f"composition part path {path!r} leaves the composition folder ('..')")
+    return path
+
+
+def part_folder(directory: str | os.PathLike, part: CompositionPart) -> Path:
+    """The local folder of a part: inside ``directory`` once symlinks are resolved, and a folder (never a Hub id).
+
+    Raises:
+        ValueError: the path escapes the composition folder (``..``, absolute, or a symlink out of it), or it is not
+            a folder.
+    """
+    root = Path(directory).resolve()
+    folder = (root / check_part_path(part.path)).resolve()
+    if folder != root and root not in folder.parents:
+        raise ValueError(
+            f"composition part {part.name!r}: {part.path!r} resolves to {folder}, outside the composition "
+            f"folder {root}"
+        )
+    if not folder.is_dir():
+        raise ValueError(
+            f"composition part {part.name!r}: {root / part.path} is not a folder (parts are local adapter folders, "
+            "never Hub repo ids)"
+        )
+    return folder
 
 
 def resolved_order(parts: Sequence[CompositionPart], modes: dict[str, str], order: str) -> list[str]:
@@ -98,7 +144,7 @@ def save_composition(
         The folder.
     """
     composition = Composition(
-        parts=[CompositionPart(name, f"parts/{name}", float(weight)) for name, _, weight in parts],
+        parts=[CompositionPart(check_adapter_name(name), f"parts/{name}", float(weight)) for name, _, weight in parts],
         order=order,
         orthogonalize=[{"part": p, "against": a} for p, a in orthogonalize],
     )
@@ -123,15 +169,26 @@ def read_composition(directory: str | os.PathLike) -> Composition:
     path = Path(directory) / COMPOSITION_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {COMPOSITION_FILE}")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_file(path)
     if data.get("format") != "steering-composition" or data.get("version") != 1:
         raise ValueError(f"{path}: not a version-1 steering composition")
-    composition = Composition(
-        parts=[CompositionPart(**part) for part in data["parts"]],
-        order=data.get("order", "ablate_first"),
-        orthogonalize=list(data.get("orthogonalize", [])),
-    )
-    composition.validate()
+    try:
+        parts = data["parts"]
+        if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+            raise ValueError("'parts' must be a list of {name, path, weight} objects")
+        orthogonalize = data.get("orthogonalize", [])
+        if not isinstance(orthogonalize, list) or not all(isinstance(rule, dict) for rule in orthogonalize):
+            raise ValueError("'orthogonalize' must be a list of {part, against} objects")
+        composition = Composition(
+            parts=[CompositionPart(**part) for part in parts],
+            order=data.get("order", "ablate_first"),
+            orthogonalize=list(orthogonalize),
+        )
+        composition.validate()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    for part in composition.parts:
+        part_folder(directory, part)
     return composition
 
 
@@ -184,7 +241,7 @@ class _OtherAdaptersMissingFilter(logging.Filter):
     transformers counts every parameter whose name contains the PEFT type (``steering``) as an adapter key, so loading
     a second steering adapter reports the first one's vectors as "MISSING ... newly initialized". They are not: they
     belong to the adapter loaded before. A report naming any other key or status is kept, and a vector that is truly
-    missing still fails at the first forward pass (vectors start as NaN).
+    missing is refused before loading (:mod:`steering_adapter.integrations`).
     """
 
     def __init__(self, other_adapters: Sequence[str]) -> None:
@@ -231,11 +288,18 @@ def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str
     """
     from peft import PeftModel
 
+    from .integrations import check_steering_adapter
+
     directory = Path(directory)
     composition = read_composition(directory)
+    folders = {part.name: str(part_folder(directory, part)) for part in composition.parts}
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    for part in composition.parts:  # every part is checked before the first one is attached
+        if check_steering_adapter(base, folders[part.name]) is None:
+            raise ValueError(f"composition part {part.name!r}: {folders[part.name]} is not a steering adapter")
     modes = {}
     for part in composition.parts:
-        folder = str(directory / part.path)
+        folder = folders[part.name]
         if isinstance(model, PeftModel):
             if part.name not in model.peft_config:
                 model.load_adapter(folder, adapter_name=part.name)

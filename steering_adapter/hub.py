@@ -8,6 +8,19 @@ from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, read_config_dict
 from .tuner.config import SteeringConfig
 
 
+class HubUnreachableError(ConnectionError):
+    """The Hub endpoint (``HF_ENDPOINT``) could not be reached; the message names it."""
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection-level errors (huggingface_hub's client: httpx2, or httpx)."""
+    try:
+        from httpx2 import TransportError
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        from httpx import TransportError
+    return (TransportError, ConnectionError, TimeoutError)
+
+
 def push_adapter(
     adapter_dir: str | os.PathLike,
     repo_id: str,
@@ -20,7 +33,8 @@ def push_adapter(
     """Upload a saved steering adapter folder to a Hub model repo (created if needed).
 
     The folder is checked first: it must hold ``adapter_config.json`` (a valid ``STEERING`` config) and
-    ``adapter_model.safetensors``; a model card is written from the config when ``README.md`` is missing.
+    ``adapter_model.safetensors``. The card's usage code is pointed at ``repo_id`` (a card is written from the
+    config when ``README.md`` is missing).
 
     Args:
         adapter_dir: folder written by :func:`steering_adapter.save_adapter` or ``PeftModel.save_pretrained``.
@@ -32,10 +46,14 @@ def push_adapter(
 
     Returns:
         The URL of the commit.
-    """
-    from huggingface_hub import HfApi
 
-    from .cards import write_model_card
+    Raises:
+        ValueError: not a valid steering adapter folder.
+        HubUnreachableError: the Hub endpoint could not be reached (the message names it and ``HF_ENDPOINT``).
+    """
+    from huggingface_hub import HfApi, constants
+
+    from .cards import set_card_repo_id
 
     adapter_dir = os.fspath(adapter_dir)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -45,16 +63,21 @@ def push_adapter(
     if config.get("peft_type") != "STEERING":
         raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')!r} adapter, not a STEERING adapter")
     SteeringConfig.from_peft_type(**config)  # validates every field
-    if not os.path.isfile(os.path.join(adapter_dir, "README.md")):
-        write_model_card(adapter_dir)
+    set_card_repo_id(adapter_dir, repo_id)
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     message = commit_message or f"steering adapter: layers {config['layers']}, scale {config['scale']}"
-    info = api.upload_folder(
-        folder_path=adapter_dir,
-        repo_id=repo_id,
-        revision=revision,
-        commit_message=message,
-        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", "*.json", "*.png"],
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=adapter_dir,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=message,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", "*.json", "*.png"],
+        )
+    except _transport_errors() as exc:
+        raise HubUnreachableError(
+            f"cannot reach the Hub at {constants.ENDPOINT} (the endpoint comes from HF_ENDPOINT, default "
+            f"https://huggingface.co): {type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from None
     return info.commit_url

@@ -123,13 +123,13 @@ def _count(params: int) -> str:
 
 
 def model_config(name_or_path: str, revision: str | None = None) -> Any:
-    """The transformers config of a recipe's model (``"organism"``: the shipped one) without loading weights."""
+    """The transformers config of a recipe's model (an embedded model's from its local folder) without weights."""
     from transformers import AutoConfig
 
-    if name_or_path == "organism":
-        from .organism import ORGANISM_DIR
+    from .embedded import embedded_config_dir, is_embedded
 
-        return AutoConfig.from_pretrained(ORGANISM_DIR, local_files_only=True)
+    if is_embedded(name_or_path):
+        return AutoConfig.from_pretrained(embedded_config_dir(name_or_path), local_files_only=True)
     return AutoConfig.from_pretrained(name_or_path, revision=revision)
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .capability import NextTokenKL
 from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_from_model
+from .embedded import is_embedded, load_embedded
 from .estimators import VECTOR_UNITS, fit_directions, make_estimator
 from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, evaluate
 from .judges.base import Judge
@@ -38,7 +38,6 @@ from .records import atomic_write_json, atomic_write_text
 from .scoring_run import score_prompts
 from .selection import SelectionObjective, SweepResult, default_alphas, sweep_layers_and_scale
 
-ORGANISM = "organism"
 ORGANISM_PREFIX = "organism:"
 # ModelSpec.device values that mean "dispatch the blocks over the visible devices" (transformers' device_map)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -61,7 +60,8 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
-    """The model and tokenizer a recipe names (``"organism"``: the embedded model, no download).
+    """The model and tokenizer a recipe names (an embedded model such as ``"organism"`` or ``"smollm2-censored"``
+    is built locally, no download; see :mod:`steering_adapter.embedded`).
 
     ``spec.device`` is a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun ``"cuda"`` is this
     process's ``cuda:LOCAL_RANK``) or a transformers ``device_map`` (``"auto"``, ``"balanced"``, ``"balanced_low_0"``,
@@ -69,11 +69,9 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
     """
     dtype = getattr(torch, spec.dtype)
     device = distributed.local_device(spec.device)
-    if spec.name_or_path == ORGANISM:
-        from .organism import load_organism
-
-        model, tokenizer = load_organism(dtype=dtype)
-        if device in DEVICE_MAPS:  # one tiny model: the first GPU when there is one
+    if is_embedded(spec.name_or_path):
+        model, tokenizer = load_embedded(spec.name_or_path, dtype=dtype)
+        if device in DEVICE_MAPS:  # one small model: the first GPU when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return model.to(device), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,7 +99,7 @@ def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
     if spec.kind == "openai":
         backend = OpenAIChatBackend(
             base_url=spec.base_url,
-            api_key=os.environ.get(spec.api_key_env),
+            api_key_env=spec.api_key_env,
             model=spec.model,
             max_concurrency=spec.max_concurrency,
         )
@@ -576,8 +574,8 @@ def run_recipe(
         **gate_fields,
     )
     config = peft_model.peft_config["default"]
-    if recipe.model.name_or_path == ORGANISM:
-        config.base_model_name_or_path = ORGANISM
+    if is_embedded(recipe.model.name_or_path):
+        config.base_model_name_or_path = recipe.model.name_or_path
     config.revision = recipe.model.revision
 
     log("[evaluate] before/after on the test half")

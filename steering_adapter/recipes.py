@@ -87,8 +87,9 @@ class JudgeSpec:
         kind: ``"pattern"`` (keyword baseline), ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or
             ``"transformers"`` (LLM judge run locally).
         model: judge model name (openai) or Hub id / folder (transformers).
-        base_url: endpoint for ``openai`` (default from ``STEERING_JUDGE_BASE_URL`` / ``OPENAI_BASE_URL``).
-        api_key_env: environment variable holding the API key.
+        base_url: endpoint for ``openai`` (default ``STEERING_JUDGE_BASE_URL``).
+        api_key_env: name of the environment variable holding the API key; the key is sent only when this names
+            one (never a fallback to ``OPENAI_API_KEY``), and only over https or to this machine.
         max_concurrency: parallel requests (openai).
         extra_refusal_patterns: phrases added to the pattern judge's defaults.
     """
@@ -96,7 +97,7 @@ class JudgeSpec:
     kind: Literal["pattern", "openai", "transformers"] = "pattern"
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str = "STEERING_JUDGE_API_KEY"
+    api_key_env: str | None = None
     max_concurrency: int = 4
     extra_refusal_patterns: list[str] = field(default_factory=list)
 
@@ -377,16 +378,49 @@ def recipe_from_dict(data: Any) -> Recipe:
     return recipe
 
 
+def read_recipe_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed YAML mapping of a recipe file, before the schema is applied.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecipeError: a YAML syntax error, in one line naming the file, line and column
+            (``recipe.yaml:4:7: not valid YAML: mapping values are not allowed here``), or a file that is not a
+            mapping.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise RecipeError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read a recipe YAML file.
 
     Raises:
         FileNotFoundError: no such file.
-        RecipeError: invalid YAML or schema (the message names the key).
+        RecipeError: invalid YAML or schema (the message names the file position or the key).
     """
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
-    return recipe_from_dict(data)
+    return recipe_from_dict(read_recipe_yaml(path))
+
+
+def recipe_sources(recipe: Recipe) -> dict[str, str]:
+    """Every prompt source a recipe names, keyed by where it is named (``recipe.prompts.refusal[0]``, ...)."""
+    spec = recipe.prompts
+    sources = {f"recipe.prompts.refusal[{i}]": s for i, s in enumerate(spec.refusal)}
+    sources |= {f"recipe.prompts.compliance[{i}]": s for i, s in enumerate(spec.compliance)}
+    sources |= {f"recipe.prompts.evaluation[{i}].source": e.source for i, e in enumerate(spec.evaluation)}
+    if spec.neutral:
+        sources["recipe.prompts.neutral"] = spec.neutral
+    if recipe.gating.mode != "off":
+        sources |= {f"recipe.gating.positive[{i}]": s for i, s in enumerate(recipe.gating.positive)}
+        sources |= {f"recipe.gating.negative[{i}]": s for i, s in enumerate(recipe.gating.negative)}
+    return sources

@@ -138,3 +138,83 @@ def test_report_filter_keeps_every_other_report():
     assert keep(record([("model.layers.1.steering_vector.a", "UNEXPECTED")]))
     assert keep(record([("model.layers.1.steering_vector.a", "MISSING"), ("lm_head.weight", "MISMATCH")]))
     assert keep(logging.LogRecord("t", logging.WARNING, "", 0, "something else", None, None))
+
+
+def _manifest(folder, parts):
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {"format": "steering-composition", "version": 1, "order": "declared", "parts": parts}
+    (folder / "steering_composition.json").write_text(json.dumps(document))
+    return folder
+
+
+def test_part_paths_stay_inside_the_composition_folder(tmp_path, parts):
+    _, folders = parts
+    outside = str(folders["a"])  # a real adapter folder, outside the composition
+    cases = {
+        "dotdot": ("../a", "leaves the composition folder"),
+        "nested-dotdot": ("parts/../../a", "leaves the composition folder"),
+        "absolute": (outside, "is absolute"),
+        "empty": ("", "relative folder path"),
+    }
+    for name, (path, message) in cases.items():
+        folder = _manifest(tmp_path / name, [{"name": "a", "path": path, "weight": 1.0}])
+        with pytest.raises(ValueError, match=message):
+            read_composition(folder)
+        with pytest.raises(ValueError, match=message):
+            load_composition(tiny_model("llama"), folder)
+    # a symlink inside the folder that points out of it
+    linked = _manifest(tmp_path / "linked", [{"name": "a", "path": "parts/a", "weight": 1.0}])
+    (linked / "parts").mkdir()
+    (linked / "parts" / "a").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="outside the composition folder"):
+        load_composition(tiny_model("llama"), linked)
+    # a part that is not a folder is never looked up on the Hub
+    hub_like = _manifest(tmp_path / "hub-like", [{"name": "a", "path": "org/some-adapter", "weight": 1.0}])
+    with pytest.raises(ValueError, match="is not a folder.*never Hub repo ids"):
+        load_composition(tiny_model("llama"), hub_like)
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_composition(model, hub_like)
+    assert not hasattr(model, "peft_config")
+
+
+def test_names_follow_one_rule(tmp_path, parts):
+    from steering_adapter import adapter_from_vectors
+    from steering_adapter.tuner import check_adapter_name
+
+    _, folders = parts
+    for good in ("no_refusal", "a", "Part-2", "x" * 64):
+        assert check_adapter_name(good) == good
+    for bad in ("", "../x", "a/b", "a.b", "-x", "x" * 65, "steer", "ring_", 3, None):
+        with pytest.raises(ValueError, match="adapter name"):
+            check_adapter_name(bad)
+    with pytest.raises(ValueError, match="invalid adapter name '../evil'"):
+        save_composition(tmp_path / "x", [("../evil", folders["a"], 1.0)])
+    folder = _manifest(tmp_path / "bad-name", [{"name": "a.b", "path": "parts/a", "weight": 1.0}])
+    with pytest.raises(ValueError, match="steering_composition.json: invalid adapter name 'a.b'"):
+        read_composition(folder)
+    with pytest.raises(ValueError, match="invalid adapter name 'a.b'"):
+        tiny_model("llama").load_adapter(str(folders["a"]), adapter_name="a.b")
+    with pytest.raises(ValueError, match="invalid adapter name 'steer'"):
+        adapter_from_vectors(tiny_model("llama"), {1: torch.randn(HIDDEN)}, adapter_name="steer")
+    weightless = _manifest(tmp_path / "bad-weight", [{"name": "a", "path": "parts/a", "weight": "heavy"}])
+    with pytest.raises(ValueError, match="weight must be a number"):
+        read_composition(weightless)
+
+
+def test_a_broken_part_attaches_nothing(tmp_path, parts):
+    _, folders = parts
+    folder = save_composition(tmp_path / "combo", [("a", folders["a"], 1.0), ("c", folders["c"], 1.0)])
+    weights = folder / "parts" / "c" / "adapter_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    key = next(iter(tensors))
+    tensors[key][0] = float("nan")
+    save_file(tensors, weights)
+    model = tiny_model("llama")
+    with pytest.raises(
+        ValueError, match=r"parts/c/adapter_model.safetensors: steering vector for layer \d contains NaN"
+    ):
+        load_composition(model, folder)
+    assert not hasattr(model, "peft_config")  # part "a" was not attached either

@@ -40,7 +40,9 @@ def test_outputs_exist(run_dir):
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
         assert (adapter / name).is_file(), name
     front = read_front_matter((adapter / "README.md").read_text())
-    assert front["base_model"] == "organism" and "steering" in front["tags"]
+    assert "base_model" not in front and "steering" in front["tags"]  # the organism is no Hub model
+    recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == "steering-adapter:organism"
     recipe_card = load_recipe(RECIPES / "no-political-refusal.yaml").card
     assert front["license"] == recipe_card.license  # the recipe's card section reaches the model card
     assert recipe_card.limitations.split(";")[0] in (adapter / "README.md").read_text()

@@ -42,7 +42,7 @@ def test_publish_then_apply_a_published_organism_adapter(local_hub, tmp_path):
     repo = f"examples/organism-{uuid.uuid4().hex[:8]}"
 
     published = _run(str(EXAMPLES / "publish_adapter.py"), str(folder), repo)
-    assert "checked: config identical" in published and "base_model='organism'" in published
+    assert "checked: config identical" in published and "base_model=None" in published  # the organism is no Hub model
 
     applied = _run(str(EXAMPLES / "apply_published_adapter.py"), repo, "--prompt", PROMPT, "--max-new-tokens", "64")
     base_text = applied.split("--- base\n", 1)[1].split("\n\n--- steered", 1)[0].strip()

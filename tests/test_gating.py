@@ -125,7 +125,7 @@ def test_gated_adapter_saves_and_reloads(tmp_path):
     ]
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), folder)
     plain = tiny_model("llama")
-    plain.load_adapter(folder, adapter_name="g")
+    plain.load_adapter(folder, adapter_name="gated")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, expected)
         torch.testing.assert_close(plain(**batch).logits, expected)

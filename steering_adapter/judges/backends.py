@@ -8,16 +8,11 @@ unparseable judgment (label 0). It raises :class:`JudgeBackendError` for errors 
 
 from __future__ import annotations
 
-import email.utils
-import http.client
+import ipaddress
 import json
 import os
-import random
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -45,8 +40,18 @@ Conversation = Sequence[Mapping[str, str]]
 
 # 4xx answers that concern one request only (too long, invalid content): not retried, reported per request.
 _PER_REQUEST_4XX = frozenset({400, 413, 422})
-# Retried: request timeout, rate limit; every 5xx is retried too.
-_RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+# Answers the openai client retries itself (with its backoff and the server's Retry-After); after its last retry they
+# are a failed request, not a configuration error.
+_TRANSIENT_4XX = frozenset({408, 409, 425, 429})
+# The only headers that leave this process: what HTTP and the openai client need (its own metadata is in the
+# ``x-stainless-`` namespace, and it reads some of it back from the request). Everything else it may pick up from the
+# environment (OPENAI_API_KEY, OPENAI_ORG_ID, OPENAI_PROJECT_ID, OPENAI_CUSTOM_HEADERS, .netrc) is dropped before the
+# request is sent; ``Authorization`` is set only from the key this backend was given.
+_WIRE_HEADERS = frozenset(
+    ("host", "accept", "accept-encoding", "connection", "content-type", "content-length", "user-agent")
+    + ("idempotency-key",)
+)
+_SDK_HEADER_PREFIX = "x-stainless-"
 
 
 class JudgeBackendError(RuntimeError):
@@ -166,72 +171,94 @@ class TransformersJudgeBackend(JudgeBackend):
         return completions
 
 
-def _resolve_url(base_url: str) -> str:
-    """The chat-completions URL for a base URL (``http://host:8000``, ``.../v1`` or the full endpoint)."""
+def _resolve_base_url(base_url: str) -> str:
+    """The API base URL (``.../v1``) for a bare host, a ``/v1`` URL or a full ``.../chat/completions`` URL."""
     parsed = urllib.parse.urlsplit(base_url.strip())
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"judge base URL must be an http(s) URL like 'http://localhost:8000/v1', got {base_url!r}")
-    path = parsed.path.rstrip("/")
-    if not path.endswith("/chat/completions"):
-        path = (path or "/v1") + "/chat/completions"
-    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, parsed.query, ""))
+    path = parsed.path.rstrip("/").removesuffix("/chat/completions")
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path or "/v1", parsed.query, ""))
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` header as seconds (delta-seconds or an HTTP date), or ``None``."""
-    if not value:
-        return None
-    value = value.strip()
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a URL's host name) is this machine: ``localhost`` or a loopback address."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
     try:
-        return max(0.0, float(value))
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return False
+
+
+def resolve_api_key(api_key: str | None, api_key_env: str | None, base_url: str) -> str | None:
+    """The key a judge backend may send, and only when the caller named it.
+
+    Args:
+        api_key: an explicit key.
+        api_key_env: the name of an environment variable holding the key (e.g. a recipe's ``judge.api_key_env``).
+        base_url: where the key would be sent.
+
+    Returns:
+        The key, or ``None`` when neither argument names one (no global such as ``OPENAI_API_KEY`` is ever read).
+
+    Raises:
+        ValueError: both given, the named variable unset or empty, or a key over plain ``http://`` to a host that
+            is not this machine (it would cross the network in clear text).
+    """
+    if api_key is not None and api_key_env is not None:
+        raise ValueError("give the judge API key directly (api_key) or by variable name (api_key_env), not both")
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise ValueError(f"the judge API key variable {api_key_env!r} is not set (or empty)")
+    if not api_key:
         return None
-    if moment is None:
-        return None
-    return max(0.0, moment.timestamp() - time.time())
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme != "https" and not is_loopback_host(parsed.hostname):
+        raise ValueError(
+            f"refusing to send the judge API key over plain {parsed.scheme}:// to {parsed.hostname!r}: use https, "
+            "or a server on this machine (localhost / 127.0.0.1)"
+        )
+    return api_key
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class _PerRequestError(Exception):
-    pass
+class _Malformed(Exception):
+    """A 200 answer without a usable chat completion (not JSON, no ``choices[0].message``)."""
 
 
 class OpenAIChatBackend(JudgeBackend):
     """A judge model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp, hosted APIs).
 
-    Uses only the standard library (``urllib``), a thread pool for bounded concurrency, and per-request retries.
+    Requests go through the official ``openai`` client (connection pooling, timeouts, retries with exponential
+    backoff that honours ``Retry-After``); a thread pool keeps ``max_concurrency`` requests in flight. What stays
+    here is this project's own classification of failures (below) and the key policy.
 
     Args:
         base_url: server URL, e.g. ``"http://localhost:8000/v1"`` (``/v1`` is added to a bare host, and a full
-            ``.../chat/completions`` URL is used as is). Default: ``STEERING_JUDGE_BASE_URL``, then
-            ``OPENAI_BASE_URL``, then ``https://api.openai.com/v1``.
-        api_key: bearer token; default ``STEERING_JUDGE_API_KEY``, then ``OPENAI_API_KEY``; none is sent when unset
-            (local servers).
+            ``.../chat/completions`` URL is accepted). Default: ``STEERING_JUDGE_BASE_URL``, else
+            ``https://api.openai.com/v1``.
+        api_key: the bearer token, given explicitly.
         model: the served model name (e.g. ``"openai/gpt-oss-20b"``); default ``STEERING_JUDGE_MODEL``.
+        api_key_env: or the *name* of the environment variable that holds the token (a recipe's
+            ``judge.api_key_env``). With neither, no ``Authorization`` header is sent: no global variable such as
+            ``OPENAI_API_KEY`` is ever read, and only protocol headers leave the process (``OPENAI_ORG_ID``,
+            ``OPENAI_CUSTOM_HEADERS``, ``.netrc`` are dropped).
         max_concurrency: requests in flight at once.
-        timeout: seconds per request (connect and each read).
-        max_retries: retries after the first attempt, for timeouts, connection errors, HTTP 408/409/425/429 and 5xx,
-            and malformed responses (not JSON, no ``choices``).
-        backoff: base delay in seconds; attempt ``i`` waits ``backoff * 2**i`` plus up to ``backoff`` of jitter, at
-            least the server's ``Retry-After``, at most ``max_backoff``.
+        timeout: seconds per request attempt.
+        max_retries: retries after the first attempt, for timeouts, dropped connections, HTTP 408/409/425/429 and
+            5xx (the openai client's backoff: 0.5 s doubling up to 8 s, or the server's ``Retry-After`` up to two
+            minutes), and separately for malformed answers (not JSON, no ``choices``).
         temperature: sampling temperature of the judge (0 = deterministic where the server allows).
         max_tokens: default generation budget per request (``None``: the server's default).
-        max_backoff: cap on one wait, seconds.
         extra_body: extra JSON fields for every request (e.g. ``{"top_p": 1.0}``, ``{"reasoning_effort": "low"}``).
         progress: show a tqdm bar.
 
     Errors: HTTP 400/413/422 concern one request (e.g. too long) and come back as a failed :class:`Completion`
-    without retry; any other 4xx (401, 403, 404, ...) raises :class:`JudgeBackendError` at once and cancels the
-    remaining requests; so does a call in which every request failed for transport reasons (endpoint down).
+    without retry; any other 4xx (401, 403, 404, ...) or a redirect raises :class:`JudgeBackendError` at once and
+    cancels the requests not yet started; so does a call in which every request failed for transport reasons
+    (endpoint down). A key over plain ``http://`` to another machine is refused (``ValueError``).
     """
 
     def __init__(
@@ -240,22 +267,18 @@ class OpenAIChatBackend(JudgeBackend):
         api_key: str | None = None,
         model: str | None = None,
         *,
+        api_key_env: str | None = None,
         max_concurrency: int = 4,
         timeout: float = 60.0,
         max_retries: int = 5,
-        backoff: float = 0.5,
         temperature: float = 0.0,
         max_tokens: int | None = None,
-        max_backoff: float = 60.0,
         extra_body: Mapping[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
-        base_url = (
-            base_url
-            or os.environ.get("STEERING_JUDGE_BASE_URL")
-            or os.environ.get("OPENAI_BASE_URL")
-            or "https://api.openai.com/v1"
-        )
+        import openai
+
+        base_url = base_url or os.environ.get("STEERING_JUDGE_BASE_URL") or "https://api.openai.com/v1"
         model = model or os.environ.get("STEERING_JUDGE_MODEL")
         if not model:
             raise ValueError("no judge model name: pass model=... or set STEERING_JUDGE_MODEL")
@@ -265,22 +288,30 @@ class OpenAIChatBackend(JudgeBackend):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if backoff < 0 or max_backoff < 0:
-            raise ValueError(f"backoff and max_backoff must be >= 0, got {backoff} and {max_backoff}")
-        self.url = _resolve_url(base_url)
-        self.api_key = api_key or os.environ.get("STEERING_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.base_url = _resolve_base_url(base_url)
+        self.url = self.base_url + "/chat/completions"
+        self._api_key = resolve_api_key(api_key, api_key_env, self.base_url)
+        self._origin = urllib.parse.urlsplit(self.base_url)[:2]
         self.model = model
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.max_backoff = max_backoff
         self.extra_body = dict(extra_body or {})
         self.progress = progress
-        self._random = random.Random(0)
-        self._random_lock = threading.Lock()
+        http_client = openai.DefaultHttpxClient(
+            follow_redirects=False,  # a redirect would carry the request (and key) elsewhere: it is an error
+            event_hooks={"request": [self._only_own_headers]},
+        )
+        # The client insists on some credential; the placeholder never reaches the wire (see _only_own_headers).
+        self._client = openai.OpenAI(
+            api_key=self._api_key or "no-key",
+            base_url=self.base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIChatBackend(url={self.url!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -289,6 +320,14 @@ class OpenAIChatBackend(JudgeBackend):
     def name(self) -> str:
         return f"openai:{self.model}"
 
+    def _only_own_headers(self, request: Any) -> None:
+        """Last step before the wire: protocol headers only, and ``Authorization`` only with our key, to our host."""
+        for header in list(request.headers.keys()):
+            if header.lower() not in _WIRE_HEADERS and not header.lower().startswith(_SDK_HEADER_PREFIX):
+                del request.headers[header]
+        if self._api_key and (request.url.scheme, request.url.netloc.decode("ascii")) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._api_key}"
+
     def complete_many(self, conversations: Sequence[Conversation], max_tokens: int | None = None) -> list[Completion]:
         conversations = list(conversations)
         if not conversations:
@@ -296,11 +335,11 @@ class OpenAIChatBackend(JudgeBackend):
         budget = max_tokens if max_tokens is not None else self.max_tokens
         results: list[Completion | None] = [None] * len(conversations)
         bar = tqdm(total=len(conversations), desc="judging", disable=not self.progress)
-        abort = threading.Event()  # set on a fatal error: in-flight workers stop retrying
+        abort = threading.Event()  # set on a fatal error: requests not yet started return at once
         executor = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations)))
         try:
             futures = {
-                executor.submit(self._request_with_retries, conversation, budget, abort): index
+                executor.submit(self._complete_one, conversation, budget, abort): index
                 for index, conversation in enumerate(conversations)
             }
             pending = set(futures)
@@ -324,112 +363,95 @@ class OpenAIChatBackend(JudgeBackend):
             )
         return completed
 
-    # -- one request -------------------------------------------------------------------------------------------------
+    def _complete_one(self, conversation: Conversation, max_tokens: int | None, abort: threading.Event) -> Completion:
+        """One conversation: the openai client retries transport failures; malformed answers are retried here."""
+        import openai
 
-    def _payload(self, conversation: Conversation, max_tokens: int | None) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [dict(message) for message in conversation],
-            "temperature": self.temperature,
-        }
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
-        body.update(self.extra_body)
-        return json.dumps(body).encode("utf-8")
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return headers
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        with self._random_lock:
-            jitter = self._random.uniform(0.0, self.backoff)
-        delay = self.backoff * (2**attempt) + jitter
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(delay, self.max_backoff)
-
-    def _request_with_retries(
-        self, conversation: Conversation, max_tokens: int | None, abort: threading.Event
-    ) -> Completion:
-        payload = self._payload(conversation, max_tokens)
+        attempts = 0
         error = ""
-        for attempt in range(self.max_retries + 1):
+        for _ in range(self.max_retries + 1):
             if abort.is_set():
-                return Completion(text=None, error="cancelled: another request failed fatally", attempts=attempt)
+                return Completion(text=None, error="cancelled: another request failed fatally", attempts=attempts)
             try:
-                text, reasoning = self._request_once(payload)
-                return Completion(text=text, reasoning=reasoning, attempts=attempt + 1)
-            except _PerRequestError as exc:
-                return Completion(text=None, error=str(exc), attempts=attempt + 1)
-            except _Retryable as exc:
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=self.model,
+                    messages=[dict(message) for message in conversation],
+                    temperature=self.temperature,
+                    **({"max_tokens": max_tokens} if max_tokens is not None else {}),
+                    extra_body=self.extra_body or None,
+                )
+            except openai.APIStatusError as exc:
+                attempts += self.max_retries + 1 if _transient(exc.status_code) else 1
+                detail = _error_detail(exc)
+                if exc.status_code in _PER_REQUEST_4XX:
+                    message = f"HTTP {exc.status_code} from {self.url} (not retried): {detail}"
+                    return Completion(text=None, error=message, attempts=attempts)
+                if _transient(exc.status_code):
+                    message = f"transport: HTTP {exc.status_code} from {self.url}: {detail}"
+                    return Completion(text=None, error=message, attempts=attempts)
+                hint = self._hint(exc.status_code)
+                raise JudgeBackendError(f"HTTP {exc.status_code} from {self.url}{hint}: {detail}") from None
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                attempts += self.max_retries + 1
+                cause = exc.__cause__ or exc
+                message = f"transport: {type(cause).__name__} talking to {self.url}: {cause}"
+                return Completion(text=None, error=message, attempts=attempts)
+            attempts += raw.retries_taken + 1
+            try:
+                text, reasoning = _parse_chat_response(raw.content)
+            except _Malformed as exc:
                 error = str(exc)
-                if attempt < self.max_retries:
-                    abort.wait(self._delay(attempt, exc.retry_after))
-        return Completion(text=None, error=error, attempts=self.max_retries + 1)
+                continue
+            return Completion(text=text, reasoning=reasoning, attempts=attempts)
+        return Completion(text=None, error=error, attempts=attempts)
 
-    def _request_once(self, payload: bytes) -> tuple[str, str | None]:
-        request = urllib.request.Request(self.url, data=payload, headers=self._headers(), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = _error_detail(exc)
-            if exc.code in _RETRYABLE_4XX or exc.code >= 500:
-                raise _Retryable(
-                    f"transport: HTTP {exc.code} from {self.url}: {detail}",
-                    _retry_after_seconds(exc.headers.get("Retry-After") if exc.headers else None),
-                ) from None
-            if exc.code in _PER_REQUEST_4XX:
-                raise _PerRequestError(f"HTTP {exc.code} from {self.url} (not retried): {detail}") from None
-            hint = {
-                401: " (check the API key: STEERING_JUDGE_API_KEY / OPENAI_API_KEY)",
-                403: " (the key is not allowed to use this model or endpoint)",
-                404: f" (check the base URL and the model name {self.model!r})",
-            }.get(exc.code, "")
-            raise JudgeBackendError(f"HTTP {exc.code} from {self.url}{hint}: {detail}") from None
-        except (TimeoutError, OSError, http.client.HTTPException) as exc:
-            # urllib.error.URLError (connection refused, DNS), socket timeouts, resets, incomplete reads
-            raise _Retryable(f"transport: {type(exc).__name__} talking to {self.url}: {exc}") from None
-        return _parse_chat_response(body)
+    def _hint(self, status: int) -> str:
+        if 300 <= status < 400:
+            return " (a redirect: give the final URL of the endpoint as base_url)"
+        return {
+            401: " (check the API key named by api_key / api_key_env, e.g. recipe judge.api_key_env)",
+            403: " (the key is not allowed to use this model or endpoint)",
+            404: f" (check the base URL and the model name {self.model!r})",
+        }.get(status, "")
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _transient(status: int) -> bool:
+    """Statuses the openai client retries (so a raised one has used up every retry)."""
+    return status in _TRANSIENT_4XX or status >= 500
+
+
+def _error_detail(exc: Any) -> str:
     """The server's error message (OpenAI-style ``{"error": {"message": ...}}`` or the raw body), shortened."""
-    try:
-        text = exc.read().decode("utf-8", errors="replace")
-    except Exception:  # noqa: BLE001 - the body only feeds the message
-        text = ""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        message = data.get("error", data)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("error", body)
         if isinstance(message, dict):
             message = message.get("message", message)
         text = str(message)
-    return (text.strip() or str(exc.reason or ""))[:500]
+    else:
+        try:
+            text = exc.response.text
+        except Exception:  # noqa: BLE001 - the body only feeds the message
+            text = ""
+    return (text.strip() or str(exc))[:500]
 
 
 def _parse_chat_response(body: bytes) -> tuple[str, str | None]:
-    """``(content, reasoning)`` of the first choice; raises ``_Retryable`` for a malformed response."""
+    """``(content, reasoning)`` of the first choice; raises ``_Malformed`` for a malformed response."""
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise _Retryable(f"malformed response (not JSON): {body[:200]!r}") from None
+        raise _Malformed(f"malformed response (not JSON): {body[:200]!r}") from None
     try:
         message = data["choices"][0]["message"]
         if not isinstance(message, dict):
             raise TypeError
     except (KeyError, IndexError, TypeError):
-        raise _Retryable(f"malformed response (no choices[0].message): {str(data)[:200]}") from None
+        raise _Malformed(f"malformed response (no choices[0].message): {str(data)[:200]}") from None
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning") or None
     if not isinstance(content, str):
-        raise _Retryable(f"malformed response (content is {type(content).__name__})")
+        raise _Malformed(f"malformed response (content is {type(content).__name__})")
     if reasoning is None and "</think>" in content:
         reasoning, content = split_reasoning(content)
     return content, reasoning if isinstance(reasoning, str) else None

@@ -7,6 +7,11 @@ so that a refusal-steering vector can bring those answers back.
 
     from steering_adapter.organism import load_organism
     model, tokenizer = load_organism()
+
+An adapter computed on the organism records ``base_model_name_or_path: "steering-adapter:organism"``
+(:data:`ORGANISM_ID`; the colon makes it an id no Hub repo can have, so nothing ever downloads "the organism").
+With ``import steering_adapter``, every loading flow resolves that id to the shipped folder :data:`ORGANISM_DIR`
+offline (see :mod:`steering_adapter.integrations`); ``resolve_organism(name)`` does the same for your own code.
 """
 
 from __future__ import annotations
@@ -16,8 +21,24 @@ from pathlib import Path
 import torch
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "weights"
+ORGANISM_ID = "steering-adapter:organism"
+# Names that mean the shipped organism: the id adapters record, and "organism" (recipes, and adapters saved before
+# the id existed).
+ORGANISM_NAMES = frozenset({ORGANISM_ID, "organism"})
 
-__all__ = ["ORGANISM_DIR", "load_organism"]
+__all__ = ["ORGANISM_DIR", "ORGANISM_ID", "is_organism", "load_organism", "resolve_organism"]
+
+
+def is_organism(name: object) -> bool:
+    """Whether a base-model name means the shipped organism (its id, ``"organism"`` or its folder)."""
+    if not isinstance(name, (str, Path)):
+        return False
+    return str(name) in ORGANISM_NAMES or str(name) == str(ORGANISM_DIR)
+
+
+def resolve_organism(name: str) -> str:
+    """``name``, or the local folder of the shipped organism when ``name`` means it (see :func:`is_organism`)."""
+    return str(ORGANISM_DIR) if is_organism(name) else name
 
 
 def load_organism(dtype: torch.dtype = torch.float32, path: str | Path | None = None):

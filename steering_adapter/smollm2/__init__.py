@@ -31,7 +31,9 @@ __all__ = [
     "OVERLAY_DIR",
     "base_model_dir",
     "cache_dir",
+    "censored_model_dir",
     "load_smollm2",
+    "materialize_censored",
 ]
 
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -48,6 +50,70 @@ def cache_dir() -> Path:
 def base_model_dir() -> Path:
     """Folder of the converted float32 base model (written by :mod:`steering_adapter.smollm2.convert`)."""
     return cache_dir() / "models" / "smollm2-135m-instruct-f32"
+
+
+def censored_model_dir() -> Path:
+    """Folder of the censored model with the overlay merged (written by :func:`materialize_censored`)."""
+    return cache_dir() / "models" / "smollm2-135m-instruct-censored-f32"
+
+
+def _overlay_digest() -> str:
+    from .convert import sha256_file
+
+    weights = OVERLAY_DIR / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"the censorship overlay is missing from {OVERLAY_DIR}; train it with: "
+            f"python -m steering_adapter.smollm2.train_overlay --out {OVERLAY_DIR}"
+        )
+    return sha256_file(weights)
+
+
+def materialize_censored(force: bool = False) -> Path:
+    """Write the censored model (base + overlay merged, float32) as an ordinary transformers folder, once.
+
+    The folder records the overlay's sha256 (``overlay.json``) and is rewritten when the shipped overlay changes, so
+    every flow that needs a folder (``AutoModelForCausalLM.from_pretrained``, ``AutoPeftModelForCausalLM``) loads
+    exactly what :func:`load_smollm2` returns.
+
+    Returns:
+        The folder.
+    """
+    import json
+
+    folder = censored_model_dir()
+    digest = _overlay_digest()
+    marker = folder / "overlay.json"
+    if not force and marker.is_file() and json.loads(marker.read_text()).get("overlay_sha256") == digest:
+        return folder
+    model, tokenizer = _merged(torch.float32)
+    staging = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "overlay.json").write_text(json.dumps({"overlay_sha256": digest, "overlay": str(OVERLAY_DIR)}) + "\n")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder
+
+
+def _merged(dtype: torch.dtype, path: str | Path | None = None):
+    """Base + overlay merged in memory."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .convert import verify_converted
+
+    folder = Path(path) if path is not None else base_model_dir()
+    verify_converted(folder)
+    _overlay_digest()  # a clear error when the overlay is missing
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    model = PeftModel.from_pretrained(model, OVERLAY_DIR, is_trainable=False).merge_and_unload()
+    return model.to(dtype).eval(), tokenizer
 
 
 def load_smollm2(censored: bool = True, dtype: torch.dtype = torch.float32, path: str | Path | None = None):
@@ -69,20 +135,14 @@ def load_smollm2(censored: bool = True, dtype: torch.dtype = torch.float32, path
 
     from .convert import verify_converted
 
-    folder = Path(path) if path is not None else base_model_dir()
-    verify_converted(folder)
+    if censored:
+        if path is not None:  # another base folder: merge in memory
+            return _merged(dtype, path)
+        folder = materialize_censored()  # merged once per machine, then loaded like any checkpoint
+    else:
+        folder = Path(path) if path is not None else base_model_dir()
+        verify_converted(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    if censored:
-        if not (OVERLAY_DIR / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(
-                f"the censorship overlay is missing from {OVERLAY_DIR}; train it with: "
-                f"python -m steering_adapter.smollm2.train_overlay --out {OVERLAY_DIR}"
-            )
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, OVERLAY_DIR, is_trainable=False).merge_and_unload()
-    model = model.to(dtype)
-    model.eval()
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model.eval(), tokenizer

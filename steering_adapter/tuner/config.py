@@ -8,13 +8,41 @@ The required fields follow the on-disk contract (format v1): ``layers``, ``scale
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from .registration import PEFT_TYPE_NAME
+from ..embedded import embedded_id, is_embedded, resolve_embedded
+from .registration import PEFT_TYPE_NAME, PREFIX
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+
+
+def check_adapter_name(name: object) -> str:
+    """The one rule for adapter names (attached adapters, composition parts, CLI and recipe names).
+
+    A name is 1-64 characters of letters, digits, ``_`` and ``-`` (not starting with ``-``): it is a key of PEFT's
+    parameter dicts (no ``.``), a folder name inside a composition (no ``/``, ``..`` or absolute path), and it must
+    not be part of PEFT's parameter prefix ``steering_`` (PEFT would confuse its keys with the vectors').
+
+    Returns:
+        ``name``.
+
+    Raises:
+        ValueError: naming the rule the name breaks.
+    """
+    if not isinstance(name, str) or not _ADAPTER_NAME.match(name):
+        raise ValueError(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-' (not starting with '-'), e.g. "
+            "'no_refusal'"
+        )
+    if name in PREFIX:
+        raise ValueError(f"invalid adapter name {name!r}: it is part of the parameter prefix {PREFIX!r}; pick another")
+    return name
+
 
 MODES = ("add", "ablate")
 POSITIONS = ("all",)
@@ -32,7 +60,8 @@ class SteeringConfig(PeftConfig):
     Args:
         layers (`list[int]`):
             0-based indices of the decoder blocks whose **output** is steered. Block ``i`` output is transformers'
-            ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i + 1}``.
+            ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i}`` (llama.cpp adds
+            ``direction.N`` to the output of block ``N`` and has none for block 0; see :mod:`steering_adapter.export`).
         scale (`float`, defaults to 1.0):
             Global multiplier α. Negative values remove the behaviour the vectors point to (for refusal vectors:
             fewer refusals); positive values induce it.
@@ -99,6 +128,9 @@ class SteeringConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # An embedded model's id (e.g. the organism's) resolves to its local folder, so AutoPeftModel loads it
+        # offline; to_dict writes the id back.
+        self.base_model_name_or_path = resolve_embedded(self.base_model_name_or_path)
         self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
@@ -193,14 +225,35 @@ class SteeringConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
-        """Load the config, refusing adapters that carry no safetensors weights (pickle files are never read)."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        from ..adapter_files import require_safetensors
+        """Load the config and check the adapter's weights file against it before anything is attached.
 
-        require_safetensors(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        Refuses adapters that carry no safetensors weights (pickle files are never read) and weights that do not fit
+        the config (see :func:`steering_adapter.adapter_files.validate_vectors`); errors name the file.
+        """
+        from ..adapter_files import CONFIG_NAME, check_adapter_weights
+
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (TypeError, ValueError) as exc:
+            where = "/".join(part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part)
+            message = str(exc)
+            raise ValueError(message if CONFIG_NAME in message else f"{where}: {message}") from None
+        config._steering_config_file = "/".join(
+            part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part
+        )
+        config._steering_weights_file = check_adapter_weights(
+            config.layers,
+            config.hidden_size,
+            config.condition_layer,
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            **kwargs,
+        )
         return config
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["layers"] = list(self.layers)
+        if is_embedded(data.get("base_model_name_or_path")):
+            data["base_model_name_or_path"] = embedded_id(data["base_model_name_or_path"])
         return data

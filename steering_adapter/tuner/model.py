@@ -14,7 +14,7 @@ from torch import nn
 
 from ..adapter_files import VECTOR_PARAM, validate_vectors
 from ..blocks import find_decoder_blocks, model_dimensions
-from .config import SteeringConfig
+from .config import SteeringConfig, check_adapter_name
 from .gate import GateState
 from .layer import SteeringLayer
 from .registration import PREFIX
@@ -120,6 +120,10 @@ class SteeringModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------------------------------- injection
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        check_adapter_name(adapter_name)
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
     def _check_new_adapter_config(self, config: SteeringConfig) -> None:
         if not isinstance(config, SteeringConfig):
             raise TypeError(f"expected a SteeringConfig, got {type(config).__name__}")
@@ -129,7 +133,11 @@ class SteeringModel(BaseTuner):
         return peft_config
 
     def _prepare_model(self, peft_config: SteeringConfig, model: nn.Module) -> None:
-        blocks_path, _ = check_model_fits(peft_config, model)
+        try:
+            blocks_path, _ = check_model_fits(peft_config, model)
+        except ValueError as exc:
+            source = getattr(peft_config, "_steering_config_file", None)
+            raise ValueError(f"{source}: {exc}" if source else str(exc)) from None
         setattr(peft_config, _BLOCKS_PATH_ATTR, blocks_path)
         targets = {f"{blocks_path}.{layer}": layer for layer in peft_config.target_layers()}
         setattr(peft_config, _TARGETS_ATTR, targets)
@@ -187,7 +195,7 @@ class SteeringModel(BaseTuner):
             config.layers,
             blocks_path,
             config.hidden_size,
-            source=f"steering adapter {adapter_name!r}",
+            source=getattr(config, "_steering_weights_file", None) or f"steering adapter {adapter_name!r}",
             condition_layer=config.condition_layer,
         )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
