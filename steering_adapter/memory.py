@@ -103,19 +103,23 @@ class MemoryEstimate:
 
     def table(self) -> str:
         """The estimate as a Markdown table."""
-        lines = ["| stage | where | GiB | formula |", "|---|---|---|---|"]
+        lines = ["| stage | where | size | formula |", "|---|---|---|---|"]
         for s in self.stages:
-            lines.append(f"| {s.stage} | {s.where} | {_gib(s.nbytes)} | {s.formula} |")
+            lines.append(f"| {s.stage} | {s.where} | {_size(s.nbytes)} | {s.formula} |")
         for where in (HOST, DEVICE):
             if any(s.where == where for s in self.stages):
                 lines.append(
-                    f"| **peak per process** | {where} | **{_gib(self.peak(where))}** | resident + largest stage |"
+                    f"| **peak per process** | {where} | **{_size(self.peak(where))}** | resident + largest stage |"
                 )
         return "\n".join(lines)
 
 
 def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f}"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _count(params: int) -> str:

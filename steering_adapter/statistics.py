@@ -815,6 +815,6 @@ def _add_outer_products(
             target[start : start + rows].add_(block)
     c = shift.to(torch.float64)
     s_centred = s - total * c  # Σw·(x − c) in float64
-    for target in targets:  # Σw·xxᵀ = Σw·(x−c)(x−c)ᵀ + c·sᵀ + s_c·cᵀ
-        target.addr_(c, s)
-        target.addr_(s_centred, c)
+    left, right = torch.stack([c, s_centred], dim=1), torch.stack([s, c])  # [d, 2], [2, d]
+    for target in targets:  # Σw·xxᵀ = Σw·(x−c)(x−c)ᵀ + c·sᵀ + s_c·cᵀ: one rank-2 float64 update
+        target.addmm_(left, right)

@@ -37,8 +37,14 @@ SMALL = [
     "prompts.max_eval_per_set=4",
     "selection.max_prompts_per_set=4",
     "selection.layer_counts=[2]",
-    "selection.alphas=[-6]",
+    "selection.alphas=[-1]",
     "selection.refine_steps=0",
+    # the mechanics, not the organism's trade-offs, are under test: the one sweep point is always feasible
+    "selection.delta=100",
+    "selection.kl_budget=null",
+    "selection.max_perplexity_ratio=null",
+    "selection.min_relevance=null",
+    "selection.max_repetition=null",
     "gating.mode=off",
     "relevance=false",
 ]
@@ -132,7 +138,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert (summary["layers"], summary["alpha"]) == (reference_summary["layers"], reference_summary["alpha"])
     for name, entry in reference_summary["report"]["sets"].items():
         for condition in ("base", "steered"):
-            assert summary["report"]["sets"][name][condition]["refusal_rate"] == entry[condition]["refusal_rate"]
+            mine = summary["report"]["sets"][name][condition]
+            assert (mine["n"], mine["refusal_pct"]) == (entry[condition]["n"], entry[condition]["refusal_pct"])
+            assert mine["mean_score"] == pytest.approx(entry[condition]["mean_score"], abs=1e-12)
     diagnostics = json.loads((run / "diagnostics" / "diagnostics.json").read_text())
     assert (
         diagnostics["best_layers"]
@@ -141,10 +149,11 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 def test_the_same_recipe_runs_on_two_processes(tmp_path, single_run):
-    out = tmp_path / "run"
-    check(torchrun(*run_command(out)[1:]))  # torchrun -m steering_adapter.cli run ...
+    out, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    check(torchrun(*run_command(out)), TMPDIR=str(scratch))  # torchrun -m steering_adapter.cli run ...
     assert_same_run(out, single_run)
-    assert not any(out.parent.glob("steering-adapter-rank*")), "rank 1 wrote into the run's folder"
+    assert not any(scratch.glob("steering-adapter-rank*")), "rank 1's scratch folder was not removed"
 
 
 def worker_pids(marker: str, rank: str) -> list[int]:
@@ -169,7 +178,7 @@ def worker_pids(marker: str, rank: str) -> list[int]:
 def test_a_killed_rank_fails_the_run_loudly_and_a_rerun_resumes(tmp_path, single_run):
     out = tmp_path / "run"
     marker = uuid.uuid4().hex
-    command = torchrun(*run_command(out)[1:])
+    command = torchrun(*run_command(out))
     process = subprocess.Popen(
         command,
         cwd=ROOT,

@@ -50,10 +50,14 @@ def test_nbytes_is_the_documented_formula(second_moments, k):
     assert stats.nbytes == statistics_nbytes(3, 24, second_moments)
 
 
-def test_the_readme_example_numbers():
-    assert statistics_nbytes(80, 8192, "compliance") / 2**30 == pytest.approx(40.0, abs=0.01)
-    assert statistics_nbytes(16, 8192, "compliance") / 2**30 == pytest.approx(8.0, abs=0.01)
-    assert statistics_nbytes(80, 8192, "none") / 2**20 == pytest.approx(10.0)
+@pytest.mark.parametrize(
+    "d,blocks,all_rmd_gib,band_rmd_gib,all_md_mib",
+    [(4096, 36, 4.5, 2.0, 2.3), (8192, 80, 40.0, 8.0, 10.0), (2048, 48, 1.5, 0.5, 1.5)],
+)
+def test_the_readme_example_numbers(d, blocks, all_rmd_gib, band_rmd_gib, all_md_mib):
+    assert statistics_nbytes(blocks, d, "compliance") / 2**30 == pytest.approx(all_rmd_gib, abs=0.01)
+    assert statistics_nbytes(16, d, "compliance") / 2**30 == pytest.approx(band_rmd_gib, abs=0.01)
+    assert statistics_nbytes(blocks, d, "none") / 2**20 == pytest.approx(all_md_mib, abs=0.05)
 
 
 # ----------------------------------------------------------------------------------------- float32 batches
