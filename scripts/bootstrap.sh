@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Set up (or refresh) .venv with the tested dependency pins. Safe to re-run; does nothing slow when up to date.
+#   bash scripts/bootstrap.sh          the main environment, .venv
+#   bash scripts/bootstrap.sh --vllm   the vLLM environment, .venv-vllm (see "vLLM" in README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+case "${1:-}" in
+    "") ;;
+    --vllm) exec bash scripts/bootstrap_vllm.sh ;;
+    *) echo "bootstrap.sh: unknown option '$1' (use no option or --vllm)" >&2; exit 2 ;;
+esac
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -50,7 +50,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def hub_base_model(name: str | None) -> str | None:
-    """``name`` when it is a Hub model id the card can link as ``base_model``, else ``None`` (embedded models, folders)."""
+    """``name`` if it is a Hub model id the card can link as ``base_model``; ``None`` for embedded models, folders."""
     if not name or is_embedded(name) or os.path.isabs(name) or os.path.exists(name):
         return None
     try:

@@ -209,6 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append((["output", "dir"], args.out))
+    if args.backend:
+        overrides.append((["sampling", "backend"], args.backend))
     recipe = _recipe_with_overrides(args.recipe, overrides)
     check_sources(recipe)
     distributed.init_from_environment(recipe.model.device)  # under torchrun: join the other processes
@@ -265,9 +267,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         + (f"; KL on {len(kl)} neutral prompts" if kl else ""),
         flush=True,
     )
-    model, tokenizer = _load_model_and_adapters(
-        args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None, _placement(args)
-    )
+    backend = args.backend or (sampling.backend if sampling is not None else "transformers")
+    if backend == "vllm":
+        import dataclasses
+
+        from .vllm.sampler import VllmSampler
+
+        spec = base_model_spec(args.model, [args.adapter])
+        if recipe is not None:
+            spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
+        spec = dataclasses.replace(spec, **_placement(args))
+        engine = dict(sampling.engine_args or {}) if sampling is not None else {}
+        model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}], **engine)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer = _load_model_and_adapters(
+            args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None, _placement(args)
+        )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
         from .relevance import RelevanceScorer
@@ -294,6 +310,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=seed,
         system_prompt=recipe.model.system_prompt if recipe is not None else None,
     )
+    if backend == "vllm":
+        model.close()
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
@@ -463,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not stop before loading the model when the memory estimate exceeds the free memory",
     )
+    run.add_argument(
+        "--backend", choices=["transformers", "vllm"], help="sampling backend (overrides sampling.backend)"
+    )
     run.set_defaults(func=cmd_run)
 
     memory = sub.add_parser(
@@ -521,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-relevance", action="store_true", help="skip answer relevance")
     ev.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        help="sampling backend: the transformers model (default, or the recipe's) or a vLLM engine with the adapter",
+    )
     _add_placement_options(ev)
     ev.set_defaults(func=cmd_eval)
 

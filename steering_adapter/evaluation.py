@@ -23,14 +23,13 @@ from typing import Any
 
 from torch import nn
 
-from .capability import NextTokenKL, perplexity
-from .generation import Answer, answer_logprobs
+from .generation import Answer
 from .judges.base import Judge
 from .quality import repetition_rate, summarize_quality
 from .records import JsonlLog, atomic_write_json, atomic_write_text
+from .samplers import Sampler, as_sampler
 from .scoring import plot_histogram, summarize
 from .scoring_run import ANSWERS_FILE, score_prompts
-from .tuner.model import steering_disabled
 
 ROLES = ("target", "harmful", "benign", "other")
 CONDITIONS = ("base", "steered")
@@ -207,14 +206,15 @@ def answer_texts(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[s
 
 
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     sets: Sequence[EvalSet],
     judge: Judge,
     out_dir: str | os.PathLike,
     *,
     conditions: Sequence[str] = CONDITIONS,
-    kl_prompts: Sequence[str] | NextTokenKL | None = None,
+    kl_prompts: Sequence[str] | None = None,
+    kl_tokens: int | None = 16,
     perplexity_texts: Sequence[str] | None = None,
     relevance: Any | None = None,
     quality: bool = True,
@@ -227,15 +227,18 @@ def evaluate(
     """Score every set with steering off (``base``) and on (``steered``) and write the report.
 
     Args:
-        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``).
+        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``), or a
+            sampling backend with its adapters (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one).
         tokenizer: its tokenizer.
         sets: the prompt sets with their roles.
         judge: the refusal judge.
         out_dir: run folder: ``<condition>/<set>/`` hold the resumable records, ``report.json``, ``report.md`` and
             PNG plots go at the top.
         conditions: which of ``("base", "steered")`` to run.
-        kl_prompts: neutral prompts for the KL divergence, or a :class:`~steering_adapter.capability.NextTokenKL`
-            whose cached base side is reused (skipped when ``None``).
+        kl_prompts: neutral prompts for the KL divergence (skipped when ``None``); the transformers backend keeps
+            their base distributions, so repeated evaluations of one sampler compute them once.
+        kl_tokens: positions per KL prompt (the last ones; ``None``: all), see
+            :class:`~steering_adapter.capability.NextTokenKL`.
         perplexity_texts: reference texts for perplexity (skipped when ``None``).
         relevance: a :class:`~steering_adapter.relevance.RelevanceScorer` (skipped when ``None``).
         quality: also measure repetition and the answers' perplexity under the base model (one teacher-forced pass
@@ -258,15 +261,16 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names must be unique, got {names}")
     out = Path(out_dir)
+    sampler = as_sampler(model, tokenizer)
     report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}
         texts: dict[str, list[str]] = {}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
-            with _condition(model, condition):
+            with _condition(sampler, condition):
                 scores = score_prompts(
-                    model,
+                    sampler,
                     tokenizer,
                     eval_set.prompts,
                     judge,
@@ -291,7 +295,7 @@ def evaluate(
                 if condition == "base":  # sampled from the base model: its own log-probabilities
                     base_logprobs = [a.mean_logprob for a in flat]
                 else:
-                    base_logprobs = _base_logprobs(model, tokenizer, scores, answers, log_dir, batch_size, sampling)
+                    base_logprobs = _base_logprobs(sampler, scores, answers, log_dir, batch_size, sampling)
                 summary.update(
                     summarize_quality(
                         relevance_per_prompt, [repetition_rate(a.token_ids) for a in flat], base_logprobs
@@ -312,22 +316,22 @@ def evaluate(
                 )[:samples]
             ]
     if kl_prompts is not None:
-        kl = kl_prompts
-        if not isinstance(kl, NextTokenKL):
-            kl = NextTokenKL(
-                tokenizer,
+        report.kl = {
+            **sampler.next_token_kl(
                 list(kl_prompts),
                 batch_size=batch_size,
-                system_prompt=sampling.get("system_prompt"),
                 progress=progress,
-            )
-        report.kl = kl.measure(model)
+                max_tokens=kl_tokens,
+                system_prompt=sampling.get("system_prompt"),
+            ),
+            "n_prompts": len(kl_prompts),
+        }
     if perplexity_texts is not None:
         report.perplexity = {}
         for condition in conditions:
-            with _condition(model, condition):
-                report.perplexity[condition] = perplexity(
-                    model, tokenizer, list(perplexity_texts), batch_size=batch_size, progress=progress
+            with _condition(sampler, condition):
+                report.perplexity[condition] = sampler.perplexity(
+                    list(perplexity_texts), batch_size=batch_size, progress=progress
                 )
     if plots:
         plot_refusal_rates(report, out / "refusal_rates.png")
@@ -340,8 +344,7 @@ BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
 
 
 def _base_logprobs(
-    model: nn.Module,
-    tokenizer: Any,
+    sampler: Sampler,
     scores: Sequence[Any],
     answers: Sequence[Sequence[Answer]],
     log_dir: Path,
@@ -359,10 +362,8 @@ def _base_logprobs(
     if todo:
         prompts = [s.prompt for s, group in todo for _ in group]
         token_ids = [a.token_ids for _, group in todo for a in group]
-        with steering_disabled(model):
-            values = answer_logprobs(
-                model,
-                tokenizer,
+        with sampler.steering_disabled():
+            values = sampler.answer_logprobs(
                 prompts,
                 token_ids,
                 system_prompt=sampling.get("system_prompt"),
@@ -376,9 +377,9 @@ def _base_logprobs(
     return [math.nan if v is None else v for s in scores for v in done[s.key]]
 
 
-def _condition(model: nn.Module, condition: str) -> contextlib.AbstractContextManager:
+def _condition(sampler: Sampler, condition: str) -> contextlib.AbstractContextManager:
     """Steering switched off for ``"base"``; left as it is for ``"steered"``."""
-    return steering_disabled(model) if condition == "base" else contextlib.nullcontext()
+    return sampler.steering_disabled() if condition == "base" else contextlib.nullcontext()
 
 
 def plot_refusal_rates(report: EvaluationReport, path: str | os.PathLike) -> str:

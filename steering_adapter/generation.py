@@ -52,6 +52,8 @@ __all__ = [
     "PromptSamples",
     "StepLogprobs",
     "answer_logprobs",
+    "answer_from_tokens",
+    "check_sampling_arguments",
     "THINK_END",
     "format_chat",
     "user_conversation",
@@ -470,6 +472,80 @@ def answer_logprobs(
     return results
 
 
+def check_sampling_arguments(
+    prompts: Sequence[str],
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    prompt_ids: Sequence[str] | None,
+) -> list[str]:
+    """Validate the arguments of :func:`sample_answers` (shared by every sampling backend); return the prompts.
+
+    Raises:
+        ValueError: as documented in :func:`sample_answers`.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt")
+    bad = [i for i, prompt in enumerate(prompts) if not isinstance(prompt, str) or not prompt.strip()]
+    if bad:
+        raise ValueError(f"prompts must be non-empty strings; bad entries at positions {bad[:10]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_ids is not None and len(prompt_ids) != len(prompts):
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
+    if temperature == 0 and k > 1:
+        warnings.warn(f"temperature=0 is greedy: the k={k} answers of each prompt will be identical", stacklevel=3)
+    return prompts
+
+
+def answer_from_tokens(
+    tokenizer: Any,
+    ids: Sequence[int],
+    token_logprobs: torch.Tensor | Sequence[float],
+    finished: bool,
+    think_end: str | None = THINK_END,
+    thinking: bool | None = None,
+) -> Answer:
+    """The :class:`Answer` of one generated token sequence, whatever generated it.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        ids: the generated token ids, up to and including the eos token when ``finished``.
+        token_logprobs: ``[len(ids)]`` log-probability of each generated token under the model.
+        finished: whether generation stopped on an eos token (the last of ``ids``).
+        think_end: end-of-reasoning marker (see :func:`sample_answers`).
+        thinking: reasoning handling (see :func:`sample_answers`).
+
+    Returns:
+        The answer: text and reasoning split at ``think_end``, ``mean_logprob`` over the answer tokens (eos included,
+        reasoning excluded).
+    """
+    ids = list(ids)
+    content = ids[:-1] if finished else ids
+    reasoning, text, first = _split_tokens(tokenizer, content, think_end, thinking)
+    segment = slice(len(ids), len(ids)) if first is None else slice(first, len(ids))
+    logprobs = torch.as_tensor(token_logprobs, dtype=torch.float32)[segment]
+    return Answer(
+        text=text,
+        reasoning=reasoning,
+        mean_logprob=float(logprobs.mean()) if len(logprobs) else float("nan"),
+        num_tokens=len(logprobs),
+        finished=finished,
+        token_ids=ids[segment],
+    )
+
+
 def sample_answers(
     model: nn.Module,
     tokenizer: Any,
@@ -523,27 +599,8 @@ def sample_answers(
         ValueError: empty or non-string prompts, ``k < 1``, ``temperature < 0``, ``top_p`` outside ``(0, 1]``,
             ``batch_size < 1``, ``max_new_tokens < 1``, ``prompt_ids`` of the wrong length.
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt")
-    bad = [i for i, prompt in enumerate(prompts) if not isinstance(prompt, str) or not prompt.strip()]
-    if bad:
-        raise ValueError(f"prompts must be non-empty strings; bad entries at positions {bad[:10]}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if prompt_ids is not None and len(prompt_ids) != len(prompts):
-        raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
+    prompts = check_sampling_arguments(prompts, k, max_new_tokens, temperature, top_p, batch_size, prompt_ids)
     greedy = temperature == 0
-    if greedy and k > 1:
-        warnings.warn(f"temperature=0 is greedy: the k={k} answers of each prompt will be identical", stacklevel=2)
 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
@@ -593,19 +650,8 @@ def sample_answers(
                 answers = []
                 for row in range(offset * rows_per_prompt, (offset + 1) * rows_per_prompt):
                     ids = generated[row, : lengths[row]].tolist()
-                    content = ids[:-1] if finished[row] else ids
-                    reasoning, text, first = _split_tokens(tokenizer, content, think_end, thinking)
-                    segment = slice(len(ids), len(ids)) if first is None else slice(first, len(ids))
-                    logprobs = token_logprobs[row][segment]
                     answers.append(
-                        Answer(
-                            text=text,
-                            reasoning=reasoning,
-                            mean_logprob=float(logprobs.mean()) if len(logprobs) else float("nan"),
-                            num_tokens=len(logprobs),
-                            finished=finished[row],
-                            token_ids=ids[segment],
-                        )
+                        answer_from_tokens(tokenizer, ids, token_logprobs[row], finished[row], think_end, thinking)
                     )
                 if greedy:
                     answers = [answers[0]] + [Answer(**asdict(answers[0])) for _ in range(k - 1)]

@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from . import distributed
 from .activations import ActivationCollector
 from .builder import adapter_from_vectors, save_adapter
-from .capability import NextTokenKL
 from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
 from .diagnostics import diagnose_from_model
@@ -35,8 +34,9 @@ from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, eval
 from .judges.base import Judge
 from .recipes import JudgeSpec, ModelSpec, Recipe
 from .records import atomic_write_json, atomic_write_text
+from .samplers import Sampler, TransformersSampler
 from .scoring_run import score_prompts
-from .selection import SelectionObjective, SweepResult, default_alphas, sweep_layers_and_scale
+from .selection import SweepResult, default_alphas, sweep_layers_and_scale
 
 ORGANISM_PREFIX = "organism:"
 # ModelSpec.device values that mean "dispatch the blocks over the visible devices" (transformers' device_map)
@@ -86,6 +86,15 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sampler:
+    """The backend that samples the judged answers: the loaded model, or a vLLM engine on the same model."""
+    if recipe.sampling.backend == "vllm":
+        from .vllm.sampler import VllmSampler
+
+        return VllmSampler.from_model_spec(recipe.model, **(recipe.sampling.engine_args or {}))
+    return TransformersSampler(model, tokenizer)
 
 
 def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
@@ -232,8 +241,10 @@ def estimate_directions(
     progress: bool,
     log: Callable[[str], None],
     times: StageTimes | None = None,
+    sampler: Sampler | None = None,
 ) -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]]:
-    """Score the training prompts, collect activations, fit one direction per layer and diagnose them.
+    """Score the training prompts (answers from ``sampler``, default the model), collect activations, fit one
+    direction per layer and diagnose them.
 
     Returns:
         ``(directions, layer ranking, provenance)``; cached in ``out/directions`` for reruns.
@@ -262,7 +273,7 @@ def estimate_directions(
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
     with times("score training prompts"):
         scores = score_prompts(
-            model,
+            sampler or model,
             tokenizer,
             prompts,
             judge,
@@ -439,22 +450,37 @@ def run_recipe(
 
             relevance = RelevanceScorer()
 
-    directions, ranking, provenance = estimate_directions(model, tokenizer, recipe, judge, out, progress, log, times)
+    sampler = build_sampler(recipe, model, tokenizer)
+    try:
+        return _run_stages(recipe, model, tokenizer, sampler, judge, relevance, out, started, times, progress, log)
+    finally:
+        close = getattr(sampler, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_stages(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sampler: Sampler,
+    judge: Judge,
+    relevance: Any,
+    out: Path,
+    started: float,
+    times: StageTimes,
+    progress: bool,
+    log: Callable[[str], None],
+) -> RunResult:
+    directions, ranking, provenance = estimate_directions(
+        model, tokenizer, recipe, judge, out, progress, log, times, sampler=sampler
+    )
     with times("fit condition"):
         condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
 
     sel = recipe.selection
     kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
-    objective = SelectionObjective(
-        goal=sel.goal,
-        delta=sel.delta,
-        kl_budget=sel.kl_budget,
-        min_relevance=sel.min_relevance,
-        relevance_ratio=sel.relevance_ratio,
-        max_repetition=sel.max_repetition,
-        max_perplexity_ratio=sel.max_perplexity_ratio,
-        near_tie=sel.near_tie,
-    )
+    objective = sel.objective()
     alphas = sel.alphas if sel.alphas is not None else list(default_alphas(sel.goal))
     log(
         f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"
@@ -466,7 +492,7 @@ def run_recipe(
         gate_key = (_tensor_digest({"condition": condition.direction}), condition.config_fields())
     with times("select layers and α"):
         sweep = sweep_layers_and_scale(
-            model,
+            sampler,
             tokenizer,
             directions,
             ranking,
@@ -532,18 +558,12 @@ def run_recipe(
         judge.name,
         recipe.relevance,
     )
-    kl = None
-    if kl_test is not None:
-        kl = NextTokenKL(
-            tokenizer,
-            kl_test,
-            max_tokens=sel.kl_tokens,
-            batch_size=recipe.sampling.batch_size,
-            system_prompt=recipe.model.system_prompt,
-            progress=progress,
-        )
     evaluation_args = dict(
-        kl_prompts=kl, relevance=relevance, batch_size=recipe.sampling.batch_size, progress=progress
+        kl_prompts=kl_test,
+        kl_tokens=sel.kl_tokens,
+        relevance=relevance,
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
     )
     ungated_report = None
     gate_fields: dict[str, Any] = {}
@@ -552,10 +572,11 @@ def run_recipe(
         metadata["condition"] = condition.metadata()
         # the same vectors, blocks and scale without the gate: what the gate saves the other prompt sets from
         log("[evaluate] the chosen vector without its gate, on the test half")
-        ungated_model = adapter_from_vectors(model, vectors, scale=choice.alpha)
+        sampler.add_adapter("ungated", vectors, scale=choice.alpha)
+        sampler.activate("ungated")
         with times("evaluate ungated"):
             ungated_report = evaluate(
-                ungated_model,
+                sampler,
                 tokenizer,
                 test_sets,
                 judge,
@@ -565,7 +586,7 @@ def run_recipe(
                 **evaluation_args,
                 **_sampling(recipe),
             )
-        ungated_model.unload()
+        sampler.remove_adapters()
     peft_model = adapter_from_vectors(
         model,
         vectors,
@@ -579,9 +600,15 @@ def run_recipe(
     config.revision = recipe.model.revision
 
     log("[evaluate] before/after on the test half")
+    measured: torch.nn.Module | Sampler = peft_model
+    if not isinstance(sampler, TransformersSampler):  # the same adapter in the sampling engine
+        gate = {key: value for key, value in gate_fields.items() if key != "condition"}
+        sampler.add_adapter("chosen", vectors, scale=choice.alpha, condition=gate_fields.get("condition"), **gate)
+        sampler.activate("chosen")
+        measured = sampler
     with times("evaluate"):
         report = evaluate(
-            peft_model,
+            measured,
             tokenizer,
             test_sets,
             judge,

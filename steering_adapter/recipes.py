@@ -104,7 +104,14 @@ class JudgeSpec:
 
 @dataclass
 class SamplingSpec:
-    """Answer sampling for judging (authors: K = 5, temperature 1.0)."""
+    """Answer sampling for judging (authors: K = 5, temperature 1.0).
+
+    Attributes:
+        backend: ``"transformers"`` (the loaded model) or ``"vllm"`` (a vLLM engine on the same model samples the
+            judged answers of scoring, selection and evaluation; activations still come from the loaded model).
+        engine_args: extra ``vllm.LLM`` arguments for the ``vllm`` backend (``tensor_parallel_size``,
+            ``gpu_memory_utilization``, ``max_model_len``, ...).
+    """
 
     k: int = 5
     max_new_tokens: int = 128
@@ -112,6 +119,8 @@ class SamplingSpec:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 8
+    backend: Literal["transformers", "vllm"] = "transformers"
+    engine_args: Any = None
 
 
 @dataclass
@@ -148,7 +157,8 @@ class SelectionSpec:
     Attributes:
         goal: ``"remove"`` or ``"induce"`` the target refusals.
         layer_counts: numbers of top-ranked layers to try.
-        alphas: the α grid (``None``: ``−0.5 … −3`` to remove, ``+0.5 … +3`` to induce, in separation units).
+        alphas: the α grid (``None``: ``−0.5, −1, −2, −4, −8`` to remove, the same positive to induce, in
+            separation units).
         refine_steps: golden-section evaluations of α around the best feasible grid point (``0``: grid only).
         delta: allowed change of the constrained sets, in percentage points.
         kl_budget: maximum mean KL(base ‖ steered) on the neutral prompts (``None``: unconstrained).
@@ -172,9 +182,16 @@ class SelectionSpec:
     min_relevance: float | None = 0.2
     relevance_ratio: float | None = 0.8
     max_repetition: float | None = 0.35
-    max_perplexity_ratio: float | None = 4.0
+    max_perplexity_ratio: float | None = 10.0
     near_tie: float | None = None
     max_prompts_per_set: int | None = None
+
+    def objective(self) -> Any:
+        """The :class:`~steering_adapter.selection.SelectionObjective` of these settings (its fields, by name)."""
+        from .selection import SelectionObjective
+
+        names = [f.name for f in dataclasses.fields(SelectionObjective)]
+        return SelectionObjective(**{name: getattr(self, name) for name in names})
 
 
 @dataclass
@@ -258,6 +275,10 @@ class Recipe:
             raise RecipeError("recipe.prompts.held_out_fraction: must be between 0 and 1")
         if self.sampling.k < 1 or self.sampling.max_new_tokens < 1:
             raise RecipeError("recipe.sampling: k and max_new_tokens must be >= 1")
+        if self.sampling.engine_args is not None and (
+            self.sampling.backend != "vllm" or not isinstance(self.sampling.engine_args, dict)
+        ):
+            raise RecipeError("recipe.sampling.engine_args: a mapping of vllm.LLM arguments, for backend 'vllm' only")
         if self.estimator.ridge_lambda <= 0:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
         if self.gating.ridge_lambda <= 0:

@@ -51,6 +51,7 @@ from . import distributed
 from .generation import Answer, _derive_seed, sample_answers
 from .judges.base import Judge, Judgment
 from .records import JsonlLog, atomic_write_json, stable_key
+from .samplers import Sampler, as_sampler
 from .scoring import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
 
 __all__ = ["PromptScore", "load_scores", "prompt_key", "sampling_settings", "score_prompts"]
@@ -151,7 +152,10 @@ def _steering_state(model: nn.Module) -> list[tuple[Any, ...]]:
     """What the attached steering adapters do right now (blocks, active adapters, factors, vector sums, gates)."""
     from .tuner.layer import SteeringLayer
 
-    state: list[tuple[Any, ...]] = []
+    state: list[tuple[Any, ...]] = [type(model).__name__]
+    model = getattr(model, "model", model)  # a TransformersSampler's model
+    if not isinstance(model, nn.Module):  # another sampling backend: its type only
+        return state
     for name, module in model.named_modules():
         if not isinstance(module, SteeringLayer) or module.disable_adapters:
             continue
@@ -175,7 +179,7 @@ def _completed(function: Callable[[], Any]) -> Future:
 
 
 def score_prompts(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     prompts: Sequence[str],
     judge: Judge,
@@ -192,7 +196,8 @@ def score_prompts(
     """Sample, judge and score ``prompts``, resuming from whatever ``log_dir`` already holds.
 
     Args:
-        model: the model under study (adapters included), as for :func:`~steering_adapter.generation.sample_answers`.
+        model: the model under study (adapters included), as for :func:`~steering_adapter.generation.sample_answers`,
+            or a sampling backend (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one): same records.
         tokenizer: its tokenizer.
         prompts: user prompts (duplicates are scored once and reported at each position).
         judge: any :class:`~steering_adapter.judges.Judge`; its ``name`` keys the judgment records.
@@ -263,14 +268,13 @@ def score_prompts(
             judgments_log.append_keyed(record)
 
     sample_settings = {name: value for name, value in settings.items() if name != "seed"}
+    sampler = as_sampler(model, tokenizer)
 
     def sample(chunk: list[str]) -> list[dict[str, Any]]:
         """New answer records of ``chunk`` (the whole chunk is sampled when any of it is missing)."""
         if all(key in answers for key in chunk):
             return []
-        samples = sample_answers(
-            model,
-            tokenizer,
+        samples = sampler.sample_answers(
             [unique[key][0] for key in chunk],
             prompt_ids=[unique[key][1] for key in chunk],
             batch_size=len(chunk),

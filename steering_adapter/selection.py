@@ -2,8 +2,9 @@
 
 Layers are ranked first (|Pearson r| of the projection with c(x), then ROC AUC: see
 :meth:`~steering_adapter.diagnostics.DirectionDiagnostics.best_layers`). The sweep then tries the top ``n`` layers
-for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5 … −3`` to remove,
-``+0.5 … +3`` to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean), evaluates each point
+for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5, −1, −2, −4, −8`` to
+remove, the same positive to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean along the
+direction), evaluates each point
 with :func:`~steering_adapter.evaluation.evaluate` on held-out prompts (resumable; base answers and the base side of
 the KL are computed once for the whole sweep), then refines α around the best feasible grid point by a golden-section
 search (:func:`bracketed_minimum`), so the choice is not limited to the grid. It picks by a trade-off:
@@ -33,17 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .builder import adapter_from_vectors
-from .capability import NextTokenKL
 from .conditions import ConditionFit
 from .evaluation import EvalSet, evaluate
 from .judges.base import Judge
 from .records import atomic_write_json
-from .tuner.model import set_adapter_scale
+from .samplers import Sampler, as_sampler
 
 GOALS = ("remove", "induce")
 GOLDEN = 0.3819660112501051  # 2 − φ: where a golden-section step probes the larger side of a bracket
-DEFAULT_ALPHAS = {"remove": (-0.5, -1.0, -1.5, -2.0, -3.0), "induce": (0.5, 1.0, 1.5, 2.0, 3.0)}
+# Geometric, a factor 2 apart: a mean-difference vector often works near |α| = 1, a ridge vector — whose unit direction
+# carries only part of the mean difference — may need several times more (measured: the organism's RMD near −5).
+DEFAULT_ALPHAS = {"remove": (-0.5, -1.0, -2.0, -4.0, -8.0), "induce": (0.5, 1.0, 2.0, 4.0, 8.0)}
 
 
 def default_alphas(goal: str) -> tuple[float, ...]:
@@ -85,7 +86,7 @@ class SelectionObjective:
     min_relevance: float | None = 0.2
     relevance_ratio: float | None = 0.8
     max_repetition: float | None = 0.35
-    max_perplexity_ratio: float | None = 4.0
+    max_perplexity_ratio: float | None = 10.0
     near_tie: float | None = None
 
     def __post_init__(self) -> None:
@@ -350,7 +351,7 @@ def refinement_bracket(grid: Sequence[float], best: float) -> tuple[float, float
 
 
 def sweep_layers_and_scale(
-    model: nn.Module,
+    model: nn.Module | Sampler,
     tokenizer: Any,
     directions: Mapping[int, torch.Tensor],
     ranking: Sequence[int],
@@ -375,8 +376,9 @@ def sweep_layers_and_scale(
     """Sweep the number of top-ranked layers and α on held-out prompts, refine α, and choose by ``objective``.
 
     Args:
-        model: the base model (a transformers causal LM, no adapters); it is wrapped during the sweep and given back
-            unchanged (``unload``) at the end.
+        model: the base model (a transformers causal LM, no adapters), wrapped during the sweep and given back
+            unchanged (``unload``) at the end; or a sampling backend without adapters
+            (:class:`~steering_adapter.samplers.Sampler`, e.g. the vLLM one), whose candidates are removed at the end.
         tokenizer: its tokenizer.
         directions: ``{layer: v}`` for every layer that may be chosen (separation units for the default grids).
         ranking: layers best first (e.g. ``DirectionDiagnostics.best_layers()``); the top ``n`` are steered.
@@ -425,7 +427,7 @@ def sweep_layers_and_scale(
     variants = [False] if condition is None else ([False, True] if include_ungated else [True])
     gated_ranking = [layer for layer in ranking if condition is not None and layer >= condition.layer]
     candidates: list[tuple[str, int, bool, list[int]]] = []
-    peft_model = None
+    sampler = as_sampler(model, tokenizer)
     for gated in variants:
         order = gated_ranking if gated else ranking
         for n in counts:
@@ -434,30 +436,19 @@ def sweep_layers_and_scale(
             layers = order[:n]
             name = f"sweep_top{n}" + ("_gated" if gated else "")
             extra = condition.config_fields() if gated else {}
-            peft_model = adapter_from_vectors(
-                peft_model or model,
+            sampler.add_adapter(
+                name,
                 {layer: directions[layer] for layer in layers},
-                adapter_name=name,
                 scale=1.0,
                 mode=mode,
                 condition=condition.direction if gated else None,
                 **extra,
             )
             candidates.append((name, n, gated, sorted(layers)))
-    kl = None
-    if kl_prompts is not None:
-        kl = NextTokenKL(
-            tokenizer,
-            list(kl_prompts),
-            max_tokens=kl_tokens,
-            batch_size=batch_size,
-            system_prompt=sampling.get("system_prompt"),
-            progress=progress,
-        )
     points: list[SweepPoint] = []
     try:
         base_report = evaluate(
-            peft_model, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
+            sampler, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
         )
         base = {name: row["base"]["refusal_pct"] for name, row in base_report.sets.items()}
         base_quality = {name: row["base"] for name, row in base_report.sets.items()}
@@ -471,16 +462,17 @@ def sweep_layers_and_scale(
             alpha = float(round(alpha, 4))
             if (name, alpha) in measured:
                 return measured[(name, alpha)]
-            peft_model.base_model.set_adapter(name)
-            set_adapter_scale(peft_model, alpha, name)
+            sampler.activate(name)
+            sampler.set_scale(name, alpha)
             label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
             report = evaluate(
-                peft_model,
+                sampler,
                 tokenizer,
                 sets,
                 out_dir=out / label,
                 conditions=("steered",),
-                kl_prompts=kl,
+                kl_prompts=kl_prompts,
+                kl_tokens=kl_tokens,
                 **common,
                 **sampling,
             )
@@ -529,7 +521,7 @@ def sweep_layers_and_scale(
                 refine_steps,
             )
     finally:
-        peft_model.unload()
+        sampler.remove_adapters()
     result = SweepResult(
         objective,
         base,

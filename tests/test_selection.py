@@ -130,8 +130,8 @@ def test_quality_limits_and_constraints():
 
 
 def test_default_alphas_are_in_separation_units():
-    assert default_alphas("remove") == (-0.5, -1.0, -1.5, -2.0, -3.0)
-    assert default_alphas("induce") == (0.5, 1.0, 1.5, 2.0, 3.0)
+    assert default_alphas("remove") == (-0.5, -1.0, -2.0, -4.0, -8.0)
+    assert default_alphas("induce") == (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def test_bracketed_minimum_finds_known_optima():
@@ -163,7 +163,7 @@ def test_refinement_bracket():
 
 def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
     """A synthetic model of the measurements (target refusals fall with |α|, harmful refusals collapse past
-    |α| = 1.7): the grid's best feasible point is 1.5, the refinement moves the choice towards 1.7."""
+    |α| = 1.7): the grid's best feasible point is 1, the refinement moves the choice towards 1.7."""
 
     def fake_evaluate(model, tokenizer, sets, judge=None, out_dir=None, *, conditions=("base", "steered"), **kw):
         alpha = 0.0 if conditions == ("base",) else model.peft_config[model.active_adapter].scale
@@ -195,7 +195,7 @@ def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
     )
     grid = [p for p in result.points if not p.refined]
     assert [p.alpha for p in grid] == list(default_alphas("remove"))
-    assert max((p for p in grid if p.feasible), key=lambda p: abs(p.alpha)).alpha == -1.5
+    assert max((p for p in grid if p.feasible), key=lambda p: abs(p.alpha)).alpha == -1.0
     assert result.choice.refined and 1.6 < abs(result.choice.alpha) <= 1.7
     assert len(result.points) == 5 + 8
 

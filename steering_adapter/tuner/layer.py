@@ -46,7 +46,11 @@ def join_block_output(hidden: torch.Tensor, rest: Any) -> Any:
 
 
 def apply_plan(hidden: torch.Tensor, plan: list[PlanStep]) -> torch.Tensor:
-    """Apply steering steps to hidden states ``[batch, seq, d]`` in order (gated steps only on selected rows)."""
+    """Apply steering steps to hidden states ``[batch, seq, d]`` (or ``[tokens, d]``) in order.
+
+    A gated step edits only the rows its gate selects: ``gate.current(hidden.shape[0])`` is a bool ``[rows]`` mask
+    (per sequence here, per token in vLLM's flattened batches).
+    """
     for op, tensor, gate in plan:
         if op == "add":
             steered = hidden + tensor
@@ -58,6 +62,55 @@ def apply_plan(hidden: torch.Tensor, plan: list[PlanStep]) -> torch.Tensor:
             selected = gate.current(hidden.shape[0]).to(hidden.device).view(-1, *([1] * (hidden.ndim - 1)))
             hidden = torch.where(selected, steered, hidden)
     return hidden
+
+
+def build_plan(
+    steps: list[tuple[str, torch.Tensor, str, float, Any]], dtype: torch.dtype, device: torch.device, layer_index: int
+) -> list[PlanStep]:
+    """The steering plan of one block from its active adapters, in activation order.
+
+    Args:
+        steps: ``(adapter name, vector [d], mode, factor, gate)`` per active adapter; ``factor`` is ``scale * s_i``
+            and ``gate`` the adapter's gate object (``None``: ungated).
+        dtype: dtype of the hidden states the plan is applied to.
+        device: their device.
+        layer_index: the block's index (for error messages).
+
+    Returns:
+        The plan for :func:`apply_plan`: consecutive ``add`` steps under the same gate folded into one add, ``ablate``
+        steps as unit vectors.
+
+    Raises:
+        ValueError: a non-finite vector (never loaded), or a zero vector to ablate.
+    """
+    plan: list[PlanStep] = []
+    pending: torch.Tensor | None = None
+    pending_gate: GateState | None = None
+    for name, vector, mode, factor, gate in steps:
+        if not torch.isfinite(vector).all():
+            raise ValueError(
+                f"steering vector of adapter {name!r} for block {layer_index} is not finite: it was never "
+                "loaded (missing from the adapter file?) or holds NaN/Inf"
+            )
+        if mode == "add":
+            delta = vector.to(device=device, dtype=torch.float32) * factor
+            if pending is not None and gate is pending_gate:
+                pending = pending + delta  # consecutive adds under the same gate fold into one add
+                continue
+            if pending is not None:
+                plan.append(("add", pending.to(dtype), pending_gate))
+            pending, pending_gate = delta, gate
+            continue
+        if pending is not None:
+            plan.append(("add", pending.to(dtype), pending_gate))
+            pending = None
+        norm = torch.linalg.vector_norm(vector)
+        if norm == 0:
+            raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {layer_index})")
+        plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype), gate))
+    if pending is not None:
+        plan.append(("add", pending.to(dtype), pending_gate))
+    return plan
 
 
 class SteeringLayer(nn.Module, BaseTunerLayer):
@@ -203,36 +256,6 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
             if name in self.steering_vector
         ]
 
-    def _build_plan(self, steps, dtype: torch.dtype, device: torch.device) -> list[PlanStep]:
-        plan: list[PlanStep] = []
-        pending: torch.Tensor | None = None
-        pending_gate: GateState | None = None
-        for name, vector, mode, factor, gate in steps:
-            if not torch.isfinite(vector).all():
-                raise ValueError(
-                    f"steering vector of adapter {name!r} for block {self.layer_index} is not finite: it was never "
-                    "loaded (missing from the adapter file?) or holds NaN/Inf"
-                )
-            if mode == "add":
-                delta = vector.to(device=device, dtype=torch.float32) * factor
-                if pending is not None and gate is pending_gate:
-                    pending = pending + delta  # consecutive adds under the same gate fold into one add
-                    continue
-                if pending is not None:
-                    plan.append(("add", pending.to(dtype), pending_gate))
-                pending, pending_gate = delta, gate
-                continue
-            if pending is not None:
-                plan.append(("add", pending.to(dtype), pending_gate))
-                pending = None
-            norm = torch.linalg.vector_norm(vector)
-            if norm == 0:
-                raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {self.layer_index})")
-            plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype), gate))
-        if pending is not None:
-            plan.append(("add", pending.to(dtype), pending_gate))
-        return plan
-
     def _plan_is_current(self, dtype: torch.dtype, device: torch.device) -> bool:
         # Hot path (every block, every decoding step): the cached plan stays valid while the hidden dtype/device are
         # the same and every vector it was built from is the same Parameter object at the same version (a load or an
@@ -254,9 +277,9 @@ class SteeringLayer(nn.Module, BaseTunerLayer):
         steps = self._active_steps()
         trainable = any(step[1].requires_grad for step in steps)
         if torch.is_grad_enabled() and trainable:
-            return self._build_plan(steps, dtype, device)  # training: keep the graph, no cache
+            return build_plan(steps, dtype, device, self.layer_index)  # training: keep the graph, no cache
         with torch.no_grad(), torch.inference_mode(False):
-            self._plan = self._build_plan(steps, dtype, device)
+            self._plan = build_plan(steps, dtype, device, self.layer_index)
         self._plan_key = (dtype, device, tuple((name, vector, vector._version) for name, vector, *_ in steps))
         self._plan_trainable = trainable
         return self._plan

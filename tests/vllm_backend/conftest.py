@@ -1,0 +1,93 @@
+"""Fixtures of the vLLM tests (run in .venv-vllm: `.venv-vllm/bin/python -m pytest tests/vllm_backend`).
+
+One vLLM engine on the organism serves every offline test of the session (an engine start costs ~40 s on 2 cores);
+adapters are switched on it between tests. vLLM's KV cache is kept at 1 GiB (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from steering_adapter.organism import ORGANISM_DIR, load_organism  # noqa: E402
+from steering_adapter.organism.data import load_examples  # noqa: E402
+
+HIDDEN = 256
+ADD_LAYERS = (2, 3)
+ABLATE_LAYER = 4
+COND_LAYER = 1
+
+
+def heldout_prompts(n: int) -> list[str]:
+    """``n`` held-out organism prompts spread over the categories (deterministic)."""
+    examples = [e for e in load_examples() if e.split == "heldout"]
+    step = max(1, len(examples) // n)
+    return [e.prompt for e in examples[::step]][:n]
+
+
+@pytest.fixture(scope="session")
+def organism():
+    """The organism as a transformers model (float32) and its tokenizer: the reference runtime."""
+    torch.set_num_threads(1)
+    return load_organism()
+
+
+@pytest.fixture(scope="session")
+def vectors(organism) -> dict[str, dict[int, torch.Tensor]]:
+    """Steering vectors that change the organism's greedy answers: random directions to add; to ablate, the mean
+    block output over a few prompts (a random direction holds too little of the hidden states to matter)."""
+    from reference import block_output
+
+    model, tokenizer = organism
+    generator = torch.Generator().manual_seed(0)
+    ids = tokenizer(heldout_prompts(4), return_tensors="pt", padding=True)["input_ids"]
+    means = {layer: block_output(model, layer, ids).mean((0, 1)) for layer in (3, ABLATE_LAYER)}
+    return {
+        "add": {layer: torch.randn(HIDDEN, generator=generator) * 3.0 for layer in ADD_LAYERS},
+        "ablate": means,
+        "condition": {COND_LAYER: torch.randn(HIDDEN, generator=generator)},
+    }
+
+
+@pytest.fixture(scope="session")
+def engine(adapter_dirs) -> Iterator:
+    """One vLLM engine on the organism (float32, eager, gated adapters allowed) for the whole session, on which
+    requests may select the adapters ``req-add`` and ``req-ablate``."""
+    from steering_adapter.vllm import VllmSampler
+
+    request_adapters = [
+        {"name": "req-add", "path": str(adapter_dirs["add"])},
+        {"name": "req-ablate", "path": str(adapter_dirs["ablate"])},
+    ]
+    sampler = VllmSampler(
+        str(ORGANISM_DIR), dtype="float32", max_model_len=256, seed=0, request_adapters=request_adapters
+    )
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tmp_path_factory, organism, vectors) -> dict[str, Path]:
+    """Adapter folders saved through the PEFT flow (adapter_from_vectors + save_adapter) on the organism."""
+    from steering_adapter import adapter_from_vectors, save_adapter
+
+    model, _ = organism
+    root = tmp_path_factory.mktemp("adapters")
+    folders = {}
+    specs = {
+        "add": dict(vectors=vectors["add"], scale=1.5, layer_scales={"3": -0.5}),
+        "ablate": dict(vectors=vectors["ablate"], mode="ablate"),
+    }
+    for name, spec in specs.items():
+        peft_model = adapter_from_vectors(model, spec.pop("vectors"), **spec)
+        save_adapter(peft_model, root / name)
+        peft_model.unload()
+        folders[name] = root / name
+    return folders
