@@ -18,8 +18,9 @@ every block a candidate) from the prompts. It reports
 - the formula ``8 · L · (2·d + d²)`` plus one float32 scratch block ``4 · d · ⌈d/8⌉``
   (:func:`steering_adapter.statistics.statistics_nbytes`, :func:`~steering_adapter.statistics.scratch_nbytes`),
 
-side by side; targets: peak ≤ 1.2 × formula, and the same peak for N and 10·N prompts (the same N prompts repeated,
-so only the count changes).
+side by side; targets: the collection's peak over the model's own ≤ 1.2 × formula, and the same for N and 10·N
+prompts (the same N prompts repeated, so only the count changes; keep N ≥ the batch size so that the batches have the
+same shapes).
 """
 
 from __future__ import annotations
@@ -38,23 +39,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from extraction import make_prompts, rss_kib  # noqa: E402  (benchmarks/extraction.py)
 from tiny import tiny_tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from steering_adapter.activations import ActivationCollector  # noqa: E402
 from steering_adapter.estimators import RidgeMeanDifference  # noqa: E402
 from steering_adapter.statistics import scratch_nbytes, statistics_nbytes  # noqa: E402
-
-WORDS = (
-    "the a history of political protest government bread recipe poem sea wind explain describe why how what "
-    "capital region leader banned book censored events year vaccine immune system river mountain city"
-).split()
-
-
-def make_prompts(n: int, seed: int = 1) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=k)).capitalize() + "?" for k in rng.integers(4, 40, size=n)]
 
 
 def build_model(hidden: int, blocks: int, vocab: int, device: str) -> torch.nn.Module:
@@ -76,26 +69,20 @@ def build_model(hidden: int, blocks: int, vocab: int, device: str) -> torch.nn.M
     return AutoModelForCausalLM.from_config(config).to(device).eval()
 
 
-def kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(args: argparse.Namespace) -> None:
     """In a fresh process: peak memory of one collection of ``args.child_prompts`` prompts."""
     torch.set_num_threads(args.threads)
     tokenizer = tiny_tokenizer()
     model = build_model(args.child_hidden, args.blocks, len(tokenizer), args.device)
-    base = make_prompts(args.prompts)
+    base = make_prompts(args.prompts, seed=1)
     prompts = base * (args.child_prompts // len(base))
     labels = np.arange(len(prompts)) % 2 == 0
     needed = RidgeMeanDifference().required_statistics()
     collector = ActivationCollector(
         model, tokenizer, batch_size=args.batch_size, second_moments=needed.second_moments, progress=False
     )
-    collector.collect(base[: args.batch_size], labels=labels[: args.batch_size])  # warm-up: caches, thread pools
+    warm = base[: args.batch_size]
+    collector.collect(warm, labels=labels[: len(warm)])  # warm-up: caches, thread pools
     cuda = args.device.startswith("cuda")
 
     def peaks(work) -> tuple[int, int | None, float]:
@@ -104,12 +91,12 @@ def child(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             device_base = torch.cuda.memory_allocated()
-        host_base = kib("VmRSS")
+        host_base = rss_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         start = time.perf_counter()
         work()
         seconds = time.perf_counter() - start
-        host = (kib("VmHWM") - host_base) * 1024
+        host = (rss_kib("VmHWM") - host_base) * 1024
         if not cuda:
             return host, None, seconds
         torch.cuda.synchronize()
@@ -202,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             print(line + f" {row['seconds']:7.1f} |", flush=True)
         for place in ("host", "device") if device else ("host",):
             ratio = max(row[f"{place}_excess"] / row["formula"] for row in rows)
-            growth = (rows[1][f"{place}_peak"] - rows[0][f"{place}_peak"]) / rows[0]["formula"]
+            growth = (rows[1][f"{place}_excess"] - rows[0][f"{place}_excess"]) / rows[0]["formula"]
             verdicts.append(
                 f"d = {hidden}, {place}: collection peak over the model's own ≤ {ratio:.3f} × formula (target ≤ 1.2); "
                 f"N → 10·N growth {growth:+.1%} of the formula (target: flat)"

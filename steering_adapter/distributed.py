@@ -43,7 +43,6 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_objects",
     "all_reduce_sum_",
-    "barrier",
     "broadcast_object",
     "check_same",
     "from_main",
@@ -203,12 +202,6 @@ def check_same(value: Any, what: str) -> None:
     if any(other != values[0] for other in values[1:]):
         shown = ", ".join(f"rank {i}: {str(v)[:80]}" for i, v in enumerate(values))
         raise RuntimeError(f"the processes diverged on {what} ({shown}); they must run the same recipe and settings")
-
-
-def barrier() -> None:
-    """Wait for every process (a no-op for one process)."""
-    if is_distributed():
-        dist.barrier()
 
 
 def scratch_dir(prefix: str = "steering-adapter-rank") -> Path:

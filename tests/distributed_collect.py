@@ -1,6 +1,7 @@
 """Collect organism statistics, projections and one block's activations in every process of a torchrun group.
 
     torchrun --standalone --nproc-per-node 2 tests/distributed_collect.py OUT_DIR      (or without torchrun: 1 process)
+    torchrun --standalone --nproc-per-node 2 tests/distributed_collect.py --diverge    (must fail: ranks disagree)
 
 Rank 0 writes ``OUT_DIR/{statistics,weighted_statistics}.safetensors`` (+ JSON), ``OUT_DIR/tensors.safetensors``
 (projections, activations of block 2) and ``OUT_DIR/world.json``; tests/test_distributed.py compares them with a
@@ -56,5 +57,14 @@ def collect(out: Path) -> None:
     distributed.shutdown()
 
 
+def diverge() -> None:
+    """Every rank claims a different value: check_same must fail on every rank."""
+    distributed.init_from_environment("cpu")
+    try:
+        distributed.check_same(distributed.rank(), "the test value")
+    finally:
+        distributed.shutdown()
+
+
 if __name__ == "__main__":
-    collect(Path(sys.argv[1]))
+    diverge() if sys.argv[1] == "--diverge" else collect(Path(sys.argv[1]))

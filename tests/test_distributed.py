@@ -5,7 +5,8 @@
 - ``steering-adapter run`` of the same recipe under ``torchrun --nproc-per-node 2`` writes the records, directions
   and choice of a single-process run;
 - killing one rank makes the run fail loudly (non-zero exit, torchrun names the dead worker), and the same command
-  resumes without duplicated records.
+  resumes without duplicated records;
+- processes that disagree about their work fail loudly instead of mixing it.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def test_two_processes_collect_the_statistics_of_one(tmp_path):
     two, one = (load_file(str(tmp_path / run / "tensors.safetensors")) for run in ("two", "one"))
     assert torch.equal(two["projections"], one["projections"]) and torch.equal(two["block2"], one["block2"])
     assert bool((one["block2"].abs().sum(1) > 0).all())
+
+
+def test_processes_that_diverge_fail_loudly():
+    done = subprocess.run(
+        torchrun(str(COLLECT), "--diverge"),
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode != 0
+    assert "the processes diverged on the test value (rank 0: 0, rank 1: 1)" in done.stderr
 
 
 # ----------------------------------------------------------------------------------------------- the pipeline
