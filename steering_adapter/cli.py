@@ -616,6 +616,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launcher(command: str) -> None:
+    """Only ``run`` splits its work over torchrun's processes; other commands would each do all of it.
+
+    Raises:
+        ValueError: another command started by torchrun with several processes.
+    """
+    from .distributed import launched_by_torchrun
+
+    if command != "run" and launched_by_torchrun():
+        raise ValueError(
+            f"`{command}` runs in one process; only `run` shares its work among torchrun's processes "
+            "(start it without torchrun, or with --nproc-per-node 1)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``steering-adapter`` command; returns the process exit code."""
     from .hub import HubUnreachableError
@@ -627,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .threads import configure_threads
 
             configure_threads(args.threads)
+        _check_launcher(args.command)
         return args.func(args)
     except HubUnreachableError as exc:
         print(f"error: {exc}", file=sys.stderr)

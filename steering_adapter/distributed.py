@@ -23,7 +23,9 @@ Multi-node is the same code with torchrun's rendezvous flags, e.g. on each of 2 
         -m steering_adapter.cli run RECIPE
 
 (only the node of rank 0 needs the output folder). Without ``torchrun`` (``WORLD_SIZE`` unset or 1) every helper here
-is a no-op for a single process.
+is a no-op for a single process. Only ``run`` splits its work (the other commands refuse to start under several
+processes); from Python, call :func:`init_from_environment` before :func:`~steering_adapter.pipeline.run_recipe` or
+a collection, as the CLI does.
 """
 
 from __future__ import annotations

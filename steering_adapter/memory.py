@@ -15,6 +15,8 @@ fitting one direction         ``≤ 4 · 8 · d²`` (covariance, ridge system, f
 diagnostics                   ``n · L · 8`` projections + ``n · d · 4`` one block (PCA)    host
 condition (gating)            ``2 · n_g · L_g · d · 4`` kept activations (train, held-out)   host
 KL base side (selection)      ``n_kl · kl_tokens · V · 4``, kept across the sweep          host
+vLLM engine (``backend:       ``gpu_memory_utilization · GPU`` instead of the sampling      the GPU, all along
+vllm``)                       batch, beside the transformers model
 ============================  ===========================================================  ==========================
 
 The peak of a place is what stays there all along (the weights, where they live) plus its largest stage. ``t_p`` is
@@ -157,8 +159,13 @@ def estimate_recipe_memory(
     *,
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
     prompt_counts: Mapping[str, int] | None = None,
+    gpu_total: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the memory of ``recipe`` per stage (see the module docstring for the formulas).
+
+    With ``sampling.backend: vllm`` the sampling stage is the vLLM engine instead: it reserves
+    ``gpu_memory_utilization`` (vLLM's default 0.9) of the GPU for the whole run, beside the transformers model that
+    the activations need.
 
     Args:
         recipe: the recipe.
@@ -166,6 +173,7 @@ def estimate_recipe_memory(
         prompt_tokens: assumed prompt length in tokens, for the KV cache.
         prompt_counts: ``{"train", "gating", "neutral"}`` prompt counts (default: resolved from the recipe's sources;
             a source that cannot be read counts 0).
+        gpu_total: bytes of one GPU, for the vLLM engine's share (default: this machine's first GPU, 0 without one).
 
     Returns:
         The :class:`MemoryEstimate`.
@@ -205,16 +213,31 @@ def estimate_recipe_memory(
     rows = s.batch_size * s.k
     kv = rows * (prompt_tokens + s.max_new_tokens) * blocks * 2 * kv_heads * head_dim * b
     logits = rows * vocab * (b + 4)
-    add(
-        StageMemory(
-            "sampling (one batch)",
-            model_place,
-            kv + logits,
-            formula=f"KV {rows} rows × {prompt_tokens + s.max_new_tokens} tok × {blocks} × 2 × "
-            f"{kv_heads * head_dim} × {b} B + logits {rows} × {vocab} × {b + 4} B",
-            reduce="sampling.batch_size, sampling.k, sampling.max_new_tokens",
+    if s.backend == "vllm":
+        share = float((s.engine_args or {}).get("gpu_memory_utilization", 0.9))
+        if gpu_total is None:
+            gpu_total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+        add(
+            StageMemory(
+                "vLLM engine (sampling)",
+                DEVICE,
+                int(share * gpu_total),
+                resident=True,
+                formula=f"gpu_memory_utilization {share:g} × {_size(gpu_total)} GPU",
+                reduce="sampling.engine_args.gpu_memory_utilization (the transformers model shares the GPU)",
+            )
         )
-    )
+    else:
+        add(
+            StageMemory(
+                "sampling (one batch)",
+                model_place,
+                kv + logits,
+                formula=f"KV {rows} rows × {prompt_tokens + s.max_new_tokens} tok × {blocks} × 2 × "
+                f"{kv_heads * head_dim} × {b} B + logits {rows} × {vocab} × {b + 4} B",
+                reduce="sampling.batch_size, sampling.k, sampling.max_new_tokens",
+            )
+        )
     est = recipe.estimator
     layers = len(set(est.layers)) if est.layers is not None else blocks
     moments = "none" if est.method == "md" else est.covariance

@@ -24,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from steering_adapter.cli import EXIT_USAGE, main
 from steering_adapter.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference, fit_directions
 from steering_adapter.statistics import CLASSES, ActivationStatistics
 
@@ -108,6 +109,12 @@ def test_two_processes_collect_the_statistics_of_one(tmp_path):
     two, one = (load_file(str(tmp_path / run / "tensors.safetensors")) for run in ("two", "one"))
     assert torch.equal(two["projections"], one["projections"]) and torch.equal(two["block2"], one["block2"])
     assert bool((one["block2"].abs().sum(1) > 0).all())
+
+
+def test_only_run_goes_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["memory", str(RECIPE)]) == EXIT_USAGE
+    assert "only `run` shares its work among torchrun's processes" in capsys.readouterr().err
 
 
 def test_processes_that_diverge_fail_loudly():

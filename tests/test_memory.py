@@ -150,3 +150,17 @@ def test_the_8b_recipe_numbers_in_the_readme():
     assert round(estimate.peak("device") / 2**30, 2) == 26.64
     mib = {s.stage: round(s.nbytes / 2**20) for s in estimate.stages}
     assert mib["condition (gating)"] == 235 and mib["KL base side (selection)"] == 139
+
+
+def test_a_vllm_engine_reserves_its_share_of_the_gpu():
+    recipe = load_recipe(RECIPE)
+    recipe.model = dataclasses.replace(recipe.model, name_or_path="synthetic", dtype="bfloat16", device="cuda")
+    recipe.sampling = dataclasses.replace(recipe.sampling, backend="vllm", engine_args={"gpu_memory_utilization": 0.5})
+    estimate = estimate_recipe_memory(recipe, llama(), prompt_counts=COUNTS, gpu_total=80 * 2**30)
+    engine = stage(estimate, "vLLM engine (sampling)")
+    assert engine.nbytes == 40 * 2**30 and engine.resident and engine.where == "device"
+    assert not any(s.stage == "sampling (one batch)" for s in estimate.stages)
+    with pytest.raises(InsufficientMemoryError, match="gpu_memory_utilization"):
+        check_recipe_memory(
+            recipe, config=llama(), free={"device": 50 * 2**30}, prompt_counts=COUNTS, gpu_total=80 * 2**30
+        )
