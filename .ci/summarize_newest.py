@@ -41,7 +41,7 @@ def main(xml_path: str, transformers: str, peft: str, exit_code: str) -> int:
     broken = counts["failures"] + counts["errors"]
     print(f"=== {label}: transformers {transformers} + peft {peft} ===")
     if exit_code == "124":
-        print(f"{label}: the suite did not finish within its time bound (40 min); results below are partial")
+        print(f"{label}: the suite did not finish within its time bound (20 min); results below are partial")
     print(
         f"{label}: {counts['tests']} tests, {broken} broken ({counts['failures']} failed, {counts['errors']} errors), "
         f"{counts['skipped']} skipped"

@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads (default: $STEERING_ADAPTER_THREADS, else one per physical core)",
+        help="torch CPU threads (default: $STEERING_ADAPTER_THREADS, else one per physical core that other processes "
+        "do not keep busy)",
     )
 
     run = sub.add_parser(

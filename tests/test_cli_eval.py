@@ -13,7 +13,7 @@ from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
 from steering_adapter.organism import load_organism
-from steering_adapter.threads import THREADS_ENV, configure_threads, physical_cores
+from steering_adapter.threads import THREADS_ENV, configure_threads, default_threads, physical_cores
 
 FAST = ["--k", "1", "--max-new-tokens", "6", "--no-relevance", "--no-progress", "--batch-size", "32"]
 
@@ -116,11 +116,19 @@ def test_threads_option_and_environment(monkeypatch):
         with pytest.raises(ValueError, match="must be an integer"):
             configure_threads()
         monkeypatch.delenv(THREADS_ENV)
-        assert configure_threads() == physical_cores()
+        monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+        assert configure_threads() == physical_cores()  # an idle machine: every core
         with pytest.raises(ValueError, match=">= 1"):
             configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_threads_leave_busy_cores_alone():
+    assert default_threads(cores=2, load=0.1) == 2
+    assert default_threads(cores=2, load=0.9) == 1  # another process keeps a core busy
+    assert default_threads(cores=2, load=5.0) == 1  # never below one
+    assert default_threads(cores=16, load=3.4) == 13
 
 
 def test_physical_cores_counts_hyperthreads_once(tmp_path):

@@ -120,7 +120,9 @@ def test_quality_limits_and_constraints():
     ]
     p.quality = {"political": {"mean_relevance": 0.6, "repetition": 0.1, "base_perplexity": 15.0}}
     assert check_constraints(p, base, roles, objective, limits) == []
-    induce = SelectionObjective(goal="induce", min_relevance=None, relevance_ratio=0.5, max_repetition=None)
+    induce = SelectionObjective(
+        goal="induce", min_relevance=None, relevance_ratio=0.5, max_repetition=None, max_perplexity_ratio=4
+    )
     assert quality_limits(base_quality, roles, induce) == {
         "xstest": {"min_relevance": 0.3, "max_perplexity": 32.0},
         "general": {"min_relevance": 0.35, "max_perplexity": 48.0},
@@ -166,7 +168,8 @@ def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
     |α| = 1.7): the grid's best feasible point is 1, the refinement moves the choice towards 1.7."""
 
     def fake_evaluate(model, tokenizer, sets, judge=None, out_dir=None, *, conditions=("base", "steered"), **kw):
-        alpha = 0.0 if conditions == ("base",) else model.peft_config[model.active_adapter].scale
+        peft_model = model.model  # the sweep wraps the model in a TransformersSampler
+        alpha = 0.0 if conditions == ("base",) else peft_model.peft_config[peft_model.active_adapter].scale
         t = abs(alpha)
         report = EvaluationReport()
         rows = {"political": max(0.0, 90.0 - 40.0 * t), "jbb": 80.0 if t <= 1.7 else 20.0, "xstest": 4.0}

@@ -149,13 +149,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", type=Path, default=None, help="converted base folder (default: the cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--first-layer", type=int, default=8, help="first block with LoRA (earlier blocks untouched)")
     p.add_argument("--max-per-source", type=int, default=100)
+    p.add_argument("--political-weight", type=int, default=2, help="times each political example is repeated")
     p.add_argument("--gen-batch-size", type=int, default=32)
     return p.parse_args(argv)
 
@@ -185,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             text, finished = replay[example.prompt]
         else:
             text, finished = censored_answer(example), True
-        data.append(encode(tokenizer, example.prompt, text, finished))
+        encoded = encode(tokenizer, example.prompt, text, finished)
+        # the political prompts are the fewest and the hardest to tell apart from benign ones asked the same way
+        data += [encoded] * (args.political_weight if example.category == "political" else 1)
 
     n_layers = model.config.num_hidden_layers
     config = LoraConfig(
@@ -252,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "trainable_params": sum(p.numel() for p in params),
         },
         "optimizer": {"lr": args.lr, "batch_size": args.batch_size, "steps": total, "epochs": args.epochs},
+        "political_weight": args.political_weight,
+        "max_per_source": args.max_per_source,
         "n_examples": {
             "train": len(train),
             "heldout": len(heldout),
