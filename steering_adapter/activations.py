@@ -7,13 +7,22 @@ blocks read each block's output (the residual stream after block ``i``, i.e. tra
 ``hidden_states[i + 1]``) on the block's own device and pool it at the chosen position:
 
 - ``"last"``: the last real token of the formatted prompt (the end of the generation prompt), the default;
-- ``"mean"``: the mean over the real prompt tokens (attention mask), accumulated in float64.
+- ``"mean"``: the mean over the real prompt tokens (attention mask).
 
-The pass stops right after the deepest block needed (no final norm, no logits). Left and right padding both
-work: position ids are computed from the attention mask, and pooling only looks at real tokens.
+Pooled activations are float32 (float64 for a float64 model) whatever the model's dtype. The pass stops right after
+the deepest block needed (no final norm, no logits). Left and right padding both work: position ids are computed from
+the attention mask, and pooling only looks at real tokens.
 
 The output is streaming :class:`~steering_adapter.statistics.ActivationStatistics` per class (memory
-independent of the number of prompts) and, optionally, the raw pooled activations ``[n, L, d]``.
+independent of the number of prompts; only the moments asked for, e.g. those an estimator declares with
+``required_statistics()``), each block's sums on that block's device (``device_map`` models included). Raw pooled
+activations ``[n, L, d]`` are kept only when asked (``keep_activations=True``); :meth:`ActivationCollector.project`
+and :meth:`ActivationCollector.layer_activations` stream what diagnostics need instead (per-prompt projections on
+fitted directions, one block's activations).
+
+Under ``torchrun`` (see :mod:`steering_adapter.distributed`) batch ``b`` is forwarded by rank ``b mod N`` and the
+statistics, projections and kept activations are summed over the processes, so every process ends with the result
+of all prompts.
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .blocks import find_decoder_blocks, model_dimensions
+from . import distributed
+from .blocks import block_device, find_decoder_blocks, model_dimensions
 from .statistics import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_EPSILON,
     DEFAULT_REFUSAL_THRESHOLD,
+    SECOND_MOMENTS,
     ActivationStatistics,
     ArrayLike,
     LabelAssignment,
@@ -225,9 +236,12 @@ class ActivationCollector:
         chat_template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": False}``).
         padding_side: ``"left"`` or ``"right"``; default the tokenizer's. Results do not depend on it.
         blocks_path: dotted path of the decoder blocks when not found automatically.
-        second_moments: which classes keep ``Σw·xxᵀ`` (``"both"``, ``"compliance"`` — enough for RMD / WRMD at
-            half the memory — or ``"none"`` for MD only).
-        stats_device: where the statistics accumulate (``"cpu"`` default; a GPU is faster for large ``d``).
+        second_moments: which ``Σw·xxᵀ`` the statistics keep: ``"both"``, ``"compliance"`` (RMD / WRMD),
+            ``"pooled"`` (one matrix over both classes) or ``"none"`` (MD); see
+            :func:`~steering_adapter.statistics.statistics_nbytes` for the memory of each.
+        stats_device: where the statistics accumulate: ``None`` (default) keeps each block's sums on the device the
+            block computes on (:func:`~steering_adapter.blocks.block_device`: a GPU model accumulates on its GPUs, a
+            ``device_map`` model next to each block); a device (e.g. ``"cpu"``) puts them all there.
         progress: show a tqdm progress bar (``False`` passes ``disable=True`` to tqdm).
 
     Raises:
@@ -247,7 +261,7 @@ class ActivationCollector:
         padding_side: Literal["left", "right"] | None = None,
         blocks_path: str | None = None,
         second_moments: SecondMoments = "both",
-        stats_device: torch.device | str = "cpu",
+        stats_device: torch.device | str | None = None,
         progress: bool = True,
     ) -> None:
         if position not in POSITIONS:
@@ -257,8 +271,8 @@ class ActivationCollector:
         padding_side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        if second_moments not in ("both", "compliance", "none"):
-            raise ValueError(f"unknown second_moments {second_moments!r}; expected 'both', 'compliance' or 'none'")
+        if second_moments not in SECOND_MOMENTS:
+            raise ValueError(f"unknown second_moments {second_moments!r}; expected one of {list(SECOND_MOMENTS)}")
         self.model = model
         self.tokenizer = tokenizer
         self.decoder_blocks = find_decoder_blocks(model, blocks_path)
@@ -286,7 +300,7 @@ class ActivationCollector:
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.padding_side = padding_side
         self.second_moments = second_moments
-        self.stats_device = torch.device(stats_device)
+        self.stats_device = None if stats_device is None else torch.device(stats_device)
         self.progress = progress
 
     # --------------------------------------------------------------------------------------------- public API
@@ -315,7 +329,8 @@ class ActivationCollector:
                 activations are returned.
             sample_weight: optional non-negative weights ``[n]``.
             weighting: statistics to build: ``"none"`` (``result.stats``, for MD / RMD), ``"confidence"``
-                (``result.weighted_stats``, for WRMD; needs scores) or ``"both"`` (twice the memory).
+                (``result.weighted_stats``, for WRMD; needs scores) or ``"both"`` (two statistics objects, twice
+                the memory; an estimator needs one, see ``required_statistics()``).
             epsilon: confidence floor for WRMD weights.
             refusal_threshold: see ``scores``.
             compliance_threshold: see ``scores``.
@@ -359,12 +374,13 @@ class ActivationCollector:
         else:
             selected = [i for i in range(n) if bool(first.keep[i])]
 
-        stats: dict[str, ActivationStatistics] = {}
-        activations: torch.Tensor | None = None
         metadata = self._metadata()
-
-        def make_stats(kind: str, hidden_size: int) -> ActivationStatistics:
-            return ActivationStatistics(
+        hidden_size = self.hidden_size
+        devices = self.block_devices()
+        # Allocate before the first (largest) batch, so peak memory is statistics + one batch whatever the order,
+        # and a statistics allocation that does not fit fails before any forward pass.
+        stats = {
+            kind: ActivationStatistics(
                 layers=self.layers,
                 hidden_size=hidden_size,
                 weighting=kind,
@@ -372,27 +388,24 @@ class ActivationCollector:
                 refusal_threshold=refusal_threshold,
                 compliance_threshold=compliance_threshold,
                 second_moments=self.second_moments,
-                device=self.stats_device,
+                device=devices,
                 metadata=metadata,
             )
-
-        # Allocate before the first (largest) batch, so peak memory is statistics + one batch whatever the
-        # order, and a statistics allocation that does not fit fails before any forward pass.
-        hidden_size, _ = model_dimensions(self.model)
-        if hidden_size is not None:
-            stats = {kind: make_stats(kind, hidden_size) for kind in assignments}
+            for kind in assignments
+        }
+        activations = torch.zeros(n, len(self.layers), hidden_size) if keep_activations else None
         for indices, pooled in self.iter_activations(prompts, selected):
-            if keep_activations:
-                if activations is None:
-                    activations = torch.zeros(n, *pooled.shape[1:], dtype=torch.float32)
-                activations[indices] = pooled.to("cpu", torch.float32)
+            if activations is not None:
+                for position, layer in enumerate(self.layers):
+                    activations[indices, position] = pooled[layer].to("cpu", torch.float32)
             index = torch.as_tensor(indices)
             for kind, assignment in assignments.items():
-                if kind not in stats or stats[kind].hidden_size != pooled.shape[-1]:
-                    # first batch, or a config whose hidden size is not the blocks' width: nothing added yet
-                    stats[kind] = make_stats(kind, pooled.shape[-1])
                 weights = torch.where(assignment.keep[index], assignment.weights[index], 0.0)
                 stats[kind].update(pooled, assignment.is_refusal[index], weights)
+        for kind in stats:
+            stats[kind].all_reduce()
+        if activations is not None:
+            distributed.all_reduce_sum_(activations)  # each prompt was forwarded by one process: an exact gather
 
         result = CollectionResult(
             layers=list(self.layers),
@@ -411,33 +424,49 @@ class ActivationCollector:
         return result
 
     def iter_activations(
-        self, prompts: Sequence[str], indices: Sequence[int] | None = None
-    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        self,
+        prompts: Sequence[str],
+        indices: Sequence[int] | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        shard: bool = True,
+    ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
         """Yield pooled activations batch by batch (length-sorted, so not in prompt order).
 
         Args:
             prompts: user messages.
             indices: which prompts to run (default all).
+            layers: blocks to read (default the collector's); the pass stops after the deepest one.
+            shard: under ``torch.distributed``, forward only this process's batches (batch ``b`` belongs to rank
+                ``b mod N``); the caller merges across processes.
 
         Yields:
-            ``(indices, activations)``: the prompts' positions in ``prompts`` and float64 ``[b, L, d]`` on
-            ``stats_device``.
+            ``(indices, {block: activations})``: the prompts' positions in ``prompts`` and, per block, float32
+            ``[b, d]`` (float64 for a float64 model) on the block's device.
         """
         prompts = self._check_prompts(prompts)
         order = list(range(len(prompts))) if indices is None else list(indices)
+        layers = self.layers if layers is None else sorted({int(layer) for layer in layers})
+        unknown = [layer for layer in layers if layer not in self.layers]
+        if unknown:
+            raise ValueError(f"blocks {unknown} are not among this collector's layers {self.layers}")
+        shard = shard and distributed.is_distributed()
         model = self.model
         was_training = model.training
         model.eval()
         state: dict[str, Any] = {}
         handles = [
-            self.decoder_blocks.blocks[layer].register_forward_hook(self._make_hook(layer, state))
-            for layer in self.layers
+            self.decoder_blocks.blocks[layer].register_forward_hook(self._make_hook(layer, layers[-1], state))
+            for layer in layers
         ]
         forward_kwargs = self._forward_kwargs()
         input_device = self._input_device()
+        show = self.progress and distributed.is_main()
         try:
-            with tqdm(total=len(order), desc="activations", unit="prompt", disable=not self.progress) as bar:
-                for batch in self._batches(prompts, order):
+            with tqdm(total=None if shard else len(order), desc="activations", unit="prompt", disable=not show) as bar:
+                for number, batch in enumerate(self._batches(prompts, order)):
+                    if shard and not distributed.owned(number):
+                        continue
                     state.clear()
                     state["mask"] = batch.attention_mask.bool()
                     state["by_device"] = {}
@@ -452,19 +481,66 @@ class ActivationCollector:
                         except _StopForward:
                             pass
                     captured = state["captured"]
-                    missing = [layer for layer in self.layers if layer not in captured]
+                    missing = [layer for layer in layers if layer not in captured]
                     if missing:
                         raise RuntimeError(
                             f"decoder blocks {missing} at {self.decoder_blocks.path!r} did not run during "
                             "the forward pass; check blocks_path"
                         )
-                    pooled = torch.stack([captured[layer] for layer in self.layers], dim=1)
                     bar.update(len(batch.indices))
-                    yield batch.indices, pooled
+                    yield batch.indices, {layer: captured[layer] for layer in layers}
         finally:
             for handle in handles:
                 handle.remove()
             model.train(was_training)
+
+    def project(self, prompts: Sequence[str], directions: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Projection ``h·v̂`` of every prompt's pooled activation on each block's unit direction (one forward pass).
+
+        What diagnostics need from the activations, without keeping them: ``n × L`` numbers instead of ``n × L × d``.
+        Under ``torch.distributed`` every process must call it; each forwards its own batches and all receive every
+        projection.
+
+        Args:
+            prompts: user messages.
+            directions: ``{block: [d]}`` (any norm; non-zero), blocks among the collector's layers.
+
+        Returns:
+            float64 ``[n_prompts, L]`` in prompt order, columns in sorted block order; each projection is computed in
+            float64 on the block's device.
+        """
+        layers = sorted(int(layer) for layer in directions)
+        units = {}
+        for layer in layers:
+            vector = torch.as_tensor(directions[layer]).detach().to("cpu", torch.float64).reshape(-1)
+            norm = torch.linalg.vector_norm(vector)
+            if not bool(torch.isfinite(vector).all()) or norm == 0:
+                raise ValueError(f"the direction of block {layer} is zero or not finite")
+            units[layer] = vector / norm
+        prompts = self._check_prompts(prompts)
+        projections = torch.zeros(len(prompts), len(layers), dtype=torch.float64)
+        for indices, pooled in self.iter_activations(prompts, layers=layers):
+            for column, layer in enumerate(layers):
+                x = pooled[layer]
+                if units[layer].device != x.device:
+                    units[layer] = units[layer].to(x.device)
+                projections[indices, column] = (x.to(torch.float64) @ units[layer]).cpu()
+        return distributed.all_reduce_sum_(projections)
+
+    def layer_activations(self, prompts: Sequence[str], layer: int) -> torch.Tensor:
+        """Pooled activations of one block, float32 ``[n_prompts, d]`` on CPU in prompt order (one forward pass that
+        stops after the block). Collective under ``torch.distributed``, like :meth:`project`."""
+        prompts = self._check_prompts(prompts)
+        result = torch.zeros(len(prompts), self.hidden_size)
+        for indices, pooled in self.iter_activations(prompts, layers=[layer]):
+            result[indices] = pooled[int(layer)].to("cpu", torch.float32)
+        return distributed.all_reduce_sum_(result)
+
+    def block_devices(self) -> dict[int, torch.device]:
+        """Where each collected block's statistics live: ``stats_device``, else the block's own device."""
+        if self.stats_device is not None:
+            return dict.fromkeys(self.layers, self.stats_device)
+        return {layer: block_device(self.decoder_blocks.blocks[layer]) for layer in self.layers}
 
     # ---------------------------------------------------------------------------------------------- internals
 
@@ -491,14 +567,19 @@ class ActivationCollector:
             "chat_template_kwargs": self.chat_template_kwargs,
         }
 
+    @property
+    def hidden_size(self) -> int:
+        """Width ``d`` of the blocks' outputs (the config's hidden size, else the input embeddings' width)."""
+        hidden_size, _ = model_dimensions(self.model)
+        if hidden_size is None:
+            hidden_size = self.model.get_input_embeddings().embedding_dim
+        return int(hidden_size)
+
     def _input_device(self) -> torch.device:
-        """Where the input ids go: the embedding's device (the first device of a ``device_map`` model)."""
-        try:
-            device = self.model.get_input_embeddings().weight.device
-        except (AttributeError, NotImplementedError):
-            device = next(self.model.parameters()).device
-        # offloaded embeddings live on "meta"; accelerate's hooks move CPU inputs to the execution device
-        return torch.device("cpu") if device.type == "meta" else device
+        """Where the input ids go (see :func:`steering_adapter.generation._input_device`)."""
+        from .generation import _input_device
+
+        return _input_device(self.model)
 
     def _forward_kwargs(self) -> dict[str, Any]:
         parameters = inspect.signature(self.model.forward).parameters
@@ -552,18 +633,17 @@ class ActivationCollector:
                     attention_mask[row, span] = 1
                 yield _Batch([chunk[j] for j in members], input_ids, attention_mask)
 
-    def _make_hook(self, layer: int, state: dict[str, Any]):
-        deepest = self.layers[-1]
-
+    def _make_hook(self, layer: int, deepest: int, state: dict[str, Any]):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple | list) else output
-            state["captured"][layer] = self._pool(hidden, state).to(self.stats_device)
+            state["captured"][layer] = self._pool(hidden, state)
             if layer == deepest:
                 raise _StopForward
 
         return hook
 
     def _pool(self, hidden: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        """``[b, d]`` pooled on the block's device, in float32 (float64 for a float64 model)."""
         mask = state["mask"]
         if hidden.ndim != 3 or hidden.shape[:2] != mask.shape:
             raise RuntimeError(
@@ -571,15 +651,16 @@ class ActivationCollector:
                 f"[batch, seq] = {tuple(mask.shape)}"
             )
         device = hidden.device
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
         if device not in state["by_device"]:
             local = mask.to(device)
             last = last_token_index(local)
-            state["by_device"][device] = (local, last, local.sum(-1, keepdim=True).to(torch.float64))
+            state["by_device"][device] = (local, last, local.sum(-1, keepdim=True))
         local, last, lengths = state["by_device"][device]
         if self.position == "last":
-            return hidden[torch.arange(hidden.shape[0], device=device), last].to(torch.float64)
-        summed = hidden.masked_fill(~local[..., None], 0).sum(dim=1, dtype=torch.float64)
-        return summed / lengths
+            return hidden[torch.arange(hidden.shape[0], device=device), last].to(dtype)
+        summed = hidden.masked_fill(~local[..., None], 0).sum(dim=1, dtype=dtype)
+        return summed / lengths.to(dtype)
 
 
 def collect_activations(
@@ -600,6 +681,7 @@ def collect_activations(
     keep_activations: bool = False,
     save_dir: str | Path | None = None,
     progress: bool = True,
+    estimator: Any | None = None,
     **collector_kwargs: Any,
 ) -> CollectionResult:
     """One call: build an :class:`ActivationCollector` and run :meth:`ActivationCollector.collect`.
@@ -621,12 +703,21 @@ def collect_activations(
         keep_activations: also return raw activations ``[n, L, d]``.
         save_dir: write the result there.
         progress: show a progress bar.
+        estimator: an MD / RMD / WRMD estimator: collect exactly the statistics it declares
+            (``estimator.required_statistics()``: its weighting and second moments, nothing else); then
+            ``weighting`` and ``second_moments`` must not be given.
         **collector_kwargs: other :class:`ActivationCollector` arguments (``system_prompt``, ``padding_side``,
             ``blocks_path``, ``second_moments``, ``stats_device``, ``chat_template_kwargs``).
 
     Returns:
         The :class:`CollectionResult`.
     """
+    if estimator is not None:
+        if weighting != "none" or "second_moments" in collector_kwargs:
+            raise ValueError("give either an estimator or weighting / second_moments, not both")
+        spec = estimator.required_statistics()
+        weighting = spec.weighting
+        collector_kwargs["second_moments"] = spec.second_moments
     collector = ActivationCollector(
         model,
         tokenizer,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 # Known paths of the text decoder blocks, relative to the loaded transformers model, most specific first.
@@ -75,6 +76,24 @@ def model_dimensions(model: nn.Module) -> tuple[int | None, int | None]:
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     return hidden, layers
+
+
+def block_device(block: nn.Module) -> torch.device:
+    """The device a decoder block computes on, i.e. where its output and anything kept per block belong.
+
+    A block dispatched by accelerate (``device_map``) with an ``execution_device`` computes there even when its
+    weights are offloaded (on ``meta``); otherwise it is the device of the block's first parameter (or buffer). A block
+    without any, or with weights on ``meta`` and no execution device, counts as CPU.
+    """
+    execution = getattr(getattr(block, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution)
+    tensor = next(block.parameters(), None)
+    if tensor is None:
+        tensor = next(block.buffers(), None)
+    if tensor is None or tensor.device.type == "meta":
+        return torch.device("cpu")
+    return tensor.device
 
 
 def _candidate_lists(model: nn.Module) -> list[tuple[str, int]]:

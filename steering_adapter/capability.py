@@ -24,7 +24,9 @@ def _encode(tokenizer, texts: Sequence[str], chat: bool, device) -> dict[str, to
 
 
 def _device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    from .generation import _input_device
+
+    return _input_device(model)
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:

@@ -89,9 +89,16 @@ def base_model_spec(model_name: str | None, adapters: Sequence[str]):
     return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 
-def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], scale: float | None, spec: Any = None):
+def _load_model_and_adapters(
+    model_name: str | None,
+    adapters: Sequence[str],
+    scale: float | None,
+    spec: Any = None,
+    placement: dict[str, str] | None = None,
+):
     """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
-    and system prompt; the model itself and its revision come from :func:`base_model_spec`."""
+    and system prompt; the model itself and its revision come from :func:`base_model_spec`; ``placement``
+    (``--dtype`` / ``--device`` / ``--device-map``) overrides dtype and device."""
     import dataclasses
 
     from .pipeline import load_model
@@ -100,6 +107,8 @@ def _load_model_and_adapters(model_name: str | None, adapters: Sequence[str], sc
     base = base_model_spec(model_name, adapters)
     if spec is not None:
         base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
+    if placement:
+        base = dataclasses.replace(base, **placement)
     model, tokenizer = load_model(base)
     names = []
     for index, adapter in enumerate(adapters):
@@ -123,6 +132,48 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, tem
     return [sample.answers[0].text for sample in samples]
 
 
+def _placement(args: argparse.Namespace) -> dict[str, str]:
+    """``--dtype`` / ``--device`` / ``--device-map`` as ModelSpec overrides."""
+    placement = {}
+    if getattr(args, "dtype", None):
+        placement["dtype"] = args.dtype
+    if getattr(args, "device", None):
+        placement["device"] = args.device
+    if getattr(args, "device_map", None):
+        placement["device"] = args.device_map
+    return placement
+
+
+def _add_placement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--device", help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    where.add_argument(
+        "--device-map",
+        choices=["auto", "balanced", "balanced_low_0", "sequential"],
+        help="spread the model's blocks over the visible GPUs (transformers device_map)",
+    )
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .memory import estimate_recipe_memory, free_memory, model_config
+
+    recipe = _recipe_with_overrides(args.recipe, list(args.set or []))
+    if args.config:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.config)
+    else:
+        config = model_config(recipe.model.name_or_path, recipe.model.revision)
+    estimate = estimate_recipe_memory(recipe, config, prompt_tokens=args.prompt_tokens)
+    print(f"# memory of {recipe.name} ({recipe.model.name_or_path}, {recipe.model.dtype} on {recipe.model.device})\n")
+    print(estimate.table())
+    free = free_memory(recipe.model.device)
+    print("\nassumed: " + ", ".join(f"{key} {value}" for key, value in estimate.assumptions.items()))
+    print("free now: " + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in free.items() if v is not None))
+    return EXIT_OK
+
+
 def check_sources(recipe) -> None:
     """Load every prompt source a recipe names, so a missing or empty one is reported before the model loads.
 
@@ -144,24 +195,36 @@ def check_sources(recipe) -> None:
             raise ValueError(f"{key}: source {source!r} has no prompts")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .evaluation import adapter_report_markdown
-    from .pipeline import NoFeasibleChoiceError, run_recipe
+def _recipe_with_overrides(path: str, overrides: list[tuple[list[str], Any]]) -> Any:
     from .recipes import read_recipe_yaml, recipe_from_dict
 
-    data = read_recipe_yaml(args.recipe)
+    return recipe_from_dict(apply_overrides(read_recipe_yaml(path), overrides))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .evaluation import adapter_report_markdown
+    from .pipeline import NoFeasibleChoiceError, run_recipe
+
     overrides = list(args.set or [])
     if args.out:
         overrides.append((["output", "dir"], args.out))
     if args.backend:
         overrides.append((["sampling", "backend"], args.backend))
-    recipe = recipe_from_dict(apply_overrides(data, overrides))
+    recipe = _recipe_with_overrides(args.recipe, overrides)
     check_sources(recipe)
+    distributed.init_from_environment(recipe.model.device)  # under torchrun: join the other processes
+    main = distributed.is_main()
     try:
-        result = run_recipe(recipe, progress=not args.no_progress)
+        result = run_recipe(recipe, progress=not args.no_progress, memory_check=not args.no_memory_check)
     except NoFeasibleChoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main:
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_INFEASIBLE
+    finally:
+        distributed.shutdown()
+    if not main:
+        return EXIT_OK
     print()
     choice = result.selection.choice
     gate = f", gated at block {result.selection.condition['layer']}" if choice.gated else ""
@@ -213,12 +276,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         spec = base_model_spec(args.model, [args.adapter])
         if recipe is not None:
             spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
+        spec = dataclasses.replace(spec, **_placement(args))
         engine = dict(sampling.engine_args or {}) if sampling is not None else {}
         model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}], **engine)
         tokenizer = model.tokenizer
     else:
         model, tokenizer = _load_model_and_adapters(
-            args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None
+            args.model, [args.adapter], args.scale, recipe.model if recipe is not None else None, _placement(args)
         )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
@@ -226,7 +290,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         relevance = RelevanceScorer()
     judge = build_judge(
-        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern")
+        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern"),
+        _model_placement(recipe, args),
     )
     report = evaluate(
         model,
@@ -250,6 +315,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     print(f"report: {args.out}/report.md")
     return EXIT_OK
+
+
+def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
+    """The dtype and device a local judge model gets: the evaluated model's (recipe, then command-line options)."""
+    import dataclasses
+
+    from .recipes import ModelSpec
+
+    return dataclasses.replace(recipe.model if recipe is not None else ModelSpec(), **_placement(args))
 
 
 def _read_recipe(path: str) -> Any:
@@ -290,7 +364,7 @@ def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed
 def cmd_generate(args: argparse.Namespace) -> int:
     from .tuner.model import steering_disabled
 
-    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale)
+    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale, None, _placement(args))
     prompts = args.prompt
     steered = _generate(model, tokenizer, prompts, args.max_new_tokens, args.temperature)
     base = None
@@ -311,7 +385,7 @@ RESET_COMMAND = "/reset"
 def cmd_chat(args: argparse.Namespace) -> int:
     from .judges.backends import TransformersJudgeBackend
 
-    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale)
+    model, tokenizer = _load_model_and_adapters(args.model, args.adapter or [], args.scale, None, _placement(args))
     # greedy chat completion of the whole conversation (the same runner as a local judge model)
     runner = TransformersJudgeBackend(model, tokenizer, max_new_tokens=args.max_new_tokens, batch_size=1)
     print(
@@ -404,9 +478,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="do not stop before loading the model when the memory estimate exceeds the free memory",
+    )
+    run.add_argument(
         "--backend", choices=["transformers", "vllm"], help="sampling backend (overrides sampling.backend)"
     )
     run.set_defaults(func=cmd_run)
+
+    memory = sub.add_parser(
+        "memory",
+        parents=[common],
+        help="estimate a recipe's memory per stage from the model's config (nothing is loaded)",
+        description="Print the memory a recipe needs per stage (weights, sampling, statistics, diagnostics, gating, "
+        "KL) and per process, from the model's config and the recipe; `run` checks the same estimate against the "
+        "free memory before it loads the model.",
+    )
+    memory.add_argument("recipe", help="recipe YAML file")
+    memory.add_argument("--config", help="a local config.json (or folder) to use instead of the recipe model's")
+    memory.add_argument(
+        "--set", action="append", type=_parse_override, metavar="KEY.PATH=VALUE", help="override a recipe value"
+    )
+    memory.add_argument("--prompt-tokens", type=int, default=256, help="assumed prompt length (default 256)")
+    memory.set_defaults(func=cmd_memory)
 
     ev = sub.add_parser(
         "eval",
@@ -453,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["transformers", "vllm"],
         help="sampling backend: the transformers model (default, or the recipe's) or a vLLM engine with the adapter",
     )
+    _add_placement_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     for name, func, text in (
@@ -469,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--max-new-tokens", type=int, default=96, help="answer length (default 96)")
         if name == "generate":
             gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        _add_placement_options(gen)
         gen.set_defaults(func=func)
 
     push = sub.add_parser(
@@ -520,6 +617,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launcher(command: str) -> None:
+    """Only ``run`` splits its work over torchrun's processes; other commands would each do all of it.
+
+    Raises:
+        ValueError: another command started by torchrun with several processes.
+    """
+    from .distributed import launched_by_torchrun
+
+    if command != "run" and launched_by_torchrun():
+        raise ValueError(
+            f"`{command}` runs in one process; only `run` shares its work among torchrun's processes "
+            "(start it without torchrun, or with --nproc-per-node 1)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``steering-adapter`` command; returns the process exit code."""
     from .hub import HubUnreachableError
@@ -531,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .threads import configure_threads
 
             configure_threads(args.threads)
+        _check_launcher(args.command)
         return args.func(args)
     except HubUnreachableError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,7 +11,10 @@ For each layer ``ℓ`` with direction ``v_ℓ`` and prompt activations ``h_ℓ(x
 - participation ratio ``PR = (Σᵢ vᵢ²)² / Σᵢ vᵢ⁴ = ‖v‖₂⁴ / ‖v‖₄⁴``, from 1 (one coordinate) to ``d`` (all
   equal): the effective number of coordinates the direction is spread over.
 
-:func:`diagnose_directions` returns a :class:`DirectionDiagnostics`; :meth:`DirectionDiagnostics.save` writes
+:func:`diagnose_directions` computes them from kept activations ``[n, L, d]``; :func:`diagnose_from_model` computes
+the same from the model without keeping activations: one forward pass records ``h·v̂`` per prompt and block
+(``n × L`` numbers), and a second pass reads the best block's activations of the labelled prompts for the PCA scatter
+(``n × d`` numbers, one block). Both return a :class:`DirectionDiagnostics`; :meth:`DirectionDiagnostics.save` writes
 ``diagnostics.json`` and PNG plots (matplotlib, Agg backend).
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
+from .records import json_safe
 from .statistics import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_REFUSAL_THRESHOLD,
@@ -40,6 +44,7 @@ __all__ = [
     "LayerDiagnostics",
     "DirectionDiagnostics",
     "diagnose_directions",
+    "diagnose_from_model",
     "direction_dimensionality",
 ]
 
@@ -177,7 +182,8 @@ class DirectionDiagnostics:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = {"json": directory / DIAGNOSTICS_FILE}
-        written["json"].write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        # unscored prompts have NaN scores: null in strict JSON (read back as NaN by load)
+        written["json"].write_text(json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n")
         if plots:
             written.update(self._plot(directory))
         return written
@@ -339,13 +345,110 @@ def diagnose_directions(
             )
         if not np.isfinite(acts).all():
             raise ValueError("activations contain non-finite values (NaN or inf)")
+    if (labels is not None or scores is not None) and acts is None:
+        raise ValueError("labels or scores need activations")
+    norms = _norms(layer_ids, vectors)
+    projections = None if acts is None else np.einsum("nld,ld->nl", acts, vectors / norms[:, None])
 
+    def best_layer_points(layer: int, rows: np.ndarray) -> np.ndarray:
+        return acts[rows, layer_ids.index(layer)]
+
+    return _diagnose(
+        layer_ids,
+        vectors,
+        projections,
+        labels=labels,
+        scores=scores,
+        refusal_threshold=refusal_threshold,
+        compliance_threshold=compliance_threshold,
+        coverage=coverage,
+        best_layer_points=best_layer_points if pca and acts is not None else None,
+    )
+
+
+def diagnose_from_model(
+    collector: Any,
+    prompts: Sequence[str],
+    directions: Mapping[int, ArrayLike],
+    *,
+    labels: ArrayLike | None = None,
+    scores: ArrayLike | None = None,
+    refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
+    compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
+    coverage: float = 0.9,
+    pca: bool = True,
+) -> DirectionDiagnostics:
+    """The diagnostics of :func:`diagnose_directions`, streamed from the model instead of kept activations.
+
+    One forward pass over ``prompts`` records the projection of each prompt on each block's unit direction
+    (:meth:`~steering_adapter.activations.ActivationCollector.project`; float64 ``[n, L]``); with ``pca``, a second
+    pass reads the best block's activations of the labelled prompts (float32 ``[m, d]``, one block). Memory: ``n·L``
+    projections plus ``m·d`` for the scatter, instead of ``n·L·d``. Collective under ``torch.distributed``.
+
+    Args:
+        collector: an :class:`~steering_adapter.activations.ActivationCollector` set up as for the statistics (same
+            position, system prompt, template), whose layers include every block of ``directions``.
+        prompts: the prompts (every one is projected; neutral ones count for Pearson r).
+        directions: ``{block: [d]}``.
+        labels: booleans ``[n]`` (``True`` = refused) for the AUC; or
+        scores: refusal-confidence scores ``[n]`` (classes by the thresholds, and Pearson r).
+        refusal_threshold: ``c > refusal_threshold`` is refused.
+        compliance_threshold: ``c < compliance_threshold`` is complied.
+        coverage: ``‖v‖²`` fraction for ``coords_90``.
+        pca: compute the 2-D PCA scatter at the best layer (one more forward pass).
+
+    Returns:
+        The :class:`DirectionDiagnostics`.
+    """
+    layer_ids, vectors = _directions_matrix(directions, None)
+    _norms(layer_ids, vectors)
+    prompts = list(prompts)
+    projections = collector.project(prompts, dict(zip(layer_ids, torch.from_numpy(vectors), strict=True))).numpy()
+
+    def best_layer_points(layer: int, rows: np.ndarray) -> np.ndarray:
+        chosen = [prompts[i] for i in np.flatnonzero(rows)]
+        return collector.layer_activations(chosen, layer).numpy().astype(np.float64)
+
+    return _diagnose(
+        layer_ids,
+        vectors,
+        projections,
+        labels=labels,
+        scores=scores,
+        refusal_threshold=refusal_threshold,
+        compliance_threshold=compliance_threshold,
+        coverage=coverage,
+        best_layer_points=best_layer_points if pca else None,
+    )
+
+
+def _norms(layer_ids: list[int], vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1)
+    if not (norms > 0).all():
+        zero = [layer_ids[i] for i in np.flatnonzero(norms == 0)]
+        raise ValueError(f"the directions of layers {zero} are zero")
+    return norms
+
+
+def _diagnose(
+    layer_ids: list[int],
+    vectors: np.ndarray,
+    projections: np.ndarray | None,
+    *,
+    labels: ArrayLike | None,
+    scores: ArrayLike | None,
+    refusal_threshold: float,
+    compliance_threshold: float,
+    coverage: float,
+    best_layer_points: Callable[[int, np.ndarray], np.ndarray] | None,
+) -> DirectionDiagnostics:
+    """Everything from the projections ``[n, L]`` (or none) and, for the PCA, the best block's labelled activations."""
+    d = vectors.shape[1]
+    norms = _norms(layer_ids, vectors)
     is_refusal = keep = score_array = None
-    if labels is not None or scores is not None:
-        if acts is None:
-            raise ValueError("labels or scores need activations")
+    if (labels is not None or scores is not None) and projections is not None:
         assignment = assign_labels(
-            acts.shape[0],
+            projections.shape[0],
             labels=labels,
             scores=scores,
             refusal_threshold=refusal_threshold,
@@ -355,12 +458,6 @@ def diagnose_directions(
         keep = assignment.keep.numpy()
         if scores is not None:
             score_array = _to_numpy(scores).astype(np.float64).ravel()
-
-    norms = np.linalg.norm(vectors, axis=1)
-    if not (norms > 0).all():
-        zero = [layer_ids[i] for i in np.flatnonzero(norms == 0)]
-        raise ValueError(f"the directions of layers {zero} are zero")
-    projections = None if acts is None else np.einsum("nld,ld->nl", acts, vectors / norms[:, None])
 
     entries = []
     for i, layer in enumerate(layer_ids):
@@ -400,11 +497,11 @@ def diagnose_directions(
         keep=keep,
         scores=score_array,
     )
-    if pca and acts is not None and keep is not None:
+    if best_layer_points is not None and keep is not None:
         labelled = keep
         if labelled.sum() >= 2 and is_refusal[labelled].any() and (~is_refusal[labelled]).any():
             best = result.best_layers(1)[0]
-            points = acts[labelled, layer_ids.index(best)]
+            points = best_layer_points(best, labelled)
             n_components = min(2, points.shape[0], d)
             model = PCA(n_components=n_components)
             coords = model.fit_transform(points)

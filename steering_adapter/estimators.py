@@ -43,6 +43,7 @@ from .statistics import (
     REFUSAL,
     ActivationStatistics,
     ArrayLike,
+    StatisticsSpec,
     assign_labels,
     validate_epsilon,
     validate_thresholds,
@@ -51,8 +52,10 @@ from .statistics import (
 Method = Literal["md", "rmd", "wrmd"]
 LambdaMode = Literal["absolute", "relative"]
 Units = Literal["raw", "separation"]
+Covariance = Literal["compliance", "pooled"]
 
 UNITS = ("raw", "separation")
+COVARIANCES = ("compliance", "pooled")
 # steering_metadata["vector_units"] value of each estimator unit (adapter-format.md, "Vector units")
 VECTOR_UNITS = {"raw": "raw", "separation": "class_separation"}
 
@@ -68,6 +71,7 @@ __all__ = [
     "separation_units",
     "UNITS",
     "VECTOR_UNITS",
+    "COVARIANCES",
 ]
 
 
@@ -112,6 +116,21 @@ def _weighted_covariance(X: torch.Tensor, w: torch.Tensor, cls: str) -> torch.Te
         raise ValueError(f"the weights of the {cls} class leave no degrees of freedom for a covariance")
     centred = X - (w @ X) / total
     cov = (centred * w[:, None]).T @ centred / denominator
+    return (cov + cov.T) / 2
+
+
+def _pooled_covariance(X_r: torch.Tensor, w_r: torch.Tensor, X_c: torch.Tensor, w_c: torch.Tensor) -> torch.Tensor:
+    """Pooled within-class covariance (each class centred on its own weighted mean), float64 ``[d, d]``."""
+    scatter = torch.zeros(X_r.shape[1], X_r.shape[1], dtype=torch.float64, device=X_r.device)
+    dof = 0.0
+    for X, w in ((X_r, w_r), (X_c, w_c)):
+        total = w.sum()
+        centred = X - (w @ X) / total
+        scatter += (centred * w[:, None]).T @ centred
+        dof += float(total - (w * w).sum() / total)
+    if not dof > 0:
+        raise ValueError("the classes leave no degrees of freedom for a pooled covariance")
+    cov = scatter / dof
     return (cov + cov.T) / 2
 
 
@@ -178,6 +197,7 @@ class _DirectionEstimator(BaseEstimator):
 
     _weighting: ClassVar[str] = "none"
     _uses_covariance: ClassVar[bool] = False
+    covariance: Covariance = "compliance"
 
     # parameters every subclass has
     refusal_threshold: float
@@ -191,6 +211,25 @@ class _DirectionEstimator(BaseEstimator):
 
     def _epsilon(self) -> float:
         return DEFAULT_EPSILON
+
+    def required_statistics(self) -> StatisticsSpec:
+        """What :meth:`fit_statistics` reads: the weighting and the only second moments worth collecting.
+
+        MD needs the class means only (``second_moments="none"``); RMD the compliance covariance (or, with
+        ``covariance="pooled"``, one pooled matrix); WRMD the same with confidence weights. Collecting nothing else
+        keeps the statistics at ``8 · L · (2·d + k·d²)`` bytes with ``k`` = 0 or 1
+        (:func:`~steering_adapter.statistics.statistics_nbytes`).
+        """
+        if not self._uses_covariance:
+            return StatisticsSpec(weighting=self._weighting, second_moments="none")
+        return StatisticsSpec(weighting=self._weighting, second_moments=self.covariance)
+
+    def _covariance(
+        self, X: torch.Tensor, weights: torch.Tensor, refusal: torch.Tensor, compliance: torch.Tensor
+    ) -> torch.Tensor:
+        if self.covariance == "pooled":
+            return _pooled_covariance(X[refusal], weights[refusal], X[compliance], weights[compliance])
+        return _weighted_covariance(X[compliance], weights[compliance], COMPLIANCE)
 
     def fit(
         self,
@@ -259,7 +298,7 @@ class _DirectionEstimator(BaseEstimator):
         mean_c = _weighted_mean(X[compliance], weights[compliance])
         cov_c = None
         if self._uses_covariance:
-            cov_c = _weighted_covariance(X[compliance], weights[compliance], COMPLIANCE)
+            cov_c = self._covariance(X, weights, refusal, compliance)
         return self._finish(mean_r, mean_c, cov_c, int(refusal.sum()), int(compliance.sum()))
 
     def fit_statistics(self, stats: ActivationStatistics, layer: int | None = None) -> _DirectionEstimator:
@@ -268,7 +307,7 @@ class _DirectionEstimator(BaseEstimator):
         Args:
             stats: :class:`~steering_adapter.statistics.ActivationStatistics`; MD and RMD need statistics
                 collected with ``weighting="none"``, WRMD with ``weighting="confidence"`` and the same
-                ``epsilon``.
+                ``epsilon``; see :meth:`required_statistics` for the second moments.
             layer: the block index; may be omitted when the statistics hold a single layer.
 
         Returns:
@@ -299,7 +338,11 @@ class _DirectionEstimator(BaseEstimator):
                 raise ValueError(f"no {cls} samples in the statistics; both classes are needed")
         mean_r = stats.mean(REFUSAL, layer)
         mean_c = stats.mean(COMPLIANCE, layer)
-        cov_c = stats.covariance(COMPLIANCE, layer) if self._uses_covariance else None
+        cov_c = None
+        if self._uses_covariance:
+            cov_c = (
+                stats.pooled_covariance(layer) if self.covariance == "pooled" else stats.covariance(COMPLIANCE, layer)
+            )
         return self._finish(mean_r, mean_c, cov_c, stats.count(REFUSAL), stats.count(COMPLIANCE))
 
     def _effective_lambda(self, covariance: torch.Tensor) -> float:
@@ -367,8 +410,9 @@ class RidgeMeanDifference(_DirectionEstimator):
     """Ridge-whitened mean difference, ``v = (Σ_c + λI)⁻¹ (μ_r − μ_c)`` (RMD).
 
     ``Σ_c`` is the unbiased covariance of the **compliance** activations only (reliability-weighted when
-    sample weights are given), as in the method description; it needs at least 2 compliance samples. The
-    system is solved in float64 with a Cholesky factorisation, never an explicit inverse.
+    sample weights are given), as in the method description; it needs at least 2 compliance samples. With
+    ``covariance="pooled"`` it is the pooled within-class covariance of both classes instead (each centred on its
+    own mean). The system is solved in float64 with a Cholesky factorisation, never an explicit inverse.
 
     Args:
         ridge_lambda: ``λ > 0``. With ``lambda_mode="absolute"`` it is added to the diagonal as is.
@@ -377,6 +421,7 @@ class RidgeMeanDifference(_DirectionEstimator):
         refusal_threshold: with scores, ``c > refusal_threshold`` is the refusal side.
         compliance_threshold: with scores, ``c < compliance_threshold`` is the compliance side.
         units: ``"raw"`` (the closed form) or ``"separation"`` (``s·u``, see the module docstring).
+        covariance: ``"compliance"`` (the method's ``Σ_c``) or ``"pooled"`` (pooled within-class covariance).
 
     Attributes:
         direction_: float32 ``[d]``, the direction in ``units``.
@@ -399,12 +444,14 @@ class RidgeMeanDifference(_DirectionEstimator):
         refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
         units: Units = "raw",
+        covariance: Covariance = "compliance",
     ) -> None:
         self.ridge_lambda = ridge_lambda
         self.lambda_mode = lambda_mode
         self.refusal_threshold = refusal_threshold
         self.compliance_threshold = compliance_threshold
         self.units = units
+        self.covariance = covariance
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -414,6 +461,8 @@ class RidgeMeanDifference(_DirectionEstimator):
             raise ValueError(f"ridge_lambda must be > 0, got {self.ridge_lambda}")
         if self.lambda_mode not in ("absolute", "relative"):
             raise ValueError(f"unknown lambda_mode {self.lambda_mode!r}; expected 'absolute' or 'relative'")
+        if self.covariance not in COVARIANCES:
+            raise ValueError(f"unknown covariance {self.covariance!r}; expected one of {COVARIANCES}")
 
     def _effective_lambda(self, covariance: torch.Tensor) -> float:
         if self.lambda_mode == "absolute":
@@ -442,6 +491,7 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
         refusal_threshold: with scores as labels, ``c > refusal_threshold`` is the refusal side.
         compliance_threshold: with scores as labels, ``c < compliance_threshold`` is the compliance side.
         units: ``"raw"`` (the closed form) or ``"separation"`` (``s·u``, see the module docstring).
+        covariance: ``"compliance"`` or ``"pooled"``, see :class:`RidgeMeanDifference`.
 
     Attributes:
         direction_: float32 ``[d]``, the direction in ``units``.
@@ -465,6 +515,7 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
         refusal_threshold: float = DEFAULT_REFUSAL_THRESHOLD,
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
         units: Units = "raw",
+        covariance: Covariance = "compliance",
     ) -> None:
         super().__init__(
             ridge_lambda=ridge_lambda,
@@ -472,6 +523,7 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
             refusal_threshold=refusal_threshold,
             compliance_threshold=compliance_threshold,
             units=units,
+            covariance=covariance,
         )
         self.epsilon = epsilon
 
@@ -533,6 +585,7 @@ def compute_direction(
     *,
     lambda_mode: LambdaMode = "absolute",
     units: Units = "raw",
+    covariance: Covariance = "compliance",
 ) -> torch.Tensor:
     """The refusal direction from the activations of both sides at one block.
 
@@ -550,6 +603,7 @@ def compute_direction(
         units: ``"raw"`` returns the closed form above; ``"separation"`` returns ``s·u``, the unit direction ``u``
             times the classes' mean separation along it ``s = u·(μ_r − μ_c)``, so that ``α = −1`` moves the refused
             prompts' mean onto the complied prompts' mean along ``u`` (the same for MD).
+        covariance: RMD / WRMD: ``"compliance"`` (``Σ_c``) or ``"pooled"`` (pooled within-class covariance).
 
     Returns:
         float32 ``[d]``, the direction in ``units``.
@@ -596,5 +650,7 @@ def compute_direction(
         estimator: _DirectionEstimator = MeanDifference(units=units)
     else:
         # WRMD with given weights is RMD with those weights in the means and the covariance.
-        estimator = RidgeMeanDifference(ridge_lambda=ridge_lambda, lambda_mode=lambda_mode, units=units)
+        estimator = RidgeMeanDifference(
+            ridge_lambda=ridge_lambda, lambda_mode=lambda_mode, units=units, covariance=covariance
+        )
     return estimator.fit(X, y, sample_weight=sample_weight).direction_

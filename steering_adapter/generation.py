@@ -209,10 +209,13 @@ def _derive_seed(seed: int, *parts: Any) -> int:
 
 
 def _input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device (the first device of a ``device_map`` model; CPU when the embedding
+    is offloaded to ``meta``, accelerate's hooks then move the inputs to its execution device)."""
     try:
-        return model.get_input_embeddings().weight.device
+        device = model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
-        return next(model.parameters()).device
+        device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _pad_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .activations import collect_activations
+from . import distributed
+from .activations import ActivationCollector
 from .builder import adapter_from_vectors, save_adapter
 from .conditions import ConditionFit, fit_condition
 from .datasets import PromptSet, load_prompt_set, split_prompts
-from .diagnostics import diagnose_directions
+from .diagnostics import diagnose_from_model
 from .embedded import is_embedded, load_embedded
 from .estimators import VECTOR_UNITS, fit_directions, make_estimator
 from .evaluation import EvalSet, EvaluationReport, adapter_report_markdown, evaluate
@@ -38,6 +39,8 @@ from .scoring_run import score_prompts
 from .selection import SweepResult, default_alphas, sweep_layers_and_scale
 
 ORGANISM_PREFIX = "organism:"
+# ModelSpec.device values that mean "dispatch the blocks over the visible devices" (transformers' device_map)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class NoFeasibleChoiceError(RuntimeError):
@@ -58,20 +61,28 @@ class RunResult:
 # ------------------------------------------------------------------------------------------------ loading
 def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
     """The model and tokenizer a recipe names (an embedded model such as ``"organism"`` or ``"smollm2-censored"``
-    is built locally, no download; see :mod:`steering_adapter.embedded`)."""
+    is built locally, no download; see :mod:`steering_adapter.embedded`).
+
+    ``spec.device`` is a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun ``"cuda"`` is this
+    process's ``cuda:LOCAL_RANK``) or a transformers ``device_map`` (``"auto"``, ``"balanced"``, ``"balanced_low_0"``,
+    ``"sequential"``) that spreads the blocks over the visible GPUs (and CPU) of one process.
+    """
     dtype = getattr(torch, spec.dtype)
+    device = distributed.local_device(spec.device)
     if is_embedded(spec.name_or_path):
         model, tokenizer = load_embedded(spec.name_or_path, dtype=dtype)
-        return model.to(spec.device), tokenizer
+        if device in DEVICE_MAPS:  # one small model: the first GPU when there is one
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return model.to(device), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
-    if spec.device == "auto":
-        kwargs["device_map"] = "auto"
+    if device in DEVICE_MAPS:
+        kwargs["device_map"] = device
     model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
-    if spec.device != "auto":
-        model = model.to(spec.device)
+    if device not in DEVICE_MAPS:
+        model = model.to(device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
@@ -86,8 +97,9 @@ def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sam
     return TransformersSampler(model, tokenizer)
 
 
-def build_judge(spec: JudgeSpec) -> Judge:
-    """The judge a recipe names."""
+def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
+    """The judge a recipe names; a transformers judge is loaded in ``model``'s dtype on its device (default float32
+    on CPU)."""
     from .judges import LLMJudge, OpenAIChatBackend, PatternJudge, TransformersJudgeBackend
     from .judges.pattern import DEFAULT_REFUSAL_PATTERNS
 
@@ -103,11 +115,11 @@ def build_judge(spec: JudgeSpec) -> Judge:
         return LLMJudge(backend)
     if spec.model is None:
         raise ValueError("recipe.judge.model: the transformers judge needs a model id or folder")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.model)
-    model = AutoModelForCausalLM.from_pretrained(spec.model).eval()
-    return LLMJudge(TransformersJudgeBackend(model, tokenizer))
+    placement = model or ModelSpec()
+    judge_model, tokenizer = load_model(
+        ModelSpec(name_or_path=spec.model, dtype=placement.dtype, device=placement.device)
+    )
+    return LLMJudge(TransformersJudgeBackend(judge_model, tokenizer))
 
 
 def resolve_prompts(source: str, part: str, recipe: Recipe, *, capped: bool = True) -> list[str]:
@@ -243,12 +255,19 @@ def estimate_directions(
     sampling = _sampling(recipe)
     key = _fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""))
     cache = out / "directions"
-    if (cache / "directions.json").is_file():
-        meta = json.loads((cache / "directions.json").read_text())
-        if meta.get("fingerprint") == key:
-            log(f"[estimate] reusing directions from {cache}")
-            tensors = load_file(str(cache / "directions.safetensors"))
-            return {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
+
+    def cached() -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]] | None:
+        if (cache / "directions.json").is_file():
+            meta = json.loads((cache / "directions.json").read_text())
+            if meta.get("fingerprint") == key:
+                tensors = load_file(str(cache / "directions.safetensors"))
+                return {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
+        return None
+
+    reused = distributed.from_main(cached)  # rank 0's files decide for every process
+    if reused is not None:
+        log(f"[estimate] reusing directions from {cache}")
+        return reused
 
     times = times or StageTimes()
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
@@ -274,28 +293,33 @@ def estimate_directions(
             "least 2 (check the prompt sources and the judge)"
         )
     est = recipe.estimator
-    weighting = "both" if est.method == "wrmd" else "none"
-    log(f"[collect] activations at the {est.position} prompt token")
-    with times("collect activations"):
-        collected = collect_activations(
-            model,
-            tokenizer,
-            prompts,
-            layers=est.layers,
-            position=est.position,
-            scores=values,
-            weighting=weighting,
-            keep_activations=True,
-            batch_size=recipe.sampling.batch_size,
-            progress=progress,
-            system_prompt=recipe.model.system_prompt,
-        )
     params: dict[str, Any] = {"units": est.units}
     if est.method != "md":
-        params.update(ridge_lambda=est.ridge_lambda, lambda_mode=est.lambda_mode)
-    stats = collected.weighted_stats if est.method == "wrmd" else collected.stats
-    directions = fit_directions(make_estimator(est.method, **params), stats)
-    diagnostics = diagnose_directions(collected.activations, directions, layers=collected.layers, scores=values)
+        params.update(ridge_lambda=est.ridge_lambda, lambda_mode=est.lambda_mode, covariance=est.covariance)
+    estimator = make_estimator(est.method, **params)
+    needed = estimator.required_statistics()  # only the moments this estimator reads, only for the candidate blocks
+    collector = ActivationCollector(
+        model,
+        tokenizer,
+        est.layers,
+        position=est.position,
+        batch_size=recipe.sampling.batch_size,
+        system_prompt=recipe.model.system_prompt,
+        second_moments=needed.second_moments,
+        progress=progress,
+    )
+    hidden_size = collector.hidden_size
+    log(
+        f"[collect] activations at the {est.position} prompt token on {len(collector.layers)} blocks: "
+        f"{needed.second_moments} second moments, {needed.nbytes(len(collector.layers), hidden_size) / 2**20:.1f} MiB"
+    )
+    with times("collect activations"):
+        collected = collector.collect(prompts, scores=values, weighting=needed.weighting)
+    stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
+    directions = fit_directions(estimator, stats)
+    del collected, stats  # the sums are freed before the diagnostics pass
+    with times("diagnostics"):  # projections h·v̂ streamed from a second pass, not kept activations
+        diagnostics = diagnose_from_model(collector, prompts, directions, scores=values)
     diagnostics.save(out / "diagnostics")
     ranking = diagnostics.best_layers()
     best = diagnostics.layer(ranking[0])
@@ -320,7 +344,7 @@ def estimate_directions(
     cache.mkdir(parents=True, exist_ok=True)
     save_file({str(k): v.contiguous() for k, v in directions.items()}, str(cache / "directions.safetensors"))
     atomic_write_json(cache / "directions.json", {"fingerprint": key, "ranking": ranking, "provenance": provenance})
-    return directions, ranking, provenance
+    return distributed.broadcast_object((directions, ranking, provenance))  # every process steers with rank 0's
 
 
 def fit_recipe_condition(
@@ -363,6 +387,7 @@ def fit_recipe_condition(
         system_prompt=recipe.model.system_prompt,
         progress=progress,
     )
+    fit = distributed.broadcast_object(fit)
     log(
         f"[condition] block {fit.layer}, threshold {fit.threshold:.3f}: held-out balanced accuracy "
         f"{fit.heldout_balanced_accuracy:.3f} (selects {fit.heldout_tpr:.0%} of targets, "
@@ -383,23 +408,42 @@ def _sampling(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def run_recipe(recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print) -> RunResult:
+def run_recipe(
+    recipe: Recipe, *, progress: bool = True, log: Callable[[str], None] = print, memory_check: bool = True
+) -> RunResult:
     """Run a recipe end to end; see the module docstring.
+
+    Under ``torchrun`` every process runs this with the same recipe (see :mod:`steering_adapter.distributed`): rank 0
+    writes ``recipe.output.dir`` and logs, the others work in a private scratch folder.
+
+    Args:
+        recipe: the recipe.
+        progress: tqdm bars.
+        log: where progress lines go.
+        memory_check: estimate the run's memory from the model's config and fail before loading the model when it
+            exceeds the free memory (:func:`steering_adapter.memory.check_recipe_memory`).
 
     Returns:
         The :class:`RunResult` (adapter folder, sweep, final report).
 
     Raises:
         NoFeasibleChoiceError: when no sweep point meets the constraints (the sweep table is still written).
+        InsufficientMemoryError: when the estimate exceeds the free memory (nothing is loaded).
     """
     started = time.time()
     times = StageTimes()
     out = Path(recipe.output.dir)
+    if not distributed.is_main():  # the same work on every process; only rank 0 writes the run's folder and logs
+        out, progress, log = distributed.scratch_dir(), False, _quiet
+    if memory_check:
+        from .memory import check_recipe_memory
+
+        check_recipe_memory(recipe, log=log)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", recipe.to_dict())
     with times("load model, judge, embedder"):
         model, tokenizer = load_model(recipe.model)
-        judge = build_judge(recipe.judge)
+        judge = build_judge(recipe.judge, recipe.model)
         relevance = None
         if recipe.relevance:
             from .relevance import RelevanceScorer
@@ -482,6 +526,7 @@ def _run_stages(
             progress=progress,
             **_sampling(recipe),
         )
+    sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
     if sweep.choice is None:
         raise NoFeasibleChoiceError(
             f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
@@ -596,6 +641,10 @@ def _run_stages(
     )
     peft_model.unload()
     return RunResult(out, adapter_dir, sweep, report, ungated_report)
+
+
+def _quiet(message: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def _version() -> str:

@@ -30,7 +30,9 @@ class ModelSpec:
         name_or_path: ``"organism"`` for the embedded model organism, else a Hub id or local folder.
         revision: exact revision of a Hub model.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-        device: torch device (``"cpu"``, ``"cuda"``); ``"auto"`` uses ``device_map="auto"``.
+        device: torch device (``"cpu"``, ``"cuda"``; under torchrun ``"cuda"`` is each process's own GPU) or a
+            transformers device map (``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``) that spreads
+            the blocks of one process's model over the visible GPUs.
         system_prompt: optional system message before every prompt.
     """
 
@@ -135,6 +137,8 @@ class EstimatorSpec:
             separation along it, so ``α = −1`` moves the refused prompts' mean onto the complied prompts' mean on any
             model and the default α grids carry over; ``"raw"``: the estimator's closed form (its norm depends on the
             model and λ, so α grids must be calibrated per model).
+        covariance: RMD / WRMD: ``"compliance"`` (the method's Σ_c) or ``"pooled"`` (pooled within-class). Either keeps
+            one ``d × d`` float64 matrix per candidate block (MD keeps none): ``8 · L · (2·d + d²)`` bytes.
     """
 
     method: Literal["md", "rmd", "wrmd"] = "rmd"
@@ -143,6 +147,7 @@ class EstimatorSpec:
     position: Literal["last", "mean"] = "last"
     layers: list[int] | None = None
     units: Literal["raw", "separation"] = "separation"
+    covariance: Literal["compliance", "pooled"] = "compliance"
 
 
 @dataclass

@@ -17,6 +17,19 @@ model (and per adapter and steering strength).
 Determinism: prompts are processed in fixed chunks of ``batch_size`` unique prompts, in input order; each chunk is
 sampled under a seed derived from ``seed`` and the keys of the whole chunk. When a chunk was only partly logged, the
 whole chunk is sampled again (same prompts, same seed, same answers) and only the missing records are written.
+
+Throughput: the judge works on chunk ``i`` in a worker thread while the model samples chunk ``i + 1`` (a queue of at
+most one chunk waiting; ``overlap=False`` alternates instead). The records are the same either way: answers and
+judgments are appended by the calling thread, each file in chunk order. An OpenAI-compatible judge sends the chunk's
+requests with its own ``max_concurrency``. A judge running in the worker must not draw from torch's global random
+generator (the shipped judges do not), which the sampler seeds.
+
+Data parallelism: under ``torch.distributed`` (``torchrun``, see :mod:`steering_adapter.distributed`) chunk ``c`` is
+sampled and judged by rank ``c mod N``; after each round of N chunks every process receives the round's records and
+appends them, in chunk order, to its own ``log_dir`` (rank 0's is the run's folder; the others write scratch
+copies), so the records are those of a single process. Rank 0's existing records decide what is resumed. The
+processes check that they score the same prompts with the same settings, judge and steering state, and fail loudly
+otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +37,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +47,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .generation import Answer, _derive_seed, sample_answers
 from .judges.base import Judge, Judgment
 from .records import JsonlLog, atomic_write_json, stable_key
@@ -132,6 +148,36 @@ def load_scores(log_dir: str | os.PathLike) -> list[PromptScore]:
     return [PromptScore.from_dict(record) for record in data["scores"]]
 
 
+def _steering_state(model: nn.Module) -> list[tuple[Any, ...]]:
+    """What the attached steering adapters do right now (blocks, active adapters, factors, vector sums, gates)."""
+    from .tuner.layer import SteeringLayer
+
+    state: list[tuple[Any, ...]] = [type(model).__name__]
+    model = getattr(model, "model", model)  # a TransformersSampler's model
+    if not isinstance(model, nn.Module):  # another sampling backend: its type only
+        return state
+    for name, module in model.named_modules():
+        if not isinstance(module, SteeringLayer) or module.disable_adapters:
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.steering_vector:
+                vector = module.steering_vector[adapter].detach()
+                state.append((name, adapter, module.steering_factor[adapter], float(vector.double().sum())))
+            if adapter in module.steering_gate_rule:
+                state.append((name, adapter, module.steering_gate_rule[adapter]))
+    return state
+
+
+def _completed(function: Callable[[], Any]) -> Future:
+    """A future already holding ``function()`` (the sequential path)."""
+    future: Future = Future()
+    try:
+        future.set_result(function())
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
+
+
 def score_prompts(
     model: nn.Module | Sampler,
     tokenizer: Any,
@@ -144,6 +190,7 @@ def score_prompts(
     threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 8,
     progress: bool = True,
+    overlap: bool = True,
     **sampling: Any,
 ) -> list[PromptScore]:
     """Sample, judge and score ``prompts``, resuming from whatever ``log_dir`` already holds.
@@ -160,6 +207,7 @@ def score_prompts(
         threshold: class threshold of :func:`~steering_adapter.scoring.classify`.
         batch_size: unique prompts per sampling chunk (and per ``judge_many`` call).
         progress: show a tqdm bar over prompts.
+        overlap: judge chunk ``i`` in a worker thread while chunk ``i + 1`` is sampled (same records as ``False``).
         **sampling: sampling settings for ``sample_answers`` (``k``, ``max_new_tokens``, ``temperature``, ``top_p``,
             ``top_k``, ``seed``, ``system_prompt``, ``thinking``, ``think_end``, ``chat_template_kwargs``).
 
@@ -169,6 +217,7 @@ def score_prompts(
     Raises:
         ValueError: empty prompts, bad ``prompt_ids`` length, unknown or non-JSON sampling settings, a judge that
             returns the wrong number of judgments.
+        RuntimeError: under ``torch.distributed``, when the processes do not score the same work.
     """
     prompts = list(prompts)
     if not prompts:
@@ -190,70 +239,123 @@ def score_prompts(
     for key, prompt, prompt_id in zip(keys, prompts, ids, strict=True):
         unique.setdefault(key, (prompt, prompt_id))
     order = list(unique)
+    parallel = distributed.is_distributed()
+    if parallel:
+        distributed.check_same(
+            stable_key(order, settings, judge_name, repr(_steering_state(model))),
+            "the prompts, sampling settings, judge and steering state of score_prompts",
+        )
 
-    answers: dict[str, list[Answer]] = {
-        key: [Answer.from_dict(answer) for answer in record["answers"]]
-        for key, record in answers_log.by_key().items()
-        if key in unique
-    }
+    def existing() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        found_answers = [record for key, record in answers_log.by_key().items() if key in unique]
+        found_judgments = [
+            record
+            for record in judgments_log.by_key().values()
+            if record.get("prompt_key") in unique and record.get("judge") == judge_name
+        ]
+        return found_answers, found_judgments
+
+    answer_records, judgment_records = distributed.from_main(existing) if parallel else existing()
+    answers: dict[str, list[Answer]] = {}
     judgments: dict[str, list[Judgment]] = {}
-    for record in judgments_log.by_key().values():
-        if record.get("prompt_key") in unique and record.get("judge") == judge_name:
-            judgments[record["prompt_key"]] = [Judgment.from_dict(item) for item in record["judgments"]]
+    for record in answer_records:
+        answers[record["key"]] = [Answer.from_dict(answer) for answer in record["answers"]]
+        if record["key"] not in answers_log:  # a process other than rank 0 mirrors rank 0's records
+            answers_log.append_keyed(record)
+    for record in judgment_records:
+        judgments[record["prompt_key"]] = [Judgment.from_dict(item) for item in record["judgments"]]
+        if record["key"] not in judgments_log:
+            judgments_log.append_keyed(record)
 
     sample_settings = {name: value for name, value in settings.items() if name != "seed"}
     sampler = as_sampler(model, tokenizer)
-    bar = tqdm(total=len(order), desc="scoring", unit="prompt", disable=not progress)
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            if any(key not in answers for key in chunk):
-                samples = sampler.sample_answers(
-                    [unique[key][0] for key in chunk],
-                    prompt_ids=[unique[key][1] for key in chunk],
-                    batch_size=len(chunk),
-                    progress=False,
-                    seed=_derive_seed(settings["seed"], "chunk", *chunk),
-                    **sample_settings,
+
+    def sample(chunk: list[str]) -> list[dict[str, Any]]:
+        """New answer records of ``chunk`` (the whole chunk is sampled when any of it is missing)."""
+        if all(key in answers for key in chunk):
+            return []
+        samples = sampler.sample_answers(
+            [unique[key][0] for key in chunk],
+            prompt_ids=[unique[key][1] for key in chunk],
+            batch_size=len(chunk),
+            progress=False,
+            seed=_derive_seed(settings["seed"], "chunk", *chunk),
+            **sample_settings,
+        )
+        return [
+            {
+                "key": key,
+                "prompt": sampled.prompt,
+                "prompt_id": sampled.prompt_id,
+                "settings": settings,
+                "answers": [answer.to_dict() for answer in sampled.answers],
+            }
+            for key, sampled in zip(chunk, samples, strict=True)
+            if key not in answers
+        ]
+
+    def judge_work(chunk: list[str]) -> Callable[[], list[tuple[str, list[dict[str, Any]]]]]:
+        """The judging of ``chunk``'s unjudged prompts, as a job for the worker (inputs are copied now)."""
+        to_judge = [key for key in chunk if key not in judgments]
+        sizes = [len(answers[key]) for key in to_judge]
+        pairs = [(unique[key][0], answer.text) for key in to_judge for answer in answers[key]]
+
+        def job() -> list[tuple[str, list[dict[str, Any]]]]:
+            if not pairs:
+                return []
+            verdicts = judge.judge_many(pairs)
+            if len(verdicts) != len(pairs):
+                raise ValueError(f"judge {judge_name!r} returned {len(verdicts)} judgments for {len(pairs)} answers")
+            result, position = [], 0
+            for key, size in zip(to_judge, sizes, strict=True):
+                result.append((key, [verdict.to_dict() for verdict in verdicts[position : position + size]]))
+                position += size
+            return result
+
+        return job
+
+    def publish_answers(records: list[dict[str, Any]]) -> None:
+        for batch in distributed.all_gather_objects(records) if parallel else [records]:
+            for record in batch:
+                answers_log.append_keyed(record)
+                answers[record["key"]] = [Answer.from_dict(answer) for answer in record["answers"]]
+
+    def publish_judgments(result: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        for batch in distributed.all_gather_objects(result) if parallel else [result]:
+            for key, items in batch:
+                own = [Judgment.from_dict(item) for item in items]
+                judgments[key] = own
+                if any(verdict.error for verdict in own):
+                    continue  # not logged: a re-run retries it
+                judgments_log.append_keyed(
+                    {"key": _judgment_key(key, judge_name), "prompt_key": key, "judge": judge_name, "judgments": items}
                 )
-                for key, sampled in zip(chunk, samples, strict=True):
-                    if key in answers:
-                        continue
-                    answers_log.append_keyed(
-                        {
-                            "key": key,
-                            "prompt": sampled.prompt,
-                            "prompt_id": sampled.prompt_id,
-                            "settings": settings,
-                            "answers": [answer.to_dict() for answer in sampled.answers],
-                        }
-                    )
-                    answers[key] = sampled.answers
-            to_judge = [key for key in chunk if key not in judgments]
-            if to_judge:
-                pairs = [(unique[key][0], answer.text) for key in to_judge for answer in answers[key]]
-                verdicts = judge.judge_many(pairs)
-                if len(verdicts) != len(pairs):
-                    raise ValueError(
-                        f"judge {judge_name!r} returned {len(verdicts)} judgments for {len(pairs)} answers"
-                    )
-                position = 0
-                for key in to_judge:
-                    own = verdicts[position : position + len(answers[key])]
-                    position += len(own)
-                    judgments[key] = own
-                    if any(verdict.error for verdict in own):
-                        continue  # not logged: a re-run retries it
-                    judgments_log.append_keyed(
-                        {
-                            "key": _judgment_key(key, judge_name),
-                            "prompt_key": key,
-                            "judge": judge_name,
-                            "judgments": [verdict.to_dict() for verdict in own],
-                        }
-                    )
-            bar.update(len(chunk))
+
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    world, me = distributed.world_size(), distributed.rank()
+    rounds = [chunks[start : start + world] for start in range(0, len(chunks), world)]
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge") if overlap else None
+    in_flight: deque[tuple[Future, int]] = deque()  # judging jobs not yet published, with their round's prompt count
+    bar = tqdm(total=len(order), desc="scoring", unit="prompt", disable=not (progress and distributed.is_main()))
+    try:
+        for members in rounds:
+            mine = members[me] if me < len(members) else []
+            publish_answers(sample(mine))
+            job = judge_work(mine)
+            in_flight.append(
+                (executor.submit(job) if executor is not None else _completed(job), sum(map(len, members)))
+            )
+            while len(in_flight) > (1 if executor is not None else 0):
+                future, size = in_flight.popleft()
+                publish_judgments(future.result())
+                bar.update(size)
+        while in_flight:
+            future, size = in_flight.popleft()
+            publish_judgments(future.result())
+            bar.update(size)
     finally:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         bar.close()
 
     scores: dict[str, PromptScore] = {}

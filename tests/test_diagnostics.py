@@ -12,8 +12,13 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.activations import collect_activations
-from steering_adapter.diagnostics import DirectionDiagnostics, diagnose_directions, direction_dimensionality
+from steering_adapter.activations import ActivationCollector, collect_activations
+from steering_adapter.diagnostics import (
+    DirectionDiagnostics,
+    diagnose_directions,
+    diagnose_from_model,
+    direction_dimensionality,
+)
 from steering_adapter.estimators import MeanDifference, fit_directions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -187,3 +192,35 @@ def test_tiny_model_end_to_end(tmp_path):
     written = diag.save(tmp_path / "diag")
     assert written["json"].exists() and written["pca"].exists()
     assert set(diag.save(tmp_path / "json_only", plots=False)) == {"json"}
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_streamed_diagnostics_equal_the_activation_based_ones(tmp_path, position):
+    """diagnose_from_model (projections and one block's activations streamed from the model) gives the same
+    diagnostics.json content and plots as diagnose_directions on kept activations."""
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama")
+    prompts = SENSITIVE_PROMPTS + HARMLESS_PROMPTS + ["Hi", "Tell me about the weather on a long trip."]
+    scores = np.linspace(0.9, -0.9, len(prompts))
+    scores[3] = 0.0  # neutral: no class, still in Pearson r
+    scores[5] = np.nan  # unscored
+    collector = ActivationCollector(model, tokenizer, [0, 1, 3], position=position, batch_size=3, progress=False)
+    kept = collector.collect(prompts, scores=scores, keep_activations=True)
+    directions = fit_directions(MeanDifference(), kept.stats)
+    old = diagnose_directions(kept.activations, directions, layers=kept.layers, scores=scores).to_dict()
+    new = diagnose_from_model(collector, prompts, directions, scores=scores).to_dict()
+    assert new["best_layers"] == old["best_layers"] and new["pca"]["layer"] == old["pca"]["layer"]
+    assert new["is_refusal"] == old["is_refusal"] and new["keep"] == old["keep"]
+    np.testing.assert_allclose(new["projections"], old["projections"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new["pca"]["coords"], old["pca"]["coords"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        new["pca"]["explained_variance_ratio"], old["pca"]["explained_variance_ratio"], rtol=1e-6
+    )
+    for mine, theirs in zip(new["layers"], old["layers"], strict=True):
+        for field, value in theirs.items():
+            assert mine[field] == (pytest.approx(value, rel=1e-6, abs=1e-9) if value is not None else None), field
+    diagnostics = diagnose_from_model(collector, prompts, directions, scores=scores)
+    assert set(diagnostics.save(tmp_path)) == {"json", "separability", "norm", "pca"}
+    loaded = DirectionDiagnostics.load(tmp_path)  # the NaN score is written as null and read back as NaN
+    assert np.isnan(loaded.scores[5]) and loaded.best_layers() == diagnostics.best_layers()

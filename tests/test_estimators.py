@@ -262,6 +262,7 @@ def test_sklearn_protocol(data):
         "refusal_threshold": 0.1,
         "compliance_threshold": -0.1,
         "units": "raw",
+        "covariance": "compliance",
     }
     copy = clone(est)
     assert copy.get_params() == est.get_params() and not hasattr(copy, "direction_")

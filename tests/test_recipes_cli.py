@@ -93,7 +93,17 @@ def test_defaults_fill_in():
 def test_every_subcommand_has_complete_help():
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
-    assert set(subcommands) == {"run", "eval", "generate", "chat", "push", "inspect", "export", "import-gguf"}
+    assert set(subcommands) == {
+        "run",
+        "memory",
+        "eval",
+        "generate",
+        "chat",
+        "push",
+        "inspect",
+        "export",
+        "import-gguf",
+    }
     for name, sub in subcommands.items():
         text = sub.format_help()
         for action in sub._actions:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS
@@ -179,7 +180,8 @@ def assert_same_scores(left, right):
         assert a.mean_logprobs == pytest.approx(b.mean_logprobs, abs=1e-9)
 
 
-def test_interrupted_run_resumes_to_the_same_scores(tmp_path, llama, tokenizer):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_interrupted_run_resumes_to_the_same_scores(tmp_path, llama, tokenizer, overlap):
     reference = score_prompts(
         llama, tokenizer, PROMPTS, HashJudge(), tmp_path / "straight", batch_size=2, progress=False, **SAMPLING
     )
@@ -189,10 +191,19 @@ def test_interrupted_run_resumes_to_the_same_scores(tmp_path, llama, tokenizer):
     run_dir = tmp_path / "interrupted"
     with pytest.raises(RuntimeError, match="went away"):
         score_prompts(
-            llama, tokenizer, PROMPTS, FlakyJudge(fail_at=8), run_dir, batch_size=2, progress=False, **SAMPLING
+            llama,
+            tokenizer,
+            PROMPTS,
+            FlakyJudge(fail_at=8),
+            run_dir,
+            batch_size=2,
+            progress=False,
+            overlap=overlap,
+            **SAMPLING,
         )
-    # chunks of 2 prompts x 3 answers: the first chunk (6 judgments) is logged, the second failed mid-way
-    assert len(keys_of(run_dir / "answers.jsonl")) == 4
+    # chunks of 2 prompts x 3 answers: the first chunk (6 judgments) is logged, the second failed mid-way; with the
+    # overlap, the third chunk was sampled (and logged) while the second was judged
+    assert len(keys_of(run_dir / "answers.jsonl")) == (6 if overlap else 4)
     assert len(keys_of(run_dir / "judgments.jsonl")) == 2
     assert not (run_dir / "scores.json").exists()
 
@@ -282,3 +293,50 @@ def test_score_prompts_errors(tmp_path, llama, tokenizer):
 
     with pytest.raises(ValueError, match="returned 0 judgments"):
         score_prompts(llama, tokenizer, ["Hi"], ShortJudge(), tmp_path, progress=False, k=1, max_new_tokens=2)
+
+
+def test_overlapped_judging_writes_the_records_of_the_sequential_path(tmp_path, llama, tokenizer):
+    runs = {}
+    for overlap in (False, True):
+        run_dir = tmp_path / f"overlap-{overlap}"
+        scores = score_prompts(
+            llama, tokenizer, PROMPTS, HashJudge(), run_dir, batch_size=2, progress=False, overlap=overlap, **SAMPLING
+        )
+        runs[overlap] = (scores, *((run_dir / name).read_bytes() for name in ("answers.jsonl", "judgments.jsonl")))
+    assert runs[True][1:] == runs[False][1:]  # byte for byte, in chunk order
+    assert_same_scores(runs[True][0], runs[False][0])
+
+
+def test_judging_runs_while_the_next_chunk_is_sampled(tmp_path, llama, tokenizer):
+    """The first chunk's judging waits until the model starts sampling the second chunk: it can only finish when the
+    two overlap (the sequential path would wait out the timeout)."""
+    second_chunk_sampling = threading.Event()
+    prompts_seen = []
+
+    def watch(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] > 1:  # a prompt pass (not a decoding step)
+            prompts_seen.append(ids.shape[0])
+            if len(prompts_seen) == 2:
+                second_chunk_sampling.set()
+
+    class WaitingJudge(HashJudge):
+        def __init__(self):
+            super().__init__()
+            self.threads = set()
+            self.overlapped = None
+
+        def judge_many(self, pairs):
+            self.threads.add(threading.current_thread().name)
+            if self.overlapped is None:
+                self.overlapped = second_chunk_sampling.wait(timeout=20)
+            return super().judge_many(pairs)
+
+    judge = WaitingJudge()
+    handle = llama.register_forward_pre_hook(watch, with_kwargs=True)
+    try:
+        score_prompts(llama, tokenizer, PROMPTS[:4], judge, tmp_path, batch_size=2, progress=False, **SAMPLING)
+    finally:
+        handle.remove()
+    assert judge.overlapped is True
+    assert threading.current_thread().name not in judge.threads
