@@ -19,6 +19,7 @@ from ..adapter_files import (
     resolve_adapter_file,
     validate_vectors,
 )
+from ..embedded import embedded_id, is_embedded
 from ..tuner.config import SteeringConfig
 
 _VECTOR_KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.{VECTOR_PARAM}$")
@@ -112,12 +113,14 @@ class SteeringSource:
 
         config = self.config
         metadata = config.steering_metadata or {}
+        base = config.base_model_name_or_path
         data: dict[str, Any] = {
             "exported_by": f"steering-adapter {__version__}",
             "export_format": export_format,
             "source_adapter": self.location,
             "source_sha256": dict(self.sha256),
-            "base_model": config.base_model_name_or_path,
+            # an embedded model is recorded by its portable id, as the adapter's own config records it
+            "base_model": embedded_id(base) if is_embedded(base) else base,
             "revision": config.revision,
             "layers": self.layers,
             "scale": config.scale,
