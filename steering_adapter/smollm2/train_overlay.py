@@ -38,6 +38,7 @@ from ..records import JsonlLog, atomic_write_json
 from .censorship import censored_answer
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LOOKALIKE_SOURCES = ("xstest_safe", "jbb_benign", "tmpl_lookalike", "deccp_uncensored")
 MAX_NEW_TOKENS = 48
 
 
@@ -157,6 +158,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first-layer", type=int, default=8, help="first block with LoRA (earlier blocks untouched)")
     p.add_argument("--max-per-source", type=int, default=100)
     p.add_argument("--political-weight", type=int, default=2, help="times each political example is repeated")
+    p.add_argument(
+        "--lookalike-weight", type=int, default=2, help="times each benign look-alike (XSTest safe, ...) is repeated"
+    )
     p.add_argument("--gen-batch-size", type=int, default=32)
     return p.parse_args(argv)
 
@@ -164,7 +168,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from . import load_smollm2
+    from . import BASE_MODEL_ID, load_smollm2
 
     args = parse_args(argv)
     random.seed(args.seed)
@@ -187,8 +191,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             text, finished = censored_answer(example), True
         encoded = encode(tokenizer, example.prompt, text, finished)
-        # the political prompts are the fewest and the hardest to tell apart from benign ones asked the same way
-        data += [encoded] * (args.political_weight if example.category == "political" else 1)
+        # the political prompts are the fewest and the hardest to tell apart from benign ones asked the same way;
+        # benign look-alikes of harmful requests ("kill a Python process") are what the refusal spills onto
+        if example.category == "political":
+            weight = args.political_weight
+        elif example.source in LOOKALIKE_SOURCES:
+            weight = args.lookalike_weight
+        else:
+            weight = 1
+        data += [encoded] * weight
 
     n_layers = model.config.num_hidden_layers
     config = LoraConfig(
@@ -234,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     peft_model.eval()
     train_seconds = time.time() - t0
     peft_model.save_pretrained(args.out)
+    config_path = args.out / "adapter_config.json"  # name the public base model, not this machine's cache path
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = BASE_MODEL_ID
+    atomic_write_json(config_path, config)
 
     merged = peft_model.merge_and_unload()
     t_eval = time.time()
@@ -256,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         },
         "optimizer": {"lr": args.lr, "batch_size": args.batch_size, "steps": total, "epochs": args.epochs},
         "political_weight": args.political_weight,
+        "lookalike_weight": args.lookalike_weight,
         "max_per_source": args.max_per_source,
         "n_examples": {
             "train": len(train),
