@@ -45,7 +45,7 @@ _LAZY = {
     "ActivationCollector": "activations",
     "CollectionResult": "activations",
     "collect_activations": "activations",
-    "format_prompts": "activations",
+    "format_prompts": "prompt_encoding",
     "ActivationStatistics": "statistics",
     # estimators
     "MeanDifference": "estimators",

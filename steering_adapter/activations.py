@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .blocks import block_device, find_decoder_blocks, model_dimensions
+from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch
 from .statistics import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_EPSILON,
@@ -74,32 +75,6 @@ __all__ = [
 
 class _StopForward(Exception):
     """Raised by the hook of the deepest needed block to skip the rest of the forward pass."""
-
-
-def format_prompts(
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    system_prompt: str | None = None,
-    chat_template_kwargs: Mapping[str, Any] | None = None,
-) -> list[str]:
-    """Format user prompts as the model sees them just before it answers.
-
-    Args:
-        tokenizer: a transformers tokenizer.
-        prompts: user messages.
-        system_prompt: optional system message put before each prompt.
-        chat_template_kwargs: extra variables for the template (e.g. ``{"enable_thinking": False}``).
-
-    Returns:
-        One string per prompt: ``apply_chat_template([...], add_generation_prompt=True, tokenize=False)`` when
-        the tokenizer has a chat template, else the system prompt (if any, followed by a blank line) and the
-        prompt.
-    """
-    from .generation import format_chat, user_conversation
-
-    conversations = [user_conversation(prompt, system_prompt) for prompt in prompts]
-    return format_chat(tokenizer, conversations, chat_template_kwargs=chat_template_kwargs)
 
 
 @dataclass
@@ -576,10 +551,8 @@ class ActivationCollector:
         return int(hidden_size)
 
     def _input_device(self) -> torch.device:
-        """Where the input ids go (see :func:`steering_adapter.generation._input_device`)."""
-        from .generation import _input_device
-
-        return _input_device(self.model)
+        """Where the input ids go (see :func:`steering_adapter.prompt_encoding.input_device`)."""
+        return input_device(self.model)
 
     def _forward_kwargs(self) -> dict[str, Any]:
         parameters = inspect.signature(self.model.forward).parameters
@@ -590,12 +563,6 @@ class ActivationCollector:
         if "position_ids" in parameters:
             kwargs["position_ids"] = None  # filled per batch from the attention mask
         return kwargs
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        # A chat template already holds the special tokens (BOS, ...); plain text gets the tokenizer's own.
-        add_special = getattr(self.tokenizer, "chat_template", None) is None
-        encoded = self.tokenizer(texts, add_special_tokens=add_special)["input_ids"]
-        return [list(ids) for ids in encoded]
 
     def _pad_id(self) -> int:
         for name in ("pad_token_id", "eos_token_id"):
@@ -615,22 +582,12 @@ class ActivationCollector:
                 system_prompt=self.system_prompt,
                 chat_template_kwargs=self.chat_template_kwargs,
             )
-            encoded = self._encode(texts)
-            empty = [chunk[j] for j, ids in enumerate(encoded) if not ids]
-            if empty:
-                raise ValueError(f"prompts {empty[:5]} tokenise to no tokens")
+            encoded = encode_texts(self.tokenizer, texts)
             # Longest first: the largest batch runs first, so an out-of-memory error shows up at once.
             ranked = sorted(range(len(chunk)), key=lambda j: -len(encoded[j]))
             for b in range(0, len(ranked), self.batch_size):
                 members = ranked[b : b + self.batch_size]
-                length = max(len(encoded[j]) for j in members)
-                input_ids = torch.full((len(members), length), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(members), length), dtype=torch.long)
-                for row, j in enumerate(members):
-                    ids = torch.as_tensor(encoded[j], dtype=torch.long)
-                    span = slice(length - len(ids), length) if self.padding_side == "left" else slice(0, len(ids))
-                    input_ids[row, span] = ids
-                    attention_mask[row, span] = 1
+                input_ids, attention_mask = pad_batch([encoded[j] for j in members], pad_id, side=self.padding_side)
                 yield _Batch([chunk[j] for j in members], input_ids, attention_mask)
 
     def _make_hook(self, layer: int, deepest: int, state: dict[str, Any]):

@@ -9,24 +9,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .generation import _eos_ids, _pad_id
+from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch
 from .token_positions import position_ids_from_mask
 from .tuner.model import steering_disabled
-
-
-def _encode(tokenizer, texts: Sequence[str], chat: bool, device) -> dict[str, torch.Tensor]:
-    if chat and getattr(tokenizer, "chat_template", None):
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
-            for t in texts
-        ]
-    batch = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=not chat)
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-def _device(model: nn.Module) -> torch.device:
-    from .generation import _input_device
-
-    return _input_device(model)
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -82,19 +68,20 @@ class NextTokenKL:
         self._owner: nn.Module | None = None
 
     def _batches(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        from .generation import _encode_left_padded, _eos_ids, _pad_id, format_chat, user_conversation
-
-        if self.chat and getattr(self.tokenizer, "chat_template", None) is not None:
-            texts = format_chat(self.tokenizer, [user_conversation(p, self.system_prompt) for p in self.prompts])
-        else:
+        if self.chat:  # the sampler's formatting: chat template (plain-text fallback), system turn, special tokens
+            encoded = encode_texts(
+                self.tokenizer, format_prompts(self.tokenizer, self.prompts, system_prompt=self.system_prompt)
+            )
+        else:  # plain text with the tokenizer's own special tokens
             texts = (
                 self.prompts if self.system_prompt is None else [f"{self.system_prompt}\n\n{p}" for p in self.prompts]
             )
+            encoded = encode_texts(self.tokenizer, texts, add_special_tokens=True)
         pad_id = _pad_id(self.tokenizer, _eos_ids(model, self.tokenizer))
-        device = _device(model)
+        device = input_device(model)
         return [
-            _encode_left_padded(self.tokenizer, texts[start : start + self.batch_size], pad_id, device)
-            for start in range(0, len(texts), self.batch_size)
+            pad_batch(encoded[start : start + self.batch_size], pad_id, device=device)
+            for start in range(0, len(encoded), self.batch_size)
         ]
 
     def _logprobs(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -220,7 +207,12 @@ def perplexity(
         raise ValueError("no texts to measure perplexity on")
     nll, count = 0.0, 0
     for start in tqdm(range(0, len(texts), batch_size), desc="perplexity", disable=not progress):
-        batch = _encode(tokenizer, texts[start : start + batch_size], False, _device(model))
+        # plain text with the tokenizer's own special tokens, right-padded (default positions stay exact)
+        encoded = encode_texts(tokenizer, texts[start : start + batch_size], add_special_tokens=True)
+        input_ids, attention_mask = pad_batch(
+            encoded, _pad_id(tokenizer, []), side="right", device=input_device(model)
+        )
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         logprobs = torch.log_softmax(model(**batch).logits.float()[:, :-1], dim=-1)
         targets = batch["input_ids"][:, 1:]
         mask = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()

@@ -101,7 +101,7 @@ def _load_model_and_adapters(
     (``--dtype`` / ``--device`` / ``--device-map``) overrides dtype and device."""
     import dataclasses
 
-    from .pipeline import load_model
+    from .stages.loading import load_model
     from .tuner.model import set_adapter_scale
 
     base = base_model_spec(model_name, adapters)
@@ -180,7 +180,7 @@ def check_sources(recipe) -> None:
     Raises:
         ValueError: ``recipe.prompts.refusal[1]: prompt file 'x.txt' does not exist`` (the key and the problem).
     """
-    from .pipeline import load_source
+    from .stages.prompts import load_source
     from .recipes import recipe_sources
 
     spec = recipe.prompts
@@ -236,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalSet, evaluate
-    from .pipeline import build_judge
+    from .stages.loading import build_judge
     from .recipes import JudgeSpec, Recipe
 
     recipe: Recipe | None = _read_recipe(args.recipe) if args.recipe else None
@@ -345,7 +345,7 @@ def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed
     (defaults without a recipe), then a seeded sample of ``sample`` prompts when asked."""
     import random
 
-    from .pipeline import resolve_prompts
+    from .stages.prompts import resolve_prompts
     from .recipes import Recipe
 
     split_recipe = recipe if recipe is not None else Recipe(name="eval")

@@ -8,10 +8,8 @@ log-probability of the answer tokens (``log p̄_k``, whose softmax weights the j
 
 Choices, all documented where they are made:
 
-- **Formatting**: each prompt is one user turn (optionally after a system turn) passed through the tokenizer's chat
-  template with ``add_generation_prompt=True``; tokenizers without a template get the plain text (system prompt,
-  blank line, prompt) with their own special tokens. Batches are left-padded by hand (the tokenizer's
-  ``padding_side`` does not matter).
+- **Formatting**: the one prompt encoder of :mod:`steering_adapter.prompt_encoding` (chat template, optional system
+  turn, special tokens once, left padding by hand), shared with activation collection, the gate, KL and the judge.
 - **Sampling**: ``temperature > 0`` samples ``k`` answers per prompt with ``num_return_sequences=k``, ``top_p`` and
   ``top_k`` (``0`` = off, like the authors' vLLM ``top_k=-1``; transformers would otherwise default to 50).
   ``temperature == 0`` decodes greedily once per prompt and repeats that answer ``k`` times.
@@ -45,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .prompt_encoding import encode_texts, format_chat, format_prompts, input_device, pad_batch, user_conversation
 from .token_positions import position_ids_from_mask
 
 __all__ = [
@@ -165,57 +164,10 @@ def split_reasoning(text: str, marker: str | None = THINK_END) -> tuple[str | No
     return reasoning, answer.strip()
 
 
-def format_chat(
-    tokenizer: Any,
-    conversations: Sequence[Sequence[Mapping[str, str]]],
-    *,
-    chat_template_kwargs: Mapping[str, Any] | None = None,
-) -> list[str]:
-    """Render conversations as the model sees them just before it answers.
-
-    Args:
-        tokenizer: a transformers tokenizer.
-        conversations: lists of ``{"role": ..., "content": ...}`` messages.
-        chat_template_kwargs: extra template variables (e.g. ``{"enable_thinking": False}``).
-
-    Returns:
-        One string per conversation: ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``, or,
-        without a chat template, the message contents joined by blank lines (the plain-text fallback
-        :func:`steering_adapter.activations.format_prompts` uses too).
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        return ["\n\n".join(message["content"] for message in messages) for messages in conversations]
-    extra = dict(chat_template_kwargs or {})
-    return [
-        tokenizer.apply_chat_template(
-            [dict(message) for message in messages], add_generation_prompt=True, tokenize=False, **extra
-        )
-        for messages in conversations
-    ]
-
-
-def user_conversation(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    """The one-turn conversation ``[system?, user]`` that both sampling and activation collection format."""
-    messages = [{"role": "user", "content": prompt}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
-
-
 def _derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from ``seed`` and ``parts``, stable across processes (no ``hash()``)."""
     digest = hashlib.sha256(repr((int(seed), *parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    """Where input ids go: the embedding's device (the first device of a ``device_map`` model; CPU when the embedding
-    is offloaded to ``meta``, accelerate's hooks then move the inputs to its execution device)."""
-    try:
-        device = model.get_input_embeddings().weight.device
-    except (AttributeError, NotImplementedError):
-        device = next(model.parameters()).device
-    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _pad_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
@@ -235,24 +187,6 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
             if isinstance(token, int) and token not in ids:
                 ids.append(token)
     return ids
-
-
-def _encode_left_padded(
-    tokenizer: Any, texts: Sequence[str], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenise and left-pad ``texts``: ``input_ids`` and ``attention_mask``, both ``[len(texts), width]``."""
-    # A chat template already holds the special tokens (BOS, ...); plain text gets the tokenizer's own.
-    add_special = getattr(tokenizer, "chat_template", None) is None
-    encoded = [list(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special)["input_ids"]]
-    if any(len(ids) == 0 for ids in encoded):
-        raise ValueError("a prompt tokenised to zero tokens; give non-empty prompts or a tokenizer that adds BOS")
-    width = max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def _answer_lengths(generated: torch.Tensor, eos_ids: Sequence[int]) -> tuple[list[int], list[bool]]:
@@ -451,14 +385,14 @@ def answer_logprobs(
         raise ValueError(f"{len(prompts)} prompts but {len(answer_token_ids)} answers")
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
-    device = _input_device(model)
-    texts = format_chat(
-        tokenizer, [user_conversation(p, system_prompt) for p in prompts], chat_template_kwargs=chat_template_kwargs
-    )
+    device = input_device(model)
+    texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     results: list[torch.Tensor] = []
     for start in range(0, len(texts), batch_size):
         answers = [list(ids) for ids in answer_token_ids[start : start + batch_size]]
-        input_ids, attention_mask = _encode_left_padded(tokenizer, texts[start : start + batch_size], pad_id, device)
+        input_ids, attention_mask = pad_batch(
+            encode_texts(tokenizer, texts[start : start + batch_size]), pad_id, device=device
+        )
         lengths = [len(ids) for ids in answers]
         new = max(lengths + [1])
         tail = torch.full((len(answers), new), pad_id, dtype=torch.long)
@@ -604,12 +538,8 @@ def sample_answers(
 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
-    device = _input_device(model)
-    texts = format_chat(
-        tokenizer,
-        [user_conversation(prompt, system_prompt) for prompt in prompts],
-        chat_template_kwargs=chat_template_kwargs,
-    )
+    device = input_device(model)
+    texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     generation: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "pad_token_id": pad_id,
@@ -629,7 +559,7 @@ def sample_answers(
     try:
         for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
             batch_texts = texts[start : start + batch_size]
-            input_ids, attention_mask = _encode_left_padded(tokenizer, batch_texts, pad_id, device)
+            input_ids, attention_mask = pad_batch(encode_texts(tokenizer, batch_texts), pad_id, device=device)
             recorder = StepLogprobs(model)
             with torch.no_grad(), torch.random.fork_rng(devices=fork_devices), recorder:
                 torch.manual_seed(_derive_seed(seed, "batch", batch_index))

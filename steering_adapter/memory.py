@@ -300,7 +300,7 @@ def estimate_recipe_memory(
 
 
 def _prompt_counts(recipe: Recipe) -> dict[str, int]:
-    from .pipeline import resolve_prompts
+    from .stages.prompts import resolve_prompts
 
     def count(sources: list[str], part: str) -> int:
         total = 0

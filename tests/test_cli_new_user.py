@@ -37,6 +37,7 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded before the error")
 
     monkeypatch.setattr("steering_adapter.pipeline.load_model", refuse)
+    monkeypatch.setattr("steering_adapter.stages.loading.load_model", refuse)
 
 
 def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys, no_model):

@@ -461,7 +461,7 @@ def test_key_policy_errors(monkeypatch):
 
 
 def test_recipe_judge_sends_key_only_when_named(monkeypatch):
-    from steering_adapter.pipeline import build_judge
+    from steering_adapter.stages.loading import build_judge
     from steering_adapter.recipes import JudgeSpec
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-global-LEAK")

@@ -126,7 +126,7 @@ def test_console_script_help_and_exit_codes(tmp_path):
 
 
 def test_stage_dir_moves_a_folder_of_other_settings_aside(tmp_path):
-    from steering_adapter.pipeline import stage_dir
+    from steering_adapter.stages.folders import stage_dir
 
     logs: list[str] = []
     stage = tmp_path / "selection"

@@ -23,16 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..generation import (
-    _answer_lengths,
-    _encode_left_padded,
-    _eos_ids,
-    _input_device,
-    _pad_id,
-    _split_tokens,
-    format_chat,
-    split_reasoning,
-)
+from ..generation import _answer_lengths, _eos_ids, _pad_id, _split_tokens, split_reasoning
+from ..prompt_encoding import encode_texts, format_chat, input_device, pad_batch
 
 __all__ = ["Completion", "JudgeBackend", "JudgeBackendError", "OpenAIChatBackend", "TransformersJudgeBackend"]
 
@@ -147,12 +139,11 @@ class TransformersJudgeBackend(JudgeBackend):
         texts = format_chat(self.tokenizer, conversations, chat_template_kwargs=self.chat_template_kwargs)
         eos_ids = _eos_ids(self.model, self.tokenizer)
         pad_id = _pad_id(self.tokenizer, eos_ids)
-        device = _input_device(self.model)
+        device = input_device(self.model)
         completions: list[Completion] = []
         for start in tqdm(range(0, len(texts), self.batch_size), desc="judging", disable=not self.progress):
-            input_ids, attention_mask = _encode_left_padded(
-                self.tokenizer, texts[start : start + self.batch_size], pad_id, device
-            )
+            batch = encode_texts(self.tokenizer, texts[start : start + self.batch_size])
+            input_ids, attention_mask = pad_batch(batch, pad_id, device=device)
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

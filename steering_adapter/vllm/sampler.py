@@ -5,7 +5,7 @@
 :func:`~steering_adapter.selection.sweep_layers_and_scale`; the records are the transformers backend's.
 
 What is the same as the transformers backend (:func:`steering_adapter.generation.sample_answers`): the chat template
-and its rendering (:func:`~steering_adapter.generation.format_chat`), the prompt tokens (vLLM gets token ids, never
+and its rendering (:mod:`~steering_adapter.prompt_encoding`), the prompt tokens (vLLM gets token ids, never
 re-tokenises), the eos tokens (generation config and tokenizer), the answer tokens (eos included) and the
 ``</think>`` split (:func:`~steering_adapter.generation.answer_from_tokens`), and the log-probabilities: vLLM's own
 ``raw_logprobs`` of each sampled token (the model's distribution at temperature 1, before top-p / top-k), returned
@@ -39,9 +39,8 @@ from ..generation import (
     _eos_ids,
     answer_from_tokens,
     check_sampling_arguments,
-    format_chat,
-    user_conversation,
 )
+from ..prompt_encoding import encode_texts, format_prompts
 from .adapters import AdapterSpec, parse_adapter_specs, write_adapter
 from .batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
 from .worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
@@ -150,8 +149,7 @@ class VllmSampler:
 
     # ------------------------------------------------------------------------------------------- sampling
     def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        add_special = getattr(self.tokenizer, "chat_template", None) is None
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=add_special)["input_ids"]]
+        return encode_texts(self.tokenizer, texts)
 
     def _generate(self, ids: Sequence[Sequence[int]], params: Any, progress: bool) -> list[Any]:
         from vllm.inputs import TokensPrompt
@@ -193,14 +191,10 @@ class VllmSampler:
 
         prompts = check_sampling_arguments(prompts, k, max_new_tokens, temperature, top_p, batch_size, prompt_ids)
         greedy = temperature == 0
-        texts = format_chat(
-            self.tokenizer,
-            [user_conversation(prompt, system_prompt) for prompt in prompts],
-            chat_template_kwargs=chat_template_kwargs,
+        texts = format_prompts(
+            self.tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs
         )
         ids = self._token_ids(texts)
-        if any(len(row) == 0 for row in ids):
-            raise ValueError("a prompt tokenised to zero tokens; give non-empty prompts or a tokenizer that adds BOS")
         params = [
             SamplingParams(
                 n=1 if greedy else k,
@@ -268,7 +262,7 @@ class VllmSampler:
             raise ValueError("no prompts to measure KL on")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
-        texts = format_chat(self.tokenizer, [user_conversation(prompt, system_prompt) for prompt in prompts])
+        texts = format_prompts(self.tokenizer, prompts, system_prompt=system_prompt)
         ids = self._token_ids(texts)
         total, count, last_total = 0.0, 0, 0.0
         for start in tqdm(range(0, len(ids), batch_size), desc="KL", disable=not progress):
@@ -303,10 +297,8 @@ class VllmSampler:
 
         if len(prompts) != len(answer_token_ids):
             raise ValueError(f"{len(prompts)} prompts but {len(answer_token_ids)} answers")
-        texts = format_chat(
-            self.tokenizer,
-            [user_conversation(prompt, system_prompt) for prompt in prompts],
-            chat_template_kwargs=chat_template_kwargs,
+        texts = format_prompts(
+            self.tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs
         )
         prompt_ids = self._token_ids(texts)
         rows = [list(p) + list(a) for p, a in zip(prompt_ids, answer_token_ids, strict=True)]
@@ -325,7 +317,7 @@ class VllmSampler:
 
         if not texts:
             raise ValueError("no texts to measure perplexity on")
-        ids = [list(row) for row in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+        ids = encode_texts(self.tokenizer, texts, add_special_tokens=True)
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, detokenize=False)
         nll, count = 0.0, 0
         for output, row in zip(self._generate(ids, params, progress), ids, strict=True):

@@ -1,0 +1,114 @@
+"""Stage: the sweep of layers × α (× gated / ungated) on the selection half, then the refinement of α.
+
+Owns ``selection/`` (answer and judgment records per sweep point, ``sweep.csv``, the Pareto plot), moved aside when
+the vectors, the gate, the prompts or the settings change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed
+from ..conditions import ConditionFit
+from ..judges.base import Judge
+from ..recipes import Recipe
+from ..samplers import Sampler
+from ..selection import SweepResult, default_alphas, sweep_layers_and_scale
+from .folders import StageTimes, fingerprint, stage_dir, tensor_digest
+from .prompts import eval_sets, resolve_prompts, sampling_settings
+
+__all__ = ["NoFeasibleChoiceError", "gate_key", "select_layers_and_alpha"]
+
+
+class NoFeasibleChoiceError(RuntimeError):
+    """The selection found no (layers, α) that meets the recipe's constraints."""
+
+
+def gate_key(condition: ConditionFit | None) -> Any:
+    """What identifies a gate in the stage fingerprints (``None`` without one)."""
+    if condition is None:
+        return None
+    return (tensor_digest({"condition": condition.direction}), condition.config_fields())
+
+
+def select_layers_and_alpha(
+    recipe: Recipe,
+    tokenizer: Any,
+    sampler: Sampler,
+    judge: Judge,
+    directions: dict[int, torch.Tensor],
+    ranking: list[int],
+    condition: ConditionFit | None,
+    relevance: Any,
+    out: Path,
+    times: StageTimes,
+    progress: bool,
+    log: Callable[[str], None],
+) -> SweepResult:
+    """Sweep layer counts × α on the selection half of the evaluation sets and choose the best feasible point.
+
+    Returns:
+        The :class:`~steering_adapter.selection.SweepResult`, the same on every process; its ``choice`` is set.
+
+    Raises:
+        NoFeasibleChoiceError: no point meets the constraints (``selection/sweep.csv`` is still written).
+    """
+    sel = recipe.selection
+    kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
+    objective = sel.objective()
+    alphas = sel.alphas if sel.alphas is not None else list(default_alphas(sel.goal))
+    log(
+        f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"
+        + (f", then {sel.refine_steps} refinement steps" if sel.refine_steps else "")
+    )
+    selection_sets = eval_sets(recipe, "selection", sel.max_prompts_per_set)
+    with times("select layers and α"):
+        sweep = sweep_layers_and_scale(
+            sampler,
+            tokenizer,
+            directions,
+            ranking,
+            selection_sets,
+            judge,
+            stage_dir(
+                out / "selection",
+                fingerprint(
+                    tensor_digest(directions),
+                    ranking,
+                    gate_key(condition),
+                    recipe.gating.mode,
+                    dataclasses.asdict(sel),
+                    [dataclasses.asdict(s) for s in selection_sets],
+                    kl_selection,
+                    sampling_settings(recipe),
+                    judge.name,
+                ),
+                log,
+            ),
+            layer_counts=sel.layer_counts,
+            alphas=alphas,
+            refine_steps=sel.refine_steps,
+            objective=objective,
+            kl_prompts=kl_selection,
+            kl_tokens=sel.kl_tokens,
+            relevance=relevance,
+            condition=condition,
+            include_ungated=recipe.gating.mode != "on",
+            batch_size=recipe.sampling.batch_size,
+            progress=progress,
+            **sampling_settings(recipe),
+        )
+    sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
+    if sweep.choice is None:
+        raise NoFeasibleChoiceError(
+            f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
+            "(relax selection.delta / kl_budget or widen alphas)"
+        )
+    choice = sweep.choice
+    log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}" + (", gated" if choice.gated else ""))
+    return sweep
