@@ -25,11 +25,13 @@ non-steering adapter to the original code:
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import inspect
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -175,6 +177,7 @@ def _config_naming_local_base(config_file: str, data: dict[str, Any]) -> str:
     key = os.path.realpath(config_file)
     if key not in _EMBEDDED_CONFIGS:
         folder = tempfile.mkdtemp(prefix="steering-adapter-embedded-config-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # nothing left behind in the temp folder
         path = os.path.join(folder, CONFIG_NAME)
         base = embedded_folder(data["base_model_name_or_path"])
         with open(path, "w", encoding="utf-8") as handle:
