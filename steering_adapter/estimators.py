@@ -102,38 +102,6 @@ def _split_target(y: ArrayLike | None, scores: ArrayLike | None) -> tuple[torch.
     return None, target
 
 
-def _weighted_mean(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return (w @ X) / w.sum()
-
-
-def _weighted_covariance(X: torch.Tensor, w: torch.Tensor, cls: str) -> torch.Tensor:
-    """Unbiased covariance with reliability weights (``numpy.cov(X.T, aweights=w)``), float64 ``[d, d]``."""
-    if X.shape[0] < 2:
-        raise ValueError(f"the {cls} class needs at least 2 samples for the covariance, has {X.shape[0]}")
-    total = w.sum()
-    denominator = total - (w * w).sum() / total
-    if not denominator > 0:
-        raise ValueError(f"the weights of the {cls} class leave no degrees of freedom for a covariance")
-    centred = X - (w @ X) / total
-    cov = (centred * w[:, None]).T @ centred / denominator
-    return (cov + cov.T) / 2
-
-
-def _pooled_covariance(X_r: torch.Tensor, w_r: torch.Tensor, X_c: torch.Tensor, w_c: torch.Tensor) -> torch.Tensor:
-    """Pooled within-class covariance (each class centred on its own weighted mean), float64 ``[d, d]``."""
-    scatter = torch.zeros(X_r.shape[1], X_r.shape[1], dtype=torch.float64, device=X_r.device)
-    dof = 0.0
-    for X, w in ((X_r, w_r), (X_c, w_c)):
-        total = w.sum()
-        centred = X - (w @ X) / total
-        scatter += (centred * w[:, None]).T @ centred
-        dof += float(total - (w * w).sum() / total)
-    if not dof > 0:
-        raise ValueError("the classes leave no degrees of freedom for a pooled covariance")
-    cov = scatter / dof
-    return (cov + cov.T) / 2
-
-
 def ridge_solve(covariance: torch.Tensor, ridge_lambda: float, rhs: torch.Tensor) -> torch.Tensor:
     """Solve ``(Σ + λI) v = rhs`` in float64 by Cholesky (LU fallback if the factorisation fails numerically).
 
@@ -224,13 +192,6 @@ class _DirectionEstimator(BaseEstimator):
             return StatisticsSpec(weighting=self._weighting, second_moments="none")
         return StatisticsSpec(weighting=self._weighting, second_moments=self.covariance)
 
-    def _covariance(
-        self, X: torch.Tensor, weights: torch.Tensor, refusal: torch.Tensor, compliance: torch.Tensor
-    ) -> torch.Tensor:
-        if self.covariance == "pooled":
-            return _pooled_covariance(X[refusal], weights[refusal], X[compliance], weights[compliance])
-        return _weighted_covariance(X[compliance], weights[compliance], COMPLIANCE)
-
     def fit(
         self,
         X: ArrayLike,
@@ -290,16 +251,19 @@ class _DirectionEstimator(BaseEstimator):
                 elif sample_weight is not None:
                     hint = " with a positive sample_weight"
                 raise ValueError(f"no {cls} samples{hint}; both classes are needed")
-        device = X.device
-        refusal = (assignment.is_refusal & assignment.keep).to(device)
-        compliance = (~assignment.is_refusal & assignment.keep).to(device)
-        weights = assignment.weights.to(device)
-        mean_r = _weighted_mean(X[refusal], weights[refusal])
-        mean_c = _weighted_mean(X[compliance], weights[compliance])
-        cov_c = None
-        if self._uses_covariance:
-            cov_c = self._covariance(X, weights, refusal, compliance)
-        return self._finish(mean_r, mean_c, cov_c, int(refusal.sum()), int(compliance.sum()))
+        # One computation of means and covariances: the in-memory activations go through the same float64
+        # statistics as streamed ones (each batch centred on its class means before its outer products).
+        stats = ActivationStatistics(
+            layers=[0],
+            hidden_size=X.shape[1],
+            weighting=self._weighting,
+            epsilon=self._epsilon(),
+            second_moments=self.required_statistics().second_moments,
+            device=X.device,
+        )
+        weights = torch.where(assignment.keep, assignment.weights, torch.zeros_like(assignment.weights))
+        stats.update(X, assignment.is_refusal, weights)
+        return self.fit_statistics(stats, 0)
 
     def fit_statistics(self, stats: ActivationStatistics, layer: int | None = None) -> _DirectionEstimator:
         """Fit the direction from streaming statistics at one block.
