@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 
-from ..records import atomic_write_json
+from ..records import atomic_write_json, json_safe, stable_key
 
 __all__ = ["STAGE_FILE", "StageTimes", "fingerprint", "stage_dir", "tensor_digest"]
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short, stable hash of JSON-serialisable ``parts`` (anything else by its ``str``)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short, stable key of ``parts`` (:func:`~steering_adapter.records.stable_key`, the records' own key; values
+    JSON cannot hold, such as paths, by their ``str``)."""
+    return stable_key(*json_safe(json.loads(json.dumps(parts, default=str))))[:16]
 
 
 def tensor_digest(tensors: dict[Any, torch.Tensor]) -> str:
