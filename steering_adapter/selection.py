@@ -70,7 +70,9 @@ class SelectionObjective:
         min_relevance: absolute floor on the mean prompt/answer relevance (MiniLM cosine) of those answers.
         relevance_ratio: relative floor: the relevance must also reach this fraction of the base model's relevance
             on benign answers (``remove``; the target sets' base answers are refusals) or of the same set's base
-            relevance (``induce``). The floor is the larger of the two.
+            relevance (``induce``). The floor is the larger of the two; with ``induce`` it never exceeds the set's
+            own base relevance (nor the repetition ceiling falls below its base repetition): a set whose base answers
+            already sit below the absolute floor is judged on what steering changes, not on what it was.
         max_repetition: ceiling on the mean share of repeated token 3-grams per answer (looping output).
         max_perplexity_ratio: ceiling on the median perplexity of the answers under the base model, relative to the
             base model's own answers (benign sets for ``remove``, the same set for ``induce``): garbled text that the
@@ -198,10 +200,17 @@ def quality_limits(
         ref_relevance = mean_of(reference, "mean_relevance")
         if objective.relevance_ratio is not None and ref_relevance is not None:
             floors.append(objective.relevance_ratio * ref_relevance)
+        same_set = reference == [name]
         if floors:
             entry["min_relevance"] = max(floors)
+            if same_set and ref_relevance is not None:
+                # a limit judges what steering did: never ask more of a set than its own base answers reach
+                entry["min_relevance"] = min(entry["min_relevance"], ref_relevance)
         if objective.max_repetition is not None:
             entry["max_repetition"] = objective.max_repetition
+            ref_repetition = mean_of(reference, "repetition") if same_set else None
+            if ref_repetition is not None:
+                entry["max_repetition"] = max(entry["max_repetition"], ref_repetition)
         ref_perplexity = mean_of(reference, "base_perplexity")
         if objective.max_perplexity_ratio is not None and ref_perplexity is not None:
             entry["max_perplexity"] = objective.max_perplexity_ratio * ref_perplexity

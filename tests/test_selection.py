@@ -129,6 +129,23 @@ def test_quality_limits_and_constraints():
     }
     off = SelectionObjective(min_relevance=None, relevance_ratio=None, max_repetition=None, max_perplexity_ratio=None)
     assert quality_limits(base_quality, roles, off) == {"political": {}}
+    # induce: the absolute floor (0.65) is capped at a set's own base relevance (xstest 0.60) and the repetition
+    # ceiling raised to its base repetition, so unchanged answers stay feasible
+    capped = SelectionObjective(goal="induce", min_relevance=0.65, relevance_ratio=0.8, max_repetition=0.1)
+    base_quality["xstest"]["repetition"] = 0.2
+    limits = quality_limits(base_quality, roles, capped)
+    assert limits["xstest"]["min_relevance"] == pytest.approx(0.60)
+    assert limits["general"]["min_relevance"] == pytest.approx(0.65)
+    assert limits["xstest"]["max_repetition"] == pytest.approx(0.2) and limits["general"]["max_repetition"] == 0.1
+    unchanged = point(0, 80, 4)
+    unchanged.refusal_pct["general"] = 0.0
+    unchanged.quality = {"xstest": {"mean_relevance": 0.60, "repetition": 0.2}, "general": {"mean_relevance": 0.7}}
+    relevant = [v for v in check_constraints(unchanged, base, roles, capped, limits) if "relevance" in v or "rep" in v]
+    assert relevant == []
+    unchanged.quality["xstest"]["mean_relevance"] = 0.59
+    assert "xstest: relevance 0.590 < 0.6 (answers off topic)" in check_constraints(
+        unchanged, base, roles, capped, limits
+    )
 
 
 def test_default_alphas_are_in_separation_units():
