@@ -157,6 +157,8 @@ class SelectionSpec:
     Attributes:
         goal: ``"remove"`` or ``"induce"`` the target refusals.
         layer_counts: numbers of top-ranked layers to try.
+        min_depth_fraction: steer only blocks at or after this fraction of the decoder's depth (``0.5``: the second
+            half; ``None``: every block). Ignored when ``estimator.layers`` names the candidate blocks.
         alphas: the α grid (``None``: ``−0.5, −1, −2, −4, −8`` to remove, the same positive to induce, in
             separation units).
         refine_steps: golden-section evaluations of α around the best feasible grid point (``0``: grid only).
@@ -174,6 +176,7 @@ class SelectionSpec:
 
     goal: Literal["remove", "induce"] = "remove"
     layer_counts: list[int] = field(default_factory=lambda: [1, 2, 4])
+    min_depth_fraction: float | None = 0.5
     alphas: list[float] | None = None
     refine_steps: int = 3
     delta: float = 5.0
@@ -289,6 +292,9 @@ class Recipe:
             raise RecipeError("recipe.selection.layer_counts: must not be empty")
         if self.selection.alphas and any(a == 0 for a in self.selection.alphas):
             raise RecipeError(f"recipe.selection.alphas: must be non-zero, got {self.selection.alphas}")
+        fraction = self.selection.min_depth_fraction
+        if fraction is not None and not 0 <= fraction < 1:
+            raise RecipeError(f"recipe.selection.min_depth_fraction: must be in [0, 1) or null, got {fraction}")
         if self.selection.refine_steps < 0:
             raise RecipeError("recipe.selection.refine_steps: must be >= 0")
         if self.selection.kl_tokens is not None and self.selection.kl_tokens < 1:

@@ -168,6 +168,36 @@ class SweepResult:
         }
 
 
+def steering_candidates(ranking: Sequence[int], depth: int, min_depth_fraction: float | None) -> list[int]:
+    """The ranked blocks the sweep may steer: those at or after ``min_depth_fraction`` of the decoder's depth.
+
+    Prompt-level topic features separate refused from complied prompts from the first blocks on (on the censored
+    SmolLM2 |r| is 0.73 at block 0 and 0.72 at block 22), so a ranking by |r| alone can put early blocks first;
+    steering there moves the topic, not the refusal decision (measured there: the top-4 early blocks at α = −4 took
+    political refusals 87.5 → 66.7 %, where late blocks removed most of them at α = −2).
+
+    Args:
+        ranking: blocks best first.
+        depth: number of decoder blocks.
+        min_depth_fraction: ``0.5`` keeps the second half; ``None`` keeps every block.
+
+    Returns:
+        ``ranking`` without the blocks before ``floor(min_depth_fraction · depth)``, order kept.
+
+    Raises:
+        ValueError: no ranked block is deep enough.
+    """
+    if min_depth_fraction is None:
+        return [int(layer) for layer in ranking]
+    if not 0 <= min_depth_fraction < 1:
+        raise ValueError(f"min_depth_fraction must be in [0, 1), got {min_depth_fraction}")
+    first = math.floor(min_depth_fraction * depth)
+    kept = [int(layer) for layer in ranking if layer >= first]
+    if not kept:
+        raise ValueError(f"no ranked block at or after block {first} ({min_depth_fraction} of {depth} blocks)")
+    return kept
+
+
 def quality_limits(
     base_quality: Mapping[str, Mapping[str, Any]], roles: Mapping[str, str], objective: SelectionObjective
 ) -> dict[str, dict[str, float]]:

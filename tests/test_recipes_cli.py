@@ -63,6 +63,7 @@ def _with(**changes):
         ({"gating__method": "lda"}, r"recipe\.gating\.method: expected 'md' or 'rmd', got 'lda'"),
         ({"gating__ridge_lambda": -1.0}, r"recipe\.gating\.ridge_lambda: must be > 0"),
         ({"sampling__k": True}, r"recipe\.sampling\.k: expected an integer, got True"),
+        ({"selection__min_depth_fraction": 1.0}, r"recipe\.selection\.min_depth_fraction: must be in \[0, 1\)"),
     ],
 )
 def test_schema_errors_name_the_key(changes, message):

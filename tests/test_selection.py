@@ -21,6 +21,7 @@ from steering_adapter.selection import (
     default_alphas,
     quality_limits,
     refinement_bracket,
+    steering_candidates,
     sweep_layers_and_scale,
 )
 
@@ -347,3 +348,15 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
     assert result.metadata()["condition"]["layer"] == 1
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [r["gated"] for r in rows[1:]] == ["False", "False", "True", "True"]
+
+
+def test_steering_candidates_keep_the_deeper_blocks_in_rank_order():
+    ranking = [3, 0, 6, 2, 22, 7, 21, 27, 15, 14]
+    assert steering_candidates(ranking, 30, 0.5) == [22, 21, 27, 15]  # blocks 15..29, order kept
+    assert steering_candidates(ranking, 30, None) == ranking
+    assert steering_candidates([5, 4, 3, 2, 1, 0], 6, 0.5) == [5, 4, 3]
+    assert steering_candidates([5, 4, 3, 2, 1, 0], 7, 0.5) == [5, 4, 3]  # floor(3.5) = 3
+    with pytest.raises(ValueError, match="no ranked block at or after block 15"):
+        steering_candidates([0, 1, 2], 30, 0.5)
+    with pytest.raises(ValueError, match=r"min_depth_fraction must be in \[0, 1\)"):
+        steering_candidates(ranking, 30, 1.0)

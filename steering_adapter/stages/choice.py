@@ -18,7 +18,7 @@ from ..conditions import ConditionFit
 from ..judges.base import Judge
 from ..recipes import Recipe
 from ..samplers import Sampler
-from ..selection import SweepResult, default_alphas, sweep_layers_and_scale
+from ..selection import SweepResult, default_alphas, steering_candidates, sweep_layers_and_scale
 from .folders import StageTimes, fingerprint, stage_dir, tensor_digest
 from .prompts import eval_sets, resolve_prompts, sampling_settings
 
@@ -66,6 +66,10 @@ def select_layers_and_alpha(
         f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"
         + (f", then {sel.refine_steps} refinement steps" if sel.refine_steps else "")
     )
+    if recipe.estimator.layers is None:  # every block was collected: directions hold the whole depth
+        depth = max(directions) + 1
+        ranking = steering_candidates(ranking, depth, sel.min_depth_fraction)
+        log(f"[select] candidate blocks (from {sel.min_depth_fraction} of {depth}), best first: {ranking}")
     selection_sets = eval_sets(recipe, "selection", sel.max_prompts_per_set)
     with times("select layers and α"):
         sweep = sweep_layers_and_scale(
