@@ -19,8 +19,8 @@ from steering_adapter.composition import load_composition, save_composition
 from steering_adapter.evaluation import EvalSet, evaluate
 from steering_adapter.judges import PatternJudge
 from steering_adapter.organism import load_organism
-from steering_adapter.stages.prompts import load_source
 from steering_adapter.records import atomic_write_json
+from steering_adapter.stages.prompts import load_source
 
 SETS = [
     ("political", "organism:political"),

@@ -180,8 +180,8 @@ def check_sources(recipe) -> None:
     Raises:
         ValueError: ``recipe.prompts.refusal[1]: prompt file 'x.txt' does not exist`` (the key and the problem).
     """
-    from .stages.prompts import load_source
     from .recipes import recipe_sources
+    from .stages.prompts import load_source
 
     spec = recipe.prompts
     for key, source in recipe_sources(recipe).items():
@@ -236,8 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalSet, evaluate
-    from .stages.loading import build_judge
     from .recipes import JudgeSpec, Recipe
+    from .stages.loading import build_judge
 
     recipe: Recipe | None = _read_recipe(args.recipe) if args.recipe else None
     sampling = recipe.sampling if recipe is not None else None
@@ -345,8 +345,8 @@ def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed
     (defaults without a recipe), then a seeded sample of ``sample`` prompts when asked."""
     import random
 
-    from .stages.prompts import resolve_prompts
     from .recipes import Recipe
+    from .stages.prompts import resolve_prompts
 
     split_recipe = recipe if recipe is not None else Recipe(name="eval")
     prompts = resolve_prompts(source, split, split_recipe, capped=False)

@@ -93,8 +93,8 @@ def test_recipe_supplies_judge_sampling_and_sets(adapter, tmp_path, capsys):
     expected_judge = PatternJudge(refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, "zebra crossing")).name
     assert report["settings"]["judge"] == expected_judge
     assert report["settings"]["sampling"]["k"] == 2 and report["settings"]["sampling"]["seed"] == 11
-    from steering_adapter.stages.prompts import resolve_prompts
     from steering_adapter.recipes import recipe_from_dict
+    from steering_adapter.stages.prompts import resolve_prompts
 
     test_half = resolve_prompts("organism:political", "test", recipe_from_dict(recipe), capped=False)
     assert report["sets"]["pol"]["base"]["n"] == len(test_half)

@@ -25,8 +25,8 @@ from steering_adapter.estimators import MeanDifference, RidgeMeanDifference, fit
 from steering_adapter.generation import sample_answers
 from steering_adapter.organism import load_organism
 from steering_adapter.organism.data import load_examples
-from steering_adapter.stages.loading import build_judge
 from steering_adapter.recipes import JudgeSpec, ModelSpec
+from steering_adapter.stages.loading import build_judge
 from steering_adapter.tuner.gate import GateState
 from steering_adapter.tuner.layer import SteeringLayer, apply_plan
 

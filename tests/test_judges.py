@@ -461,8 +461,8 @@ def test_key_policy_errors(monkeypatch):
 
 
 def test_recipe_judge_sends_key_only_when_named(monkeypatch):
-    from steering_adapter.stages.loading import build_judge
     from steering_adapter.recipes import JudgeSpec
+    from steering_adapter.stages.loading import build_judge
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-global-LEAK")
     monkeypatch.setenv("STEERING_JUDGE_API_KEY", "steering-LEAK")
