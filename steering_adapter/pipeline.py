@@ -109,6 +109,17 @@ def run_recipe(
             log,
         )
         return RunResult(out, adapter_dir, sweep, report, ungated)
+    except BaseException as error:  # a failed or interrupted run still records where its time went
+        atomic_write_json(
+            out / "timings.json",
+            {
+                "seconds": round(time.time() - started, 1),
+                "stages": times.seconds,
+                "completed": False,
+                "error": f"{type(error).__name__}: {error}"[:500],
+            },
+        )
+        raise
     finally:
         close = getattr(sampler, "close", None)
         if close is not None:

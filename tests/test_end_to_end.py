@@ -176,3 +176,22 @@ def test_changed_gate_never_resumes_stale_records(run_dir, capsys):
         assert any(p.name.startswith("evaluation.stale-") for p in run_dir.iterdir())
     # the base rates do not depend on the gate: the fresh runs measured the same ones
     assert second["report"]["sets"]["political"]["base"] == first["report"]["sets"]["political"]["base"]
+
+
+def test_a_failed_run_still_records_its_stage_timings(run_dir, tmp_path):
+    """A run whose sweep finds no feasible point exits 3 and still writes timings.json (marked not completed)."""
+    import shutil
+
+    from steering_adapter.cli import EXIT_INFEASIBLE
+
+    assert json.loads((run_dir / "timings.json").read_text())["completed"] is True
+    out = tmp_path / "infeasible"
+    shutil.copytree(run_dir, out)  # scores and directions are reused; the selection is recomputed
+    args = ["run", str(RECIPES / "no-political-refusal.yaml"), "--out", str(out), "--no-progress"]
+    overrides = [*SMALL, "selection.alphas=[-2]", "selection.refine_steps=0", "selection.min_relevance=0.99"]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == EXIT_INFEASIBLE
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["completed"] is False and timings["error"].startswith("NoFeasibleChoiceError")
+    assert timings["stages"]["select layers and α"] > 0

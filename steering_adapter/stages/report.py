@@ -154,7 +154,9 @@ def evaluate_and_save(
         "stage_seconds": times.seconds,
     }
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "timings.json", {"seconds": summary["seconds"], "stages": times.seconds})
+    atomic_write_json(
+        out / "timings.json", {"seconds": summary["seconds"], "stages": times.seconds, "completed": True}
+    )
     atomic_write_text(
         out / "report.md",
         f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}"
