@@ -34,11 +34,17 @@ def run_one(recipe: str, out: Path, threads: int | None) -> dict:
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{recipe} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    timings = json.loads((out / "timings.json").read_text())
-    summary = json.loads((out / "summary.json").read_text())
-    return {"wall": wall, "stages": timings["stages"], "alpha": summary["alpha"], "layers": summary["layers"]}
+    if not (out / "timings.json").is_file():
+        raise SystemExit(f"{recipe} failed (exit {done.returncode}) before timing anything:\n{done.stderr[-3000:]}")
+    timings = json.loads((out / "timings.json").read_text())  # written by failed runs too (completed: false)
+    result = {"wall": wall, "stages": timings["stages"], "exit": done.returncode, "completed": timings["completed"]}
+    if timings["completed"]:
+        summary = json.loads((out / "summary.json").read_text())
+        result.update(alpha=summary["alpha"], layers=summary["layers"])
+    else:
+        result["error"] = timings.get("error")
+        print(f"  {recipe} stopped (exit {done.returncode}): {timings.get('error')}", flush=True)
+    return result
 
 
 def main() -> None:
@@ -61,6 +67,8 @@ def main() -> None:
     for stage in stages:
         print(f"| {stage} | " + " | ".join(f"{results[n]['stages'].get(stage, 0.0):.1f}" for n in names) + " |")
     print("| **total wall** | " + " | ".join(f"**{results[n]['wall']:.1f}**" for n in names) + " |")
+    done = ["yes" if results[n]["completed"] else "no (see pipeline.json)" for n in names]
+    print("| completed | " + " | ".join(done) + " |")
     targets = [TARGETS_SECONDS.get(n) for n in names]
     print("| target | " + " | ".join(f"≤ {t:.0f}" if t else "–" for t in targets) + " |")
     print(
