@@ -108,22 +108,27 @@ def run_recipe(
             progress,
             log,
         )
+        _write_timings(out, started, times)
         return RunResult(out, adapter_dir, sweep, report, ungated)
     except BaseException as error:  # a failed or interrupted run still records where its time went
-        atomic_write_json(
-            out / "timings.json",
-            {
-                "seconds": round(time.time() - started, 1),
-                "stages": times.seconds,
-                "completed": False,
-                "error": f"{type(error).__name__}: {error}"[:500],
-            },
-        )
+        _write_timings(out, started, times, error)
         raise
     finally:
         close = getattr(sampler, "close", None)
         if close is not None:
             close()
+
+
+def _write_timings(out: Path, started: float, times: StageTimes, error: BaseException | None = None) -> None:
+    """``timings.json``: wall seconds, seconds per stage, whether the run completed (and why not)."""
+    data: dict[str, object] = {
+        "seconds": round(time.time() - started, 1),
+        "stages": times.seconds,
+        "completed": error is None,
+    }
+    if error is not None:
+        data["error"] = f"{type(error).__name__}: {error}"[:500]
+    atomic_write_json(out / "timings.json", data)
 
 
 def _quiet(message: str) -> None:

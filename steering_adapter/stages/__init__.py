@@ -8,7 +8,8 @@
 - :mod:`.condition`: the gate's condition direction, block and threshold.
 - :mod:`.choice`: the sweep of layers × α on the selection half (``selection/``).
 - :mod:`.report`: the chosen adapter evaluated on the test half, with and without its gate, and saved
-  (``evaluation/``, ``evaluation_ungated/``, ``adapter/``, ``summary.json``, ``report.md``, ``timings.json``).
+  (``evaluation/``, ``evaluation_ungated/``, ``adapter/``, ``summary.json``, ``report.md``); the runner writes
+  ``timings.json``, also for a run that fails.
 
 :func:`steering_adapter.pipeline.run_recipe` runs them in order.
 """

@@ -1,7 +1,7 @@
 """Stage: the chosen adapter built, evaluated on the test half (and, when gated, without its gate) and saved.
 
 Owns ``evaluation/`` and ``evaluation_ungated/`` (records, report JSON/Markdown, plots), ``adapter/`` (the adapter
-and its model card), ``summary.json``, ``report.md`` and ``timings.json``.
+and its model card), ``summary.json`` and ``report.md`` (``timings.json`` is the runner's).
 """
 
 from __future__ import annotations
@@ -154,9 +154,6 @@ def evaluate_and_save(
         "stage_seconds": times.seconds,
     }
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(
-        out / "timings.json", {"seconds": summary["seconds"], "stages": times.seconds, "completed": True}
-    )
     atomic_write_text(
         out / "report.md",
         f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}"
