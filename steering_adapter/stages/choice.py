@@ -70,6 +70,8 @@ def select_layers_and_alpha(
         depth = max(directions) + 1
         ranking = steering_candidates(ranking, depth, sel.min_depth_fraction)
         log(f"[select] candidate blocks (from {sel.min_depth_fraction} of {depth}), best first: {ranking}")
+    if condition is not None:
+        log(f"[select] gated variants steer only blocks at or after the gate's block {condition.layer}")
     selection_sets = eval_sets(recipe, "selection", sel.max_prompts_per_set)
     with times("select layers and α"):
         sweep = sweep_layers_and_scale(
