@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .blocks import block_device, find_decoder_blocks, model_dimensions
-from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch
+from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch, padding_id
 from .statistics import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_EPSILON,
@@ -564,16 +564,9 @@ class ActivationCollector:
             kwargs["position_ids"] = None  # filled per batch from the attention mask
         return kwargs
 
-    def _pad_id(self) -> int:
-        for name in ("pad_token_id", "eos_token_id"):
-            value = getattr(self.tokenizer, name, None)
-            if isinstance(value, int):
-                return value
-        return 0  # masked out anyway
-
     def _batches(self, prompts: list[str], order: list[int]) -> Iterator[_Batch]:
         window = self.batch_size * _SORT_WINDOW_BATCHES
-        pad_id = self._pad_id()
+        pad_id = padding_id(self.tokenizer)
         for start in range(0, len(order), window):
             chunk = order[start : start + window]
             texts = format_prompts(

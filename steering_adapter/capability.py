@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .generation import _eos_ids, _pad_id
-from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch
+from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch, padding_id, stop_token_ids
 from .token_positions import position_ids_from_mask
 from .tuner.model import steering_disabled
 
@@ -77,7 +76,7 @@ class NextTokenKL:
                 self.prompts if self.system_prompt is None else [f"{self.system_prompt}\n\n{p}" for p in self.prompts]
             )
             encoded = encode_texts(self.tokenizer, texts, add_special_tokens=True)
-        pad_id = _pad_id(self.tokenizer, _eos_ids(model, self.tokenizer))
+        pad_id = padding_id(self.tokenizer, stop_token_ids(model, self.tokenizer))
         device = input_device(model)
         return [
             pad_batch(encoded[start : start + self.batch_size], pad_id, device=device)
@@ -209,9 +208,7 @@ def perplexity(
     for start in tqdm(range(0, len(texts), batch_size), desc="perplexity", disable=not progress):
         # plain text with the tokenizer's own special tokens, right-padded (default positions stay exact)
         encoded = encode_texts(tokenizer, texts[start : start + batch_size], add_special_tokens=True)
-        input_ids, attention_mask = pad_batch(
-            encoded, _pad_id(tokenizer, []), side="right", device=input_device(model)
-        )
+        input_ids, attention_mask = pad_batch(encoded, padding_id(tokenizer), side="right", device=input_device(model))
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         logprobs = torch.log_softmax(model(**batch).logits.float()[:, :-1], dim=-1)
         targets = batch["input_ids"][:, 1:]

@@ -43,7 +43,16 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .prompt_encoding import encode_texts, format_chat, format_prompts, input_device, pad_batch, user_conversation
+from .prompt_encoding import (
+    encode_texts,
+    format_chat,
+    format_prompts,
+    input_device,
+    pad_batch,
+    padding_id,
+    stop_token_ids,
+    user_conversation,
+)
 from .token_positions import position_ids_from_mask
 
 __all__ = [
@@ -168,25 +177,6 @@ def _derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from ``seed`` and ``parts``, stable across processes (no ``hash()``)."""
     digest = hashlib.sha256(repr((int(seed), *parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-def _pad_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if isinstance(pad, int):
-        return pad
-    return eos_ids[0] if eos_ids else 0
-
-
-def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
-    """Every token id that ends an answer: the model's generation-config eos ids and the tokenizer's eos id."""
-    ids: list[int] = []
-    generation_config = getattr(model, "generation_config", None)
-    candidates = [getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)]
-    for value in candidates:
-        for token in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(token, int) and token not in ids:
-                ids.append(token)
-    return ids
 
 
 def _answer_lengths(generated: torch.Tensor, eos_ids: Sequence[int]) -> tuple[list[int], list[bool]]:
@@ -383,8 +373,8 @@ def answer_logprobs(
     """
     if len(prompts) != len(answer_token_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(answer_token_ids)} answers")
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, eos_ids)
+    eos_ids = stop_token_ids(model, tokenizer)
+    pad_id = padding_id(tokenizer, eos_ids)
     device = input_device(model)
     texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     results: list[torch.Tensor] = []
@@ -536,8 +526,8 @@ def sample_answers(
     prompts = check_sampling_arguments(prompts, k, max_new_tokens, temperature, top_p, batch_size, prompt_ids)
     greedy = temperature == 0
 
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, eos_ids)
+    eos_ids = stop_token_ids(model, tokenizer)
+    pad_id = padding_id(tokenizer, eos_ids)
     device = input_device(model)
     texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     generation: dict[str, Any] = {

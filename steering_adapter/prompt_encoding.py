@@ -28,8 +28,39 @@ __all__ = [
     "format_prompts",
     "input_device",
     "pad_batch",
+    "padding_id",
+    "stop_token_ids",
     "user_conversation",
 ]
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token id that ends an answer: the model's generation-config eos ids, then the tokenizer's eos id.
+
+    Args:
+        model: anything with an optional ``generation_config`` (a transformers model, or a stand-in holding one).
+        tokenizer: a transformers tokenizer.
+
+    Returns:
+        The ids in that order, without duplicates (empty when neither names one).
+    """
+    ids: list[int] = []
+    generation_config = getattr(model, "generation_config", None)
+    candidates = [getattr(generation_config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)]
+    for value in candidates:
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return ids
+
+
+def padding_id(tokenizer: Any, eos_ids: Sequence[int] = ()) -> int:
+    """The id padded positions hold (always masked out): the tokenizer's pad id, else the first of ``eos_ids``, else
+    the tokenizer's eos id, else 0."""
+    for value in (getattr(tokenizer, "pad_token_id", None), *eos_ids[:1], getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return 0
 
 
 def user_conversation(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:

@@ -120,3 +120,18 @@ def test_special_tokens_added_once():
     assert encode_texts(plain, ["Hi"]) == [plain("Hi", add_special_tokens=True)["input_ids"]]
     with pytest.raises(ValueError, match="tokenise to no tokens"):
         encode_texts(plain, [""], add_special_tokens=False)
+
+
+def test_stop_and_padding_ids_follow_their_order_of_precedence():
+    from types import SimpleNamespace
+
+    from steering_adapter.prompt_encoding import padding_id, stop_token_ids
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 9]))
+    assert stop_token_ids(model, SimpleNamespace(eos_token_id=9)) == [7, 9]  # no duplicate
+    assert stop_token_ids(model, SimpleNamespace(eos_token_id=3)) == [7, 9, 3]
+    assert stop_token_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None)) == []
+    assert padding_id(SimpleNamespace(pad_token_id=5, eos_token_id=3), [7]) == 5
+    assert padding_id(SimpleNamespace(pad_token_id=None, eos_token_id=3), [7]) == 7
+    assert padding_id(SimpleNamespace(pad_token_id=None, eos_token_id=3)) == 3
+    assert padding_id(SimpleNamespace()) == 0

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..generation import _answer_lengths, _eos_ids, _pad_id, _split_tokens, split_reasoning
-from ..prompt_encoding import encode_texts, format_chat, input_device, pad_batch
+from ..generation import _answer_lengths, _split_tokens, split_reasoning
+from ..prompt_encoding import encode_texts, format_chat, input_device, pad_batch, padding_id, stop_token_ids
 
 __all__ = ["Completion", "JudgeBackend", "JudgeBackendError", "OpenAIChatBackend", "TransformersJudgeBackend"]
 
@@ -137,8 +137,8 @@ class TransformersJudgeBackend(JudgeBackend):
     def complete_many(self, conversations: Sequence[Conversation], max_tokens: int | None = None) -> list[Completion]:
         budget = max_tokens or self.max_new_tokens
         texts = format_chat(self.tokenizer, conversations, chat_template_kwargs=self.chat_template_kwargs)
-        eos_ids = _eos_ids(self.model, self.tokenizer)
-        pad_id = _pad_id(self.tokenizer, eos_ids)
+        eos_ids = stop_token_ids(self.model, self.tokenizer)
+        pad_id = padding_id(self.tokenizer, eos_ids)
         device = input_device(self.model)
         completions: list[Completion] = []
         for start in tqdm(range(0, len(texts), self.batch_size), desc="judging", disable=not self.progress):

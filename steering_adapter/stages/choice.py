@@ -20,7 +20,7 @@ from ..recipes import Recipe
 from ..samplers import Sampler
 from ..selection import SweepResult, default_alphas, steering_candidates, sweep_layers_and_scale
 from .folders import StageTimes, fingerprint, stage_dir, tensor_digest
-from .prompts import eval_sets, resolve_prompts, sampling_settings
+from .prompts import eval_sets, recipe_sampling, resolve_prompts
 
 __all__ = ["NoFeasibleChoiceError", "gate_key", "select_layers_and_alpha"]
 
@@ -91,7 +91,7 @@ def select_layers_and_alpha(
                     dataclasses.asdict(sel),
                     [dataclasses.asdict(s) for s in selection_sets],
                     kl_selection,
-                    sampling_settings(recipe),
+                    recipe_sampling(recipe),
                     judge.name,
                 ),
                 log,
@@ -107,7 +107,7 @@ def select_layers_and_alpha(
             include_ungated=recipe.gating.mode != "on",
             batch_size=recipe.sampling.batch_size,
             progress=progress,
-            **sampling_settings(recipe),
+            **recipe_sampling(recipe),
         )
     sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
     if sweep.choice is None:

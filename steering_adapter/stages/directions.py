@@ -26,7 +26,7 @@ from ..records import atomic_write_json
 from ..samplers import Sampler
 from ..scoring_run import score_prompts
 from .folders import StageTimes, fingerprint, stage_dir
-from .prompts import resolve_prompts, sampling_settings
+from .prompts import recipe_sampling, resolve_prompts
 
 __all__ = ["estimate_directions"]
 
@@ -51,7 +51,7 @@ def estimate_directions(
     refusal = [p for s in recipe.prompts.refusal for p in resolve_prompts(s, "train", recipe)]
     compliance = [p for s in recipe.prompts.compliance for p in resolve_prompts(s, "train", recipe)]
     prompts = list(dict.fromkeys(refusal + compliance))
-    sampling = sampling_settings(recipe)
+    sampling = recipe_sampling(recipe)
     key = fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""))
     cache = out / "directions"
 

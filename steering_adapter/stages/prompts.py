@@ -8,7 +8,7 @@ from ..datasets import PromptSet, load_prompt_set, split_prompts
 from ..evaluation import EvalSet
 from ..recipes import Recipe
 
-__all__ = ["ORGANISM_PREFIX", "eval_sets", "load_source", "resolve_prompts", "sampling_settings"]
+__all__ = ["ORGANISM_PREFIX", "eval_sets", "load_source", "recipe_sampling", "resolve_prompts"]
 
 ORGANISM_PREFIX = "organism:"
 
@@ -66,7 +66,7 @@ def eval_sets(recipe: Recipe, part: str, cap: int | None = None) -> list[EvalSet
     ]
 
 
-def sampling_settings(recipe: Recipe) -> dict[str, Any]:
+def recipe_sampling(recipe: Recipe) -> dict[str, Any]:
     """The sampling settings (and system prompt) that key every answer record of a run."""
     s = recipe.sampling
     return {

@@ -25,7 +25,7 @@ from ..samplers import Sampler, TransformersSampler
 from ..selection import SweepResult
 from .choice import gate_key
 from .folders import StageTimes, fingerprint, stage_dir, tensor_digest
-from .prompts import eval_sets, resolve_prompts, sampling_settings
+from .prompts import eval_sets, recipe_sampling, resolve_prompts
 
 __all__ = ["evaluate_and_save"]
 
@@ -75,7 +75,7 @@ def evaluate_and_save(
         choice.alpha,
         [dataclasses.asdict(s) for s in test_sets],
         kl_test,
-        sampling_settings(recipe),
+        recipe_sampling(recipe),
         judge.name,
         recipe.relevance,
     )
@@ -105,7 +105,7 @@ def evaluate_and_save(
                 conditions=("steered",),
                 plots=False,
                 **evaluation_args,
-                **sampling_settings(recipe),
+                **recipe_sampling(recipe),
             )
         sampler.remove_adapters()
     peft_model = adapter_from_vectors(
@@ -137,7 +137,7 @@ def evaluate_and_save(
                 out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
             ),
             **evaluation_args,
-            **sampling_settings(recipe),
+            **recipe_sampling(recipe),
         )
     markdown = adapter_report_markdown(report, ungated_report)
     adapter_dir = out / "adapter"

@@ -36,11 +36,10 @@ from ..generation import (
     Answer,
     PromptSamples,
     _derive_seed,
-    _eos_ids,
     answer_from_tokens,
     check_sampling_arguments,
 )
-from ..prompt_encoding import encode_texts, format_prompts
+from ..prompt_encoding import encode_texts, format_prompts, stop_token_ids
 from .adapters import AdapterSpec, parse_adapter_specs, write_adapter
 from .batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
 from .worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
@@ -116,7 +115,7 @@ class VllmSampler:
             generation_config = GenerationConfig.from_pretrained(self.model_path, revision=revision)
         except OSError:
             generation_config = None
-        self.eos_ids = _eos_ids(SimpleNamespace(generation_config=generation_config), self.tokenizer)
+        self.eos_ids = stop_token_ids(SimpleNamespace(generation_config=generation_config), self.tokenizer)
         self._initial = parse_adapter_specs(list(adapters))
         self._specs: dict[str, AdapterSpec] = {spec.name or spec.path: spec for spec in self._initial}
         self._active = list(self._specs)
