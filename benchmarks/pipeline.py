@@ -37,7 +37,13 @@ def run_one(recipe: str, out: Path, threads: int | None) -> dict:
     if not (out / "timings.json").is_file():
         raise SystemExit(f"{recipe} failed (exit {done.returncode}) before timing anything:\n{done.stderr[-3000:]}")
     timings = json.loads((out / "timings.json").read_text())  # written by failed runs too (completed: false)
-    result = {"wall": wall, "stages": timings["stages"], "exit": done.returncode, "completed": timings["completed"]}
+    result = {
+        "wall": wall,
+        "stages": timings["stages"],
+        "threads": timings.get("torch_threads"),
+        "exit": done.returncode,
+        "completed": timings["completed"],
+    }
     if timings["completed"]:
         summary = json.loads((out / "summary.json").read_text())
         result.update(alpha=summary["alpha"], layers=summary["layers"])
@@ -67,6 +73,7 @@ def main() -> None:
     for stage in stages:
         print(f"| {stage} | " + " | ".join(f"{results[n]['stages'].get(stage, 0.0):.1f}" for n in names) + " |")
     print("| **total wall** | " + " | ".join(f"**{results[n]['wall']:.1f}**" for n in names) + " |")
+    print("| torch threads | " + " | ".join(str(results[n]["threads"]) for n in names) + " |")
     done = ["yes" if results[n]["completed"] else "no (see pipeline.json)" for n in names]
     print("| completed | " + " | ".join(done) + " |")
     targets = [TARGETS_SECONDS.get(n) for n in names]

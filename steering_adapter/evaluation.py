@@ -14,9 +14,10 @@ resumes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,15 @@ from .quality import repetition_rate, summarize_quality
 from .records import JsonlLog, atomic_write_json, atomic_write_text
 from .samplers import Sampler, as_sampler
 from .scoring import plot_histogram, summarize
-from .scoring_run import ANSWERS_FILE, score_prompts
+from .scoring_run import (
+    ANSWERS_FILE,
+    SCORES_FILE,
+    PromptScore,
+    load_scores,
+    prompt_key,
+    sampling_settings,
+    score_prompts,
+)
 
 ROLES = ("target", "harmful", "benign", "other")
 CONDITIONS = ("base", "steered")
@@ -222,6 +231,8 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     plots: bool = True,
+    gate_closed: Mapping[str, Sequence[bool]] | None = None,
+    base_run: str | os.PathLike | None = None,
     **sampling: Any,
 ) -> EvaluationReport:
     """Score every set with steering off (``base``) and on (``steered``) and write the report.
@@ -247,10 +258,21 @@ def evaluate(
         batch_size: prompts per sampling / forward batch.
         progress: tqdm bars.
         plots: write the PNG plots.
+        gate_closed: ``{set name: [B] bool}``, the prompts the active condition-gated adapter leaves alone
+            (:meth:`~steering_adapter.samplers.TransformersSampler.gate_decisions`, negated). A closed gate leaves
+            every forward pass of its prompt unchanged, so the base answers are samples of the steered model: the
+            steered condition takes these prompts' records from ``base_run`` and samples only the others (each
+            set's summary counts them in ``n_gate_closed``).
+        base_run: ``out_dir`` of an earlier evaluation of the base condition on the same sets, judge and sampling
+            settings (needed with ``gate_closed``).
         **sampling: sampling settings (``k``, ``max_new_tokens``, ``temperature``, ``seed``, ...).
 
     Returns:
         The :class:`EvaluationReport` (also saved as ``report.json`` and ``report.md``).
+
+    Raises:
+        ValueError: unknown conditions, no or duplicate sets, ``gate_closed`` without ``base_run`` or of the wrong
+            length, a gate-closed prompt without a base record from the same judge and settings.
     """
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown or not conditions:
@@ -260,6 +282,15 @@ def evaluate(
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"prompt set names must be unique, got {names}")
+    gate_closed = dict(gate_closed or {})
+    if gate_closed and base_run is None:
+        raise ValueError("gate_closed needs base_run, the evaluation whose base answers the closed prompts reuse")
+    for eval_set in sets:
+        if eval_set.name in gate_closed and len(gate_closed[eval_set.name]) != len(eval_set.prompts):
+            raise ValueError(
+                f"gate_closed[{eval_set.name!r}] has {len(gate_closed[eval_set.name])} entries for "
+                f"{len(eval_set.prompts)} prompts"
+            )
     out = Path(out_dir)
     sampler = as_sampler(model, tokenizer)
     report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
@@ -268,19 +299,30 @@ def evaluate(
         texts: dict[str, list[str]] = {}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
-            with _condition(sampler, condition):
-                scores = score_prompts(
-                    sampler,
-                    tokenizer,
-                    eval_set.prompts,
-                    judge,
-                    log_dir,
-                    batch_size=batch_size,
-                    progress=progress,
-                    **sampling,
-                )
+            reused: dict[int, tuple[PromptScore, list[Answer]]] = {}
+            if condition == "steered" and eval_set.name in gate_closed:
+                reused = _base_records(Path(base_run), eval_set, gate_closed[eval_set.name], judge, sampling)
+            todo = [prompt for i, prompt in enumerate(eval_set.prompts) if i not in reused]
+            own: list[PromptScore] = []
+            if todo:
+                with _condition(sampler, condition):
+                    own = score_prompts(
+                        sampler,
+                        tokenizer,
+                        todo,
+                        judge,
+                        log_dir,
+                        batch_size=batch_size,
+                        progress=progress,
+                        **sampling,
+                    )
+            own_records = iter(zip(own, recorded_answers(log_dir, [s.key for s in own]) if own else [], strict=True))
+            merged = [reused[i] if i in reused else next(own_records) for i in range(len(eval_set.prompts))]
+            scores = [score for score, _ in merged]
+            answers = [group for _, group in merged]
             summary = summarize([s.score for s in scores])
-            answers = recorded_answers(log_dir, [s.key for s in scores])
+            if reused:
+                summary["n_gate_closed"] = len(reused)
             texts[condition] = [group[0].text for group in answers]
             relevance_per_prompt = None
             if relevance is not None:
@@ -294,8 +336,16 @@ def evaluate(
                 flat = [a for group in answers for a in group]
                 if condition == "base":  # sampled from the base model: its own log-probabilities
                     base_logprobs = [a.mean_logprob for a in flat]
-                else:
-                    base_logprobs = _base_logprobs(sampler, scores, answers, log_dir, batch_size, sampling)
+                else:  # reused base answers carry their own; the others get a teacher-forced pass
+                    own_answers = [group for i, group in enumerate(answers) if i not in reused]
+                    scored = iter(
+                        _base_logprobs(sampler, own, own_answers, log_dir, batch_size, sampling) if own else []
+                    )
+                    base_logprobs = [
+                        a.mean_logprob if i in reused else next(scored)
+                        for i, group in enumerate(answers)
+                        for a in group
+                    ]
                 summary.update(
                     summarize_quality(
                         relevance_per_prompt, [repetition_rate(a.token_ids) for a in flat], base_logprobs
@@ -341,6 +391,37 @@ def evaluate(
 
 
 BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
+
+
+def _base_records(
+    base_run: Path, eval_set: EvalSet, closed: Sequence[bool], judge: Judge, sampling: dict[str, Any]
+) -> dict[int, tuple[PromptScore, list[Answer]]]:
+    """``{position: (score, answers)}`` of the gate-closed prompts of ``eval_set``, from the base condition of the
+    evaluation in ``base_run`` (same judge, same sampling settings: the same record keys).
+
+    Raises:
+        ValueError: no finished base scoring of the set there, another judge, or a prompt without a record.
+    """
+    log_dir = base_run / "base" / eval_set.name
+    if not (log_dir / SCORES_FILE).is_file():
+        raise ValueError(f"{log_dir} holds no finished base scoring of set {eval_set.name!r} to reuse")
+    with open(log_dir / SCORES_FILE, encoding="utf-8") as handle:
+        recorded_judge = json.load(handle)["judge"]
+    judge_name = getattr(judge, "name", type(judge).__name__)
+    if recorded_judge != judge_name:
+        raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
+    by_key = {score.key: score for score in load_scores(log_dir)}
+    settings = sampling_settings(**sampling)
+    positions = [i for i, is_closed in enumerate(closed) if is_closed]
+    keys = [prompt_key(eval_set.prompts[i], settings) for i in positions]
+    missing = [eval_set.prompts[i] for i, key in zip(positions, keys, strict=True) if key not in by_key]
+    if missing:
+        raise ValueError(
+            f"{log_dir} has no base record of {len(missing)} gate-closed prompts of set {eval_set.name!r} "
+            f"(e.g. {missing[0][:80]!r}): score the base condition there with the same prompts and sampling settings"
+        )
+    answers = recorded_answers(log_dir, keys)
+    return {i: (by_key[key], group) for i, key, group in zip(positions, keys, answers, strict=True)}
 
 
 def _base_logprobs(

@@ -64,6 +64,7 @@ __all__ = [
     "check_sampling_arguments",
     "THINK_END",
     "format_chat",
+    "gate_decisions",
     "user_conversation",
     "sample_answers",
     "split_reasoning",
@@ -582,3 +583,70 @@ def sample_answers(
     finally:
         bar.close()
     return results
+
+
+@torch.no_grad()
+def gate_decisions(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    adapter_name: str,
+    *,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> list[bool]:
+    """Whether the gate of the active condition-gated adapter ``adapter_name`` opens for each prompt.
+
+    The prompts are formatted, batched (``batch_size`` per batch, in order) and left-padded exactly as
+    :func:`sample_answers` feeds them to ``generate``, and run through one forward pass each; the condition block
+    decides the gates as it does on the first step of generation. Where a gate stays closed the adapter leaves that
+    prompt's forward passes unchanged, so its answers are the base model's.
+
+    Args:
+        model: a model with the gated steering adapter ``adapter_name`` attached and active (steering not disabled).
+        tokenizer: its tokenizer.
+        prompts: ``B`` user prompts.
+        adapter_name: the gated adapter.
+        batch_size: prompts per forward pass (the ``batch_size`` the answers are sampled with).
+        system_prompt: optional system message before each prompt.
+        chat_template_kwargs: extra chat-template variables.
+
+    Returns:
+        ``B`` booleans, ``True`` where the gate opens (the prompt is steered).
+
+    Raises:
+        ValueError: the adapter is not condition-gated, empty or non-string prompts, ``batch_size < 1``.
+        RuntimeError: the gate was not decided (the adapter is not active, or steering is disabled).
+    """
+    from .tuner.model import gate_state
+
+    prompts = check_sampling_arguments(prompts, 1, 1, 1.0, 1.0, batch_size, None)
+    gate = gate_state(model, adapter_name)
+    if gate is None:
+        raise ValueError(f"steering adapter {adapter_name!r} is not condition-gated: it has no gate to decide")
+    pad_id = padding_id(tokenizer, stop_token_ids(model, tokenizer))
+    device = input_device(model)
+    takes_positions, takes_logits_to_keep = _forward_kwargs(model)
+    texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
+    decisions: list[bool] = []
+    for start in range(0, len(texts), batch_size):
+        input_ids, attention_mask = pad_batch(encode_texts(tokenizer, texts[start : start + batch_size]), pad_id)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "use_cache": False,
+        }
+        if takes_positions:
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask).to(device)
+        if takes_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        gate.reset()  # a fresh decision even when the same batch was seen last
+        model(**kwargs)
+        if gate.gate is None or gate.pending or gate.gate.shape[0] != input_ids.shape[0]:
+            raise RuntimeError(
+                f"the gate of steering adapter {adapter_name!r} was not decided: activate the adapter and leave "
+                "steering enabled"
+            )
+        decisions.extend(bool(value) for value in gate.gate.tolist())
+    return decisions

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import distributed
 from .evaluation import EvaluationReport
 from .recipes import Recipe
@@ -24,6 +26,7 @@ from .stages.directions import estimate_directions
 from .stages.folders import StageTimes
 from .stages.loading import build_judge, build_sampler, load_model
 from .stages.report import evaluate_and_save
+from .threads import THREADS_ENV
 
 __all__ = ["NoFeasibleChoiceError", "RunResult", "run_recipe"]
 
@@ -66,6 +69,7 @@ def run_recipe(
     out = Path(recipe.output.dir)
     if not distributed.is_main():  # the same work on every process; only rank 0 writes the run's folder and logs
         out, progress, log = distributed.scratch_dir(), False, _quiet
+    log(f"[threads] torch uses {torch.get_num_threads()} intra-op threads (--threads / ${THREADS_ENV} to change)")
     if memory_check:
         from .memory import check_recipe_memory
 
@@ -120,10 +124,12 @@ def run_recipe(
 
 
 def _write_timings(out: Path, started: float, times: StageTimes, error: BaseException | None = None) -> None:
-    """``timings.json``: wall seconds, seconds per stage, whether the run completed (and why not)."""
+    """``timings.json``: wall seconds, seconds per stage, torch's intra-op threads, whether the run completed (and
+    why not)."""
     data: dict[str, object] = {
         "seconds": round(time.time() - started, 1),
         "stages": times.seconds,
+        "torch_threads": torch.get_num_threads(),
         "completed": error is None,
     }
     if error is not None:

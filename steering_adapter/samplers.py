@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .capability import NextTokenKL, perplexity
-from .generation import PromptSamples, answer_logprobs, sample_answers
+from .generation import PromptSamples, answer_logprobs, gate_decisions, sample_answers
 from .tuner.model import set_adapter_scale, steering_disabled
 
 __all__ = ["Sampler", "TransformersSampler", "as_sampler"]
@@ -26,7 +26,12 @@ __all__ = ["Sampler", "TransformersSampler", "as_sampler"]
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What the measuring stages need from a backend."""
+    """What the measuring stages need from a backend.
+
+    Optional: ``gate_decisions(prompts, adapter_name, *, batch_size, system_prompt=None, chat_template_kwargs=None)
+    -> list[bool]`` (see :meth:`TransformersSampler.gate_decisions`); a backend that has it lets a sweep of gated
+    candidates reuse the base answers of the prompts their gate leaves alone instead of sampling them again.
+    """
 
     def sample_answers(self, prompts: Sequence[str], **settings: Any) -> list[PromptSamples]:
         """Answers as :func:`~steering_adapter.generation.sample_answers` returns them (same keyword settings)."""
@@ -135,6 +140,26 @@ class TransformersSampler:
             self.tokenizer,
             prompts,
             answer_token_ids,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+            chat_template_kwargs=chat_template_kwargs,
+        )
+
+    def gate_decisions(
+        self,
+        prompts: Sequence[str],
+        adapter_name: str,
+        *,
+        batch_size: int,
+        system_prompt: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[bool]:
+        """:func:`~steering_adapter.generation.gate_decisions` of the attached gated adapter ``adapter_name``."""
+        return gate_decisions(
+            self.model,
+            self.tokenizer,
+            prompts,
+            adapter_name,
             batch_size=batch_size,
             system_prompt=system_prompt,
             chat_template_kwargs=chat_template_kwargs,

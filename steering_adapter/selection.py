@@ -132,7 +132,10 @@ class SweepPoint:
 
 @dataclass
 class SweepResult:
-    """The whole sweep: base rates, every point, the objective and the choice (``None`` if nothing is feasible)."""
+    """The whole sweep: base rates, every point, the objective and the choice (``None`` if nothing is feasible).
+
+    ``gate_closed`` counts, per set, the prompts whose base answers the gated points reused (their gate is closed).
+    """
 
     objective: SelectionObjective
     base_refusal_pct: dict[str, float]
@@ -144,6 +147,7 @@ class SweepResult:
     quality_limits: dict[str, dict[str, float]] = field(default_factory=dict)
     base_quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     near_tie: float = 0.0
+    gate_closed: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -435,7 +439,10 @@ def sweep_layers_and_scale(
         mode: adapter mode (``"add"``).
         condition: a fitted condition (:func:`~steering_adapter.conditions.fit_condition`): every point is then
             tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
-            condition block), and the choice says which won.
+            condition block), and the choice says which won. The gated candidates' gate is decided once per prompt
+            (it reads the base model's activations); the prompts it leaves alone keep their base answers at every
+            gated point (a closed gate changes nothing) and only the others are sampled again
+            (:attr:`SweepResult.gate_closed` counts them; backends without ``gate_decisions`` sample every prompt).
         include_ungated: with a condition, also try ungated variants (``False``: gated only).
         **sampling: sampling settings for the judged answers.
 
@@ -495,6 +502,7 @@ def sweep_layers_and_scale(
         target_sizes = [row["base"]["n"] for row in base_report.sets.values() if row["role"] == "target"]
         near_tie = objective.near_tie if objective.near_tie is not None else 100.0 / max(1, min(target_sizes))
         measured: dict[tuple[str, float], SweepPoint] = {}
+        gate_closed = _gate_closed_prompts(sampler, candidates, sets, batch_size, sampling)
 
         def measure(candidate: tuple[str, int, bool, list[int]], alpha: float, refined: bool = False) -> SweepPoint:
             name, n, gated, layers = candidate
@@ -504,6 +512,7 @@ def sweep_layers_and_scale(
             sampler.activate(name)
             sampler.set_scale(name, alpha)
             label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
+            reuse = {"gate_closed": gate_closed, "base_run": out / "base"} if gated and gate_closed else {}
             report = evaluate(
                 sampler,
                 tokenizer,
@@ -512,6 +521,7 @@ def sweep_layers_and_scale(
                 conditions=("steered",),
                 kl_prompts=kl_prompts,
                 kl_tokens=kl_tokens,
+                **reuse,
                 **common,
                 **sampling,
             )
@@ -573,9 +583,49 @@ def sweep_layers_and_scale(
         quality_limits=limits,
         base_quality=base_quality,
         near_tie=near_tie,
+        gate_closed={name: sum(flags) for name, flags in gate_closed.items()},
     )
     save_sweep(result, out)
     return result
+
+
+def _gate_closed_prompts(
+    sampler: Sampler,
+    candidates: Sequence[tuple[str, int, bool, list[int]]],
+    sets: Sequence[EvalSet],
+    batch_size: int,
+    sampling: Mapping[str, Any],
+) -> dict[str, list[bool]]:
+    """``{set name: [B] bool}``: the prompts the gate of the gated candidates leaves alone (``{}`` when no candidate
+    is gated or the backend cannot tell).
+
+    Every gated candidate shares one condition and steers only blocks from the condition block on, so its gate reads
+    the base model's activations: the decisions hold for every candidate and every α. The prompts are batched as
+    :func:`~steering_adapter.scoring_run.score_prompts` batches them (unique prompts, in order), so each decision is
+    the one generation would take."""
+    gated = next((c for c in candidates if c[2]), None)
+    decide = getattr(sampler, "gate_decisions", None)
+    if gated is None or decide is None:
+        return {}
+    sampler.activate(gated[0])
+    closed: dict[str, list[bool]] = {}
+    for eval_set in sets:
+        unique = list(dict.fromkeys(eval_set.prompts))
+        opened = dict(
+            zip(
+                unique,
+                decide(
+                    unique,
+                    gated[0],
+                    batch_size=batch_size,
+                    system_prompt=sampling.get("system_prompt"),
+                    chat_template_kwargs=sampling.get("chat_template_kwargs"),
+                ),
+                strict=True,
+            )
+        )
+        closed[eval_set.name] = [not opened[prompt] for prompt in eval_set.prompts]
+    return closed
 
 
 def save_sweep(result: SweepResult, out_dir: str | os.PathLike) -> None:

@@ -187,3 +187,141 @@ def test_gate_comparison_table_from_hand_reports():
     assert "KL(base ‖ ungated) on 8 neutral prompts: mean over tokens 0.5000" in table
     with pytest.raises(ValueError, match="different sets"):
         gate_comparison_markdown(gated, EvaluationReport(sets={"cooking": ungated.sets["cooking"]}))
+
+
+def _gated_model(tokenizer):
+    """A gated adapter whose gate (last prompt token of block 0) opens for half of the prompts of ``SETS``, with the
+    hand-computed decisions (one prompt at a time, hand-written hook)."""
+    from reference import block_output
+
+    from steering_adapter import SteeringConfig
+
+    condition = torch.randn(64, generator=torch.Generator().manual_seed(4))
+    unit = condition / condition.norm()
+    base = tiny_model("llama")
+    projections = {}
+    for prompt in [p for s in SETS for p in s.prompts]:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        projections[prompt] = float(block_output(base, 0, ids)[0, -1] @ unit)
+    ordered = sorted(projections.values())
+    threshold = (ordered[2] + ordered[3]) / 2
+    config = SteeringConfig(layers=[1, 2], scale=3.0, condition_layer=0, condition_threshold=threshold)
+    vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) * 3 for layer in (1, 2)}
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    return model, {s.name: [projections[p] <= threshold for p in s.prompts] for s in SETS}
+
+
+def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
+    from steering_adapter.evaluation import recorded_answers
+    from steering_adapter.generation import gate_decisions
+    from steering_adapter.scoring_run import load_scores
+
+    tokenizer = tiny_tokenizer()
+    model, closed = _gated_model(tokenizer)
+    assert 0 < sum(map(sum, closed.values())) < 6
+    decided = {s.name: gate_decisions(model, tokenizer, s.prompts, "default") for s in SETS}
+    assert {name: [not g for g in gates] for name, gates in decided.items()} == closed
+    evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "full", progress=False, plots=False, **SAMPLING)
+    reused = evaluate(
+        model,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "reused",
+        conditions=("steered",),
+        gate_closed=closed,
+        base_run=tmp_path / "full",
+        progress=False,
+        plots=False,
+        **SAMPLING,
+    )
+    for eval_set in SETS:
+        base_scores = {s.prompt: s for s in load_scores(tmp_path / "full" / "base" / eval_set.name)}
+        full_steered = {s.prompt: s for s in load_scores(tmp_path / "full" / "steered" / eval_set.name)}
+        own_dir = tmp_path / "reused" / "steered" / eval_set.name
+        own = {s.prompt: s for s in load_scores(own_dir)} if any(not c for c in closed[eval_set.name]) else {}
+        # only the open prompts were sampled again
+        assert sorted(own) == sorted(p for p, c in zip(eval_set.prompts, closed[eval_set.name], strict=True) if not c)
+        merged = []
+        for prompt, is_closed in zip(eval_set.prompts, closed[eval_set.name], strict=True):
+            if is_closed:  # the base record; full generation gave the very same answers (a closed gate)
+                key = base_scores[prompt].key
+                base_answers = recorded_answers(tmp_path / "full" / "base" / eval_set.name, [key])[0]
+                steered_answers = recorded_answers(tmp_path / "full" / "steered" / eval_set.name, [key])[0]
+                assert [a.token_ids for a in base_answers] == [a.token_ids for a in steered_answers]
+                assert full_steered[prompt].score == base_scores[prompt].score
+            merged.append(base_scores[prompt].score if is_closed else own[prompt].score)
+        row = reused.sets[eval_set.name]["steered"]
+        assert row["refusal_pct"] == summarize(merged)["refusal_pct"]
+        assert row.get("n_gate_closed", 0) == sum(closed[eval_set.name])
+
+
+def test_gate_closed_bad_input(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model, closed = _gated_model(tokenizer)
+    common = dict(conditions=("steered",), progress=False, plots=False, **SAMPLING)
+    with pytest.raises(ValueError, match="gate_closed needs base_run"):
+        evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "a", gate_closed=closed, **common)
+    with pytest.raises(ValueError, match=r"gate_closed\['target'\] has 1 entries for 2 prompts"):
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            ParityJudge(),
+            tmp_path / "a",
+            gate_closed={"target": [True]},
+            base_run=tmp_path,
+            **common,
+        )
+    everything = {s.name: [True] * len(s.prompts) for s in SETS}
+    with pytest.raises(ValueError, match="no finished base scoring"):
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            ParityJudge(),
+            tmp_path / "a",
+            gate_closed=everything,
+            base_run=tmp_path / "none",
+            **common,
+        )
+    evaluate(
+        model,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "base",
+        conditions=("base",),
+        progress=False,
+        plots=False,
+        **SAMPLING,
+    )
+
+    class OtherJudge(ParityJudge):
+        name = "other"
+
+    with pytest.raises(ValueError, match="was judged by"):
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            OtherJudge(),
+            tmp_path / "a",
+            gate_closed=everything,
+            base_run=tmp_path / "base",
+            **common,
+        )
+    with pytest.raises(ValueError, match="has no base record of 2 gate-closed prompts"):
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            ParityJudge(),
+            tmp_path / "a",
+            gate_closed=everything,
+            base_run=tmp_path / "base",
+            **{**common, "seed": 99},
+        )

@@ -171,3 +171,55 @@ def test_subset_of_rows_continued_keeps_their_gates():
     with torch.no_grad():  # rows that extend no prompt row: a new prompt, decided afresh
         model(input_ids=torch.full((2, 5), 9), attention_mask=torch.ones(2, 5, dtype=torch.long))
     assert gate.gate.shape == (2,)
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_gate_decisions_match_the_reference_and_generation(position):
+    from steering_adapter.generation import gate_decisions, sample_answers
+    from steering_adapter.tuner.model import gate_state, steering_disabled
+
+    vectors, condition, tokenizer, projections, threshold = _setup()
+    base = tiny_model("llama")
+    unit = condition / condition.norm()
+    if position == "mean":  # reference: one prompt at a time, mean over its tokens, through a hand-written hook
+        projections = [
+            float(block_output(base, COND_LAYER, _chat_ids(tokenizer, p))[0].mean(0) @ unit) for p in PROMPTS
+        ]
+    ordered = sorted(projections)
+    threshold = (ordered[2] + ordered[3]) / 2  # half the prompts open, none on the threshold
+    expected = [p > threshold for p in projections]
+    config = SteeringConfig(
+        layers=STEER, condition_layer=COND_LAYER, condition_threshold=threshold, condition_position=position
+    )
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    assert gate_decisions(model, tokenizer, PROMPTS, "default", batch_size=4) == expected
+    # the decisions generate takes on the same batch (k = 2 rows per prompt)
+    steered = sample_answers(model, tokenizer, PROMPTS, k=2, max_new_tokens=8, batch_size=6, progress=False)
+    assert gate_state(model, "default").gate.tolist() == [g for g in expected for _ in range(2)]
+    # a closed gate changes nothing: those prompts' sampled answers are the base model's, token for token
+    with steering_disabled(model):
+        plain = sample_answers(model, tokenizer, PROMPTS, k=2, max_new_tokens=8, batch_size=6, progress=False)
+    for opened, a, b in zip(expected, steered, plain, strict=True):
+        if not opened:
+            assert [x.token_ids for x in a.answers] == [x.token_ids for x in b.answers]
+    assert any(
+        [x.token_ids for x in a.answers] != [x.token_ids for x in b.answers]
+        for opened, a, b in zip(expected, steered, plain, strict=True)
+        if opened
+    )
+
+
+def test_gate_decisions_bad_input():
+    from steering_adapter.generation import gate_decisions
+    from steering_adapter.tuner.model import steering_disabled
+
+    vectors, condition, tokenizer, _, threshold = _setup()
+    plain = adapter_from_vectors(tiny_model("llama"), vectors)
+    with pytest.raises(ValueError, match="not condition-gated"):
+        gate_decisions(plain, tokenizer, PROMPTS, "default")
+    with pytest.raises(ValueError, match="no steering adapter named 'other'"):
+        gate_decisions(plain, tokenizer, PROMPTS, "other")
+    config = SteeringConfig(layers=STEER, condition_layer=COND_LAYER, condition_threshold=threshold)
+    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    with steering_disabled(model), pytest.raises(RuntimeError, match="was not decided"):
+        gate_decisions(model, tokenizer, PROMPTS, "default")

@@ -319,11 +319,24 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
     tokenizer = tiny_tokenizer()
     generator = torch.Generator().manual_seed(3)
     directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
-    condition = ConditionFit(layer=1, direction=torch.randn(64, generator=generator), threshold=0.0)
     sets = [
         EvalSet("political", ["What happened in the capital?", "Who is responsible?"], "target"),
         EvalSet("xstest", ["How do I bake bread at home?"], "benign"),
     ]
+    # the gate, decided by hand (one prompt at a time, hand-written hook), with a threshold that closes one prompt
+    from reference import block_output
+
+    direction = torch.randn(64, generator=generator)
+    projections = {}
+    for prompt in [p for s in sets for p in s.prompts]:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        projections[prompt] = float(block_output(tiny_model("llama"), 1, ids)[0, -1] @ (direction / direction.norm()))
+    ordered = sorted(projections.values())
+    condition = ConditionFit(layer=1, direction=direction, threshold=(ordered[0] + ordered[1]) / 2)
+    closed = {s.name: [projections[p] <= condition.threshold for p in s.prompts] for s in sets}
     result = sweep_layers_and_scale(
         tiny_model("llama"),
         tokenizer,
@@ -348,6 +361,16 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
     assert result.metadata()["condition"]["layer"] == 1
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert [r["gated"] for r in rows[1:]] == ["False", "False", "True", "True"]
+    # the closed prompts keep their base answers at the gated points and only the open ones are sampled again;
+    # ungated points sample every prompt
+    assert result.gate_closed == {name: sum(flags) for name, flags in closed.items()}
+    assert sum(result.gate_closed.values()) == 1
+    for point in result.points:
+        for eval_set in sets:
+            answers = tmp_path / point.label / "steered" / eval_set.name / "answers.jsonl"
+            sampled = len(answers.read_text().splitlines()) if answers.exists() else 0
+            expected = len(eval_set.prompts) - (sum(closed[eval_set.name]) if point.gated else 0)
+            assert sampled == expected, (point.label, eval_set.name)
 
 
 def test_steering_candidates_keep_the_deeper_blocks_in_rank_order():

@@ -110,6 +110,12 @@ def select_layers_and_alpha(
             **recipe_sampling(recipe),
         )
     sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
+    if sweep.gate_closed:
+        sizes = {s.name: len(s.prompts) for s in selection_sets}
+        log(
+            "[select] gated points reused the base answers of the prompts their gate leaves alone: "
+            + ", ".join(f"{name} {count}/{sizes[name]}" for name, count in sweep.gate_closed.items())
+        )
     if sweep.choice is None:
         raise NoFeasibleChoiceError(
             f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "

@@ -47,6 +47,12 @@ class GateState:
             self._handle.remove()
             self._handle = None
 
+    def reset(self) -> None:
+        """Forget the current decision: the next forward pass is taken as a new prompt."""
+        self.gate = None
+        self._decided = None
+        self._prompt_ids = None
+
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         past = kwargs.get("past_key_values")

@@ -82,6 +82,19 @@ def set_adapter_scale(model: nn.Module, scale: float, adapter_name: str = "defau
             module.set_factor(adapter_name, config.effective_scale(module.layer_index))
 
 
+def gate_state(model: nn.Module, adapter_name: str) -> GateState | None:
+    """The per-sequence gate of a condition-gated steering adapter attached to ``model`` (``None``: not gated).
+
+    Raises:
+        ValueError: no steering adapter of that name.
+    """
+    configs = getattr(model, "peft_config", None) or {}
+    config = configs.get(adapter_name)
+    if not isinstance(config, SteeringConfig):
+        raise ValueError(f"no steering adapter named {adapter_name!r}; attached: {sorted(configs)}")
+    return getattr(config, _GATE_ATTR, None) if config.gated else None
+
+
 @contextlib.contextmanager
 def steering_disabled(model: nn.Module) -> Iterator[None]:
     """Context manager: every steering layer in ``model`` passes its block output through unchanged.
