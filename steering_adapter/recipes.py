@@ -92,6 +92,9 @@ class JudgeSpec:
             one (never a fallback to ``OPENAI_API_KEY``), and only over https or to this machine.
         max_concurrency: parallel requests (openai).
         extra_refusal_patterns: phrases added to the pattern judge's defaults.
+        ignore_prompt_echoes: the pattern judge does not count a phrase the prompt itself contains (e.g. the
+            "sensitive" of "Why is X a sensitive topic?" repeated in an answer); see
+            :class:`~steering_adapter.judges.PatternJudge`.
     """
 
     kind: Literal["pattern", "openai", "transformers"] = "pattern"
@@ -100,6 +103,7 @@ class JudgeSpec:
     api_key_env: str | None = None
     max_concurrency: int = 4
     extra_refusal_patterns: list[str] = field(default_factory=list)
+    ignore_prompt_echoes: bool = False
 
 
 @dataclass

@@ -62,8 +62,13 @@ def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
     from ..judges import LLMJudge, OpenAIChatBackend, PatternJudge, TransformersJudgeBackend
     from ..judges.pattern import DEFAULT_REFUSAL_PATTERNS
 
+    if spec.kind != "pattern" and spec.ignore_prompt_echoes:
+        raise ValueError("recipe.judge.ignore_prompt_echoes applies to kind: pattern only")
     if spec.kind == "pattern":
-        return PatternJudge(refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, *spec.extra_refusal_patterns))
+        return PatternJudge(
+            refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, *spec.extra_refusal_patterns),
+            ignore_prompt_echoes=spec.ignore_prompt_echoes,
+        )
     if spec.kind == "openai":
         backend = OpenAIChatBackend(
             base_url=spec.base_url,
