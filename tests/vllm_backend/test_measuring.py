@@ -4,7 +4,6 @@ greedy answers, same judge): refusal rates per set and point, KL, perplexity, an
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import COND_LAYER
 from test_steering import _projections
 
@@ -32,7 +31,10 @@ def test_sweep_on_vllm_matches_the_transformers_sweep(engine, organism, vectors,
     directions = vectors["add"]
     prompts = [p for s in sets for p in s.prompts]
     condition_vector = vectors["condition"][COND_LAYER]
-    threshold = float(torch.tensor(_projections(organism, prompts, condition_vector, "last")).median())
+    # midway between the two middle projections: a prompt exactly at the threshold (the median) is decided by
+    # rounding, which differs with the batch a prompt is in (and the transformers sweep batches only open prompts)
+    ordered = sorted(_projections(organism, prompts, condition_vector, "last"))
+    threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     condition = ConditionFit(layer=COND_LAYER, direction=condition_vector, threshold=threshold)
     common = dict(
         ranking=[3, 2],
