@@ -262,66 +262,26 @@ def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
 def test_gate_closed_bad_input(tmp_path):
     tokenizer = tiny_tokenizer()
     model, closed = _gated_model(tokenizer)
-    common = dict(conditions=("steered",), progress=False, plots=False, **SAMPLING)
-    with pytest.raises(ValueError, match="gate_closed needs base_run"):
-        evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "a", gate_closed=closed, **common)
-    with pytest.raises(ValueError, match=r"gate_closed\['target'\] has 1 entries for 2 prompts"):
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            ParityJudge(),
-            tmp_path / "a",
-            gate_closed={"target": [True]},
-            base_run=tmp_path,
-            **common,
-        )
     everything = {s.name: [True] * len(s.prompts) for s in SETS}
+
+    def steered(judge=None, **kwargs):
+        settings = {**dict(conditions=("steered",), progress=False, plots=False), **SAMPLING, **kwargs}
+        return evaluate(model, tokenizer, SETS, judge or ParityJudge(), tmp_path / "a", **settings)
+
+    with pytest.raises(ValueError, match="gate_closed needs base_run"):
+        steered(gate_closed=closed)
+    with pytest.raises(ValueError, match=r"gate_closed\['target'\] has 1 entries for 2 prompts"):
+        steered(gate_closed={"target": [True]}, base_run=tmp_path)
     with pytest.raises(ValueError, match="no finished base scoring"):
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            ParityJudge(),
-            tmp_path / "a",
-            gate_closed=everything,
-            base_run=tmp_path / "none",
-            **common,
-        )
+        steered(gate_closed=everything, base_run=tmp_path / "none")
     evaluate(
-        model,
-        tokenizer,
-        SETS,
-        ParityJudge(),
-        tmp_path / "base",
-        conditions=("base",),
-        progress=False,
-        plots=False,
-        **SAMPLING,
+        model, tokenizer, SETS, ParityJudge(), tmp_path / "base", conditions=("base",), progress=False, **SAMPLING
     )
 
     class OtherJudge(ParityJudge):
         name = "other"
 
     with pytest.raises(ValueError, match="was judged by"):
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            OtherJudge(),
-            tmp_path / "a",
-            gate_closed=everything,
-            base_run=tmp_path / "base",
-            **common,
-        )
+        steered(OtherJudge(), gate_closed=everything, base_run=tmp_path / "base")
     with pytest.raises(ValueError, match="has no base record of 2 gate-closed prompts"):
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            ParityJudge(),
-            tmp_path / "a",
-            gate_closed=everything,
-            base_run=tmp_path / "base",
-            **{**common, "seed": 99},
-        )
+        steered(gate_closed=everything, base_run=tmp_path / "base", seed=99)
