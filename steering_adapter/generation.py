@@ -246,6 +246,20 @@ def _forward_kwargs(model: nn.Module) -> tuple[bool, bool]:
     return "position_ids" in parameters, "logits_to_keep" in parameters
 
 
+def _forward_inputs(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int
+) -> dict[str, Any]:
+    """Arguments of one cache-free forward pass over a left-padded batch: positions counted from each row's first
+    real token, and logits for the last ``logits_to_keep`` positions only (where the model takes them)."""
+    takes_positions, takes_logits_to_keep = _forward_kwargs(model)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if takes_positions:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+    if takes_logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return kwargs
+
+
 @torch.no_grad()
 def _token_logprobs(
     model: nn.Module,
@@ -267,20 +281,14 @@ def _token_logprobs(
     """
     rows, total = sequences.shape
     new = total - prompt_width
-    takes_positions, takes_logits_to_keep = _forward_kwargs(model)
+    _, takes_logits_to_keep = _forward_kwargs(model)
     vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
     kept = new + 1 if takes_logits_to_keep else total
     chunk = max(1, _LOGITS_BUDGET // max(1, kept * vocab))
     results: list[torch.Tensor] = []
     for start in range(0, rows, chunk):
         ids = sequences[start : start + chunk]
-        mask = attention_mask[start : start + chunk]
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
-        if takes_positions:
-            kwargs["position_ids"] = position_ids_from_mask(mask)
-        if takes_logits_to_keep:
-            kwargs["logits_to_keep"] = new + 1
-        logits = model(**kwargs).logits
+        logits = model(**_forward_inputs(model, ids, attention_mask[start : start + chunk], new + 1)).logits
         # logits[:, j] predicts the token after position j; keep the ones predicting the generated tokens.
         logits = logits[:, -(new + 1) : -1]
         for offset in range(ids.shape[0]):
@@ -627,22 +635,13 @@ def gate_decisions(
         raise ValueError(f"steering adapter {adapter_name!r} is not condition-gated: it has no gate to decide")
     pad_id = padding_id(tokenizer, stop_token_ids(model, tokenizer))
     device = input_device(model)
-    takes_positions, takes_logits_to_keep = _forward_kwargs(model)
     texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     decisions: list[bool] = []
     for start in range(0, len(texts), batch_size):
-        input_ids, attention_mask = pad_batch(encode_texts(tokenizer, texts[start : start + batch_size]), pad_id)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
-            "use_cache": False,
-        }
-        if takes_positions:
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask).to(device)
-        if takes_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+        encoded = encode_texts(tokenizer, texts[start : start + batch_size])
+        input_ids, attention_mask = pad_batch(encoded, pad_id, device=device)
         gate.reset()  # a fresh decision even when the same batch was seen last
-        model(**kwargs)
+        model(**_forward_inputs(model, input_ids, attention_mask, 1))
         if gate.gate is None or gate.pending or gate.gate.shape[0] != input_ids.shape[0]:
             raise RuntimeError(
                 f"the gate of steering adapter {adapter_name!r} was not decided: activate the adapter and leave "

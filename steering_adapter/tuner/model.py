@@ -70,10 +70,7 @@ def set_adapter_scale(model: nn.Module, scale: float, adapter_name: str = "defau
     Raises:
         ValueError: no steering adapter of that name, or a non-finite scale.
     """
-    configs = getattr(model, "peft_config", None) or {}
-    config = configs.get(adapter_name)
-    if not isinstance(config, SteeringConfig):
-        raise ValueError(f"no steering adapter named {adapter_name!r}; attached: {sorted(configs)}")
+    config = _steering_config(model, adapter_name)
     if not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     config.scale = float(scale)
@@ -88,11 +85,21 @@ def gate_state(model: nn.Module, adapter_name: str) -> GateState | None:
     Raises:
         ValueError: no steering adapter of that name.
     """
+    config = _steering_config(model, adapter_name)
+    return getattr(config, _GATE_ATTR, None) if config.gated else None
+
+
+def _steering_config(model: nn.Module, adapter_name: str) -> SteeringConfig:
+    """The config of the steering adapter ``adapter_name`` attached to ``model`` (any flow).
+
+    Raises:
+        ValueError: no steering adapter of that name.
+    """
     configs = getattr(model, "peft_config", None) or {}
     config = configs.get(adapter_name)
     if not isinstance(config, SteeringConfig):
         raise ValueError(f"no steering adapter named {adapter_name!r}; attached: {sorted(configs)}")
-    return getattr(config, _GATE_ATTR, None) if config.gated else None
+    return config
 
 
 @contextlib.contextmanager
