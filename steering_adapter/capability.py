@@ -10,7 +10,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .prompt_encoding import encode_texts, format_prompts, input_device, pad_batch, padding_id, stop_token_ids
-from .token_positions import position_ids_from_mask
 from .tuner.model import steering_disabled
 
 
@@ -85,17 +84,11 @@ class NextTokenKL:
 
     def _logprobs(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``[n_kept, vocab]`` (float32, CPU) at the kept positions, row by row of the batch."""
-        from .generation import _forward_kwargs
+        from .generation import _forward_inputs
 
         width = input_ids.shape[1]
         keep = width if self.max_tokens is None else min(self.max_tokens, width)
-        takes_positions, takes_logits_to_keep = _forward_kwargs(model)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        if takes_positions:
-            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-        if takes_logits_to_keep:
-            kwargs["logits_to_keep"] = keep
-        logits = model(**kwargs).logits[:, -keep:]
+        logits = model(**_forward_inputs(model, input_ids, attention_mask, keep)).logits[:, -keep:]
         kept = attention_mask[:, -keep:].bool()
         rows = [torch.log_softmax(logits[row][kept[row]].float(), dim=-1).cpu() for row in range(logits.shape[0])]
         return torch.cat(rows)
