@@ -34,7 +34,7 @@ import hashlib
 import inspect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -239,6 +239,22 @@ def _split_tokens(
     return reasoning, answer, start
 
 
+def _prompt_batches(
+    tokenizer: Any, texts: Sequence[str], batch_size: int, pad_id: int, device: torch.device
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The formatted prompts as ``generate`` gets them: ``batch_size`` per batch, in order, encoded and left-padded.
+
+    Yields:
+        ``(start, input_ids, attention_mask)``: the batch's first index in ``texts`` and its ``[b, width]`` tensors
+        on ``device``.
+    """
+    for start in range(0, len(texts), batch_size):
+        input_ids, attention_mask = pad_batch(
+            encode_texts(tokenizer, texts[start : start + batch_size]), pad_id, device=device
+        )
+        yield start, input_ids, attention_mask
+
+
 def _forward_kwargs(model: nn.Module) -> tuple[bool, bool]:
     """Whether the underlying transformers model accepts ``position_ids`` and ``logits_to_keep``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -387,11 +403,8 @@ def answer_logprobs(
     device = input_device(model)
     texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     results: list[torch.Tensor] = []
-    for start in range(0, len(texts), batch_size):
+    for start, input_ids, attention_mask in _prompt_batches(tokenizer, texts, batch_size, pad_id, device):
         answers = [list(ids) for ids in answer_token_ids[start : start + batch_size]]
-        input_ids, attention_mask = pad_batch(
-            encode_texts(tokenizer, texts[start : start + batch_size]), pad_id, device=device
-        )
         lengths = [len(ids) for ids in answers]
         new = max(lengths + [1])
         tail = torch.full((len(answers), new), pad_id, dtype=torch.long)
@@ -556,9 +569,8 @@ def sample_answers(
     results: list[PromptSamples] = []
     bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress)
     try:
-        for batch_index, start in enumerate(range(0, len(prompts), batch_size)):
-            batch_texts = texts[start : start + batch_size]
-            input_ids, attention_mask = pad_batch(encode_texts(tokenizer, batch_texts), pad_id, device=device)
+        batches = _prompt_batches(tokenizer, texts, batch_size, pad_id, device)
+        for batch_index, (start, input_ids, attention_mask) in enumerate(batches):
             recorder = StepLogprobs(model)
             with torch.no_grad(), torch.random.fork_rng(devices=fork_devices), recorder:
                 torch.manual_seed(_derive_seed(seed, "batch", batch_index))
@@ -587,7 +599,7 @@ def sample_answers(
                 index = start + offset
                 prompt_id = str(prompt_ids[index]) if prompt_ids is not None else str(index)
                 results.append(PromptSamples(prompt=prompt, answers=answers, prompt_id=prompt_id))
-            bar.update(len(batch_texts))
+            bar.update(input_ids.shape[0])
     finally:
         bar.close()
     return results
@@ -637,9 +649,7 @@ def gate_decisions(
     device = input_device(model)
     texts = format_prompts(tokenizer, prompts, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs)
     decisions: list[bool] = []
-    for start in range(0, len(texts), batch_size):
-        encoded = encode_texts(tokenizer, texts[start : start + batch_size])
-        input_ids, attention_mask = pad_batch(encoded, pad_id, device=device)
+    for _, input_ids, attention_mask in _prompt_batches(tokenizer, texts, batch_size, pad_id, device):
         gate.reset()  # a fresh decision even when the same batch was seen last
         model(**_forward_inputs(model, input_ids, attention_mask, 1))
         if gate.gate is None or gate.pending or gate.gate.shape[0] != input_ids.shape[0]:
