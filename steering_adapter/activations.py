@@ -7,7 +7,10 @@ blocks read each block's output (the residual stream after block ``i``, i.e. tra
 ``hidden_states[i + 1]``) on the block's own device and pool it at the chosen position:
 
 - ``"last"``: the last real token of the formatted prompt (the end of the generation prompt), the default;
-- ``"mean"``: the mean over the real prompt tokens (attention mask).
+- ``"mean"``: the mean over the real prompt tokens (attention mask);
+- ``"answer"``: the mean over the tokens of a given answer, teacher-forced after the formatted prompt (the caller
+  passes one answer per prompt: the model's own, as sampled when the prompt was scored). The vector is added at
+  generated tokens as well as at prompt tokens; this position reads what the refusal looks like at the former.
 
 Pooled activations are float32 (float64 for a float64 model) whatever the model's dtype. The pass stops right after
 the deepest block needed (no final norm, no logits). Left and right padding both work: position ids are computed from
@@ -56,9 +59,11 @@ from .statistics import (
 )
 from .token_positions import last_token_index, position_ids_from_mask
 
-Position = Literal["last", "mean"]
+Position = Literal["last", "mean", "answer"]
 CollectWeighting = Literal["none", "confidence", "both"]
-POSITIONS: tuple[str, ...] = ("last", "mean")
+POSITIONS: tuple[str, ...] = ("last", "mean", "answer")
+# An answer: its token ids (exactly what the model generated) or its text (tokenised without special tokens).
+Answer = Sequence[int] | str
 
 _FORMAT_VERSION = 1
 # Prompts tokenised and length-sorted together: bounds memory for huge prompt lists while keeping padding low.
@@ -195,6 +200,7 @@ class _Batch:
     indices: list[int]  # positions of the batch's prompts in the caller's list
     input_ids: torch.Tensor  # [b, T]
     attention_mask: torch.Tensor  # [b, T]
+    pool_mask: torch.Tensor  # [b, T]: the tokens pooled ("answer": the answer's; otherwise the real tokens)
 
 
 class ActivationCollector:
@@ -205,7 +211,8 @@ class ActivationCollector:
             mode during collection and restored afterwards.
         tokenizer: its tokenizer (chat template used when present).
         layers: block indices to read (negative counts from the end); default all blocks. Sorted, unique.
-        position: ``"last"`` (last real prompt token) or ``"mean"`` (mean over real prompt tokens).
+        position: ``"last"`` (last real prompt token), ``"mean"`` (mean over real prompt tokens) or ``"answer"``
+            (mean over the tokens of the answer given with each prompt, after the formatted prompt).
         batch_size: prompts per forward pass.
         system_prompt: optional system message for every prompt.
         chat_template_kwargs: extra chat-template variables (e.g. ``{"enable_thinking": False}``).
@@ -293,6 +300,7 @@ class ActivationCollector:
         compliance_threshold: float = DEFAULT_COMPLIANCE_THRESHOLD,
         keep_activations: bool = False,
         save_dir: str | Path | None = None,
+        answers: Sequence[Answer] | None = None,
     ) -> CollectionResult:
         """Collect activations of ``prompts`` into statistics (and optionally keep them raw).
 
@@ -312,6 +320,8 @@ class ActivationCollector:
             keep_activations: also return the pooled activations ``[n, L, d]`` (float32, prompt order). Forced
                 on when neither labels nor scores are given. When off, neutral prompts are not even forwarded.
             save_dir: if given, the result is written there with :meth:`CollectionResult.save`.
+            answers: for ``position="answer"`` only: one answer per prompt (token ids or text; a prompt may repeat
+                with another answer).
 
         Returns:
             The :class:`CollectionResult`.
@@ -369,7 +379,7 @@ class ActivationCollector:
             for kind in assignments
         }
         activations = torch.zeros(n, len(self.layers), hidden_size) if keep_activations else None
-        for indices, pooled in self.iter_activations(prompts, selected):
+        for indices, pooled in self.iter_activations(prompts, selected, answers=answers):
             if activations is not None:
                 for position, layer in enumerate(self.layers):
                     activations[indices, position] = pooled[layer].to("cpu", torch.float32)
@@ -405,6 +415,7 @@ class ActivationCollector:
         *,
         layers: Sequence[int] | None = None,
         shard: bool = True,
+        answers: Sequence[Answer] | None = None,
     ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
         """Yield pooled activations batch by batch (length-sorted, so not in prompt order).
 
@@ -414,12 +425,14 @@ class ActivationCollector:
             layers: blocks to read (default the collector's); the pass stops after the deepest one.
             shard: under ``torch.distributed``, forward only this process's batches (batch ``b`` belongs to rank
                 ``b mod N``); the caller merges across processes.
+            answers: ``position="answer"`` only (and then required): one answer per prompt, token ids or text.
 
         Yields:
             ``(indices, {block: activations})``: the prompts' positions in ``prompts`` and, per block, float32
             ``[b, d]`` (float64 for a float64 model) on the block's device.
         """
         prompts = self._check_prompts(prompts)
+        answer_ids = self._answer_ids(prompts, answers)
         order = list(range(len(prompts))) if indices is None else list(indices)
         layers = self.layers if layers is None else sorted({int(layer) for layer in layers})
         unknown = [layer for layer in layers if layer not in self.layers]
@@ -439,11 +452,11 @@ class ActivationCollector:
         show = self.progress and distributed.is_main()
         try:
             with tqdm(total=None if shard else len(order), desc="activations", unit="prompt", disable=not show) as bar:
-                for number, batch in enumerate(self._batches(prompts, order)):
+                for number, batch in enumerate(self._batches(prompts, order, answer_ids)):
                     if shard and not distributed.owned(number):
                         continue
                     state.clear()
-                    state["mask"] = batch.attention_mask.bool()
+                    state["mask"] = batch.pool_mask.bool()
                     state["by_device"] = {}
                     state["captured"] = {}
                     mask = batch.attention_mask.to(input_device)
@@ -564,7 +577,38 @@ class ActivationCollector:
             kwargs["position_ids"] = None  # filled per batch from the attention mask
         return kwargs
 
-    def _batches(self, prompts: list[str], order: list[int]) -> Iterator[_Batch]:
+    def _answer_ids(self, prompts: list[str], answers: Sequence[Answer] | None) -> list[list[int]] | None:
+        """The answers' token ids (``position="answer"``), checked: one non-empty answer per prompt."""
+        if self.position != "answer":
+            if answers is not None:
+                raise ValueError(
+                    f"answers are only read at position 'answer' (this collector pools {self.position!r})"
+                )
+            return None
+        if answers is None:
+            raise ValueError("position 'answer' pools over answer tokens: pass answers (one per prompt)")
+        if isinstance(answers, str) or len(answers) != len(prompts):
+            count = "a single string" if isinstance(answers, str) else f"{len(answers)} answers"
+            raise ValueError(f"position 'answer' needs one answer per prompt: got {count} for {len(prompts)} prompts")
+        texts = [i for i, answer in enumerate(answers) if isinstance(answer, str) and answer]
+        encoded = encode_texts(self.tokenizer, [answers[i] for i in texts], add_special_tokens=False) if texts else []
+        ids: list[list[int]] = [[] for _ in answers]
+        for i, tokens in zip(texts, encoded, strict=True):
+            ids[i] = list(tokens)
+        for i, answer in enumerate(answers):
+            if not isinstance(answer, str):
+                if not all(isinstance(token, numbers.Integral) for token in answer):
+                    raise ValueError(f"answer {i} must be a string or a sequence of token ids")
+                ids[i] = [int(token) for token in answer]
+        empty = [i for i, tokens in enumerate(ids) if not tokens]
+        if empty:
+            raise ValueError(
+                f"answers {empty[:5]} have no tokens: position 'answer' pools over at least one answer token "
+                "(leave empty answers out, with their prompts)"
+            )
+        return ids
+
+    def _batches(self, prompts: list[str], order: list[int], answer_ids: list[list[int]] | None) -> Iterator[_Batch]:
         window = self.batch_size * _SORT_WINDOW_BATCHES
         pad_id = padding_id(self.tokenizer)
         for start in range(0, len(order), window):
@@ -576,12 +620,18 @@ class ActivationCollector:
                 chat_template_kwargs=self.chat_template_kwargs,
             )
             encoded = encode_texts(self.tokenizer, texts)
+            # pooled tokens: the answer's (after the prompt) or every real token of the prompt
+            pooled = [[1] * len(ids) for ids in encoded]
+            if answer_ids is not None:
+                pooled = [[0] * len(ids) + [1] * len(answer_ids[i]) for ids, i in zip(encoded, chunk, strict=True)]
+                encoded = [ids + answer_ids[i] for ids, i in zip(encoded, chunk, strict=True)]
             # Longest first: the largest batch runs first, so an out-of-memory error shows up at once.
             ranked = sorted(range(len(chunk)), key=lambda j: -len(encoded[j]))
             for b in range(0, len(ranked), self.batch_size):
                 members = ranked[b : b + self.batch_size]
                 input_ids, attention_mask = pad_batch([encoded[j] for j in members], pad_id, side=self.padding_side)
-                yield _Batch([chunk[j] for j in members], input_ids, attention_mask)
+                pool_mask, _ = pad_batch([pooled[j] for j in members], 0, side=self.padding_side)
+                yield _Batch([chunk[j] for j in members], input_ids, attention_mask, pool_mask)
 
     def _make_hook(self, layer: int, deepest: int, state: dict[str, Any]):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -632,6 +682,7 @@ def collect_activations(
     save_dir: str | Path | None = None,
     progress: bool = True,
     estimator: Any | None = None,
+    answers: Sequence[Answer] | None = None,
     **collector_kwargs: Any,
 ) -> CollectionResult:
     """One call: build an :class:`ActivationCollector` and run :meth:`ActivationCollector.collect`.
@@ -641,7 +692,7 @@ def collect_activations(
         tokenizer: its tokenizer.
         prompts: user messages.
         layers: block indices (default all).
-        position: ``"last"`` or ``"mean"``.
+        position: ``"last"``, ``"mean"`` or ``"answer"`` (then pass ``answers``).
         batch_size: prompts per forward pass.
         labels: booleans ``[n]`` (``True`` = refusal).
         scores: refusal-confidence scores ``[n]``.
@@ -656,6 +707,7 @@ def collect_activations(
         estimator: an MD / RMD / WRMD estimator: collect exactly the statistics it declares
             (``estimator.required_statistics()``: its weighting and second moments, nothing else); then
             ``weighting`` and ``second_moments`` must not be given.
+        answers: one answer per prompt (token ids or text), for ``position="answer"``.
         **collector_kwargs: other :class:`ActivationCollector` arguments (``system_prompt``, ``padding_side``,
             ``blocks_path``, ``second_moments``, ``stats_device``, ``chat_template_kwargs``).
 
@@ -688,4 +740,5 @@ def collect_activations(
         compliance_threshold=compliance_threshold,
         keep_activations=keep_activations,
         save_dir=save_dir,
+        answers=answers,
     )

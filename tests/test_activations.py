@@ -93,6 +93,51 @@ def test_last_and_mean_match_hand_written_reference(tokenizer, arch):
             torch.testing.assert_close(last[i, layer], hidden[layer + 1][0, -1], rtol=1e-4, atol=1e-5)
 
 
+ANSWERS = ["Sure, here it is.", "No.", "I can't help with that request, sorry about it."]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_answer_position_matches_hand_written_reference(tokenizer, arch, padding_side):
+    """``position="answer"``: the mean of each block's output over the answer's tokens, teacher-forced after the
+    formatted prompt (a prompt may repeat with another answer; answers as token ids or text)."""
+    model = tiny_model(arch)
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[6], PROMPTS[-1]]
+    answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in [*ANSWERS, ANSWERS[0]]]
+    given = [answer_ids[0], ANSWERS[1], answer_ids[2], answer_ids[3]]  # ids and text mixed
+    collected = collect_activations(
+        model,
+        tokenizer,
+        prompts,
+        position="answer",
+        answers=given,
+        batch_size=3,
+        padding_side=padding_side,
+        progress=False,
+    ).activations
+    for i, prompt in enumerate(prompts):
+        ids = chat_ids(tokenizer, prompt)
+        blocks = reference_block_outputs(model, torch.cat([ids, torch.tensor([answer_ids[i]])], dim=1))
+        for layer, output in enumerate(blocks):
+            torch.testing.assert_close(collected[i, layer], output[ids.shape[1] :].mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(collected[0], collected[1])  # same prompt, other answer
+
+
+def test_answer_position_errors(tokenizer, llama):
+    with pytest.raises(ValueError, match="position 'answer' pools over answer tokens: pass answers"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="answer", progress=False)
+    with pytest.raises(ValueError, match="one answer per prompt: got 1 answers for 2 prompts"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="answer", answers=["a"], progress=False)
+    with pytest.raises(ValueError, match=r"answers \[1\] have no tokens"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="answer", answers=["a", []], progress=False)
+    with pytest.raises(ValueError, match=r"answers \[0\] have no tokens"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="answer", answers=["", "b"], progress=False)
+    with pytest.raises(ValueError, match="answer 0 must be a string or a sequence of token ids"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="answer", answers=[[1.5], "b"], progress=False)
+    with pytest.raises(ValueError, match="answers are only read at position 'answer'"):
+        collect_activations(llama, tokenizer, PROMPTS[:2], position="mean", answers=["a", "b"], progress=False)
+
+
 def test_system_prompt_and_plain_text(llama):
     with_template = tiny_tokenizer()
     texts = format_prompts(with_template, ["Hello"], system_prompt="Be brief.")
