@@ -14,6 +14,7 @@ from steering_adapter.estimators import (
     compute_direction,
     fit_directions,
     make_estimator,
+    mix_directions,
 )
 from steering_adapter.statistics import ActivationStatistics
 
@@ -187,6 +188,38 @@ def test_separation_units_closed_form(data, method):
     # α = −1 moves the refusal mean onto the compliance mean along u
     u = est.unit_direction_.double().numpy()
     assert float(u @ (mean_r - est.direction_.double().numpy())) == pytest.approx(float(u @ mean_c), abs=1e-5)
+
+
+def test_mix_directions_closed_form():
+    rng = np.random.default_rng(3)
+    prompt, answer = rng.normal(size=16), rng.normal(size=16)
+    difference = prompt * 0.7 + rng.normal(size=16) * 0.1
+    for w in (0.0, 0.3, 0.5, 0.9):
+        mixed = (1 - w) * prompt / np.linalg.norm(prompt) + w * answer / np.linalg.norm(answer)
+        unit = mixed / np.linalg.norm(mixed)
+        expected = float(unit @ difference) * unit
+        got = mix_directions(torch.tensor(prompt), answer * 5.0, difference, w)  # answer's norm does not matter
+        assert got.dtype == torch.float32 and got.shape == (16,)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # w = 0: the prompt direction in separation units
+    u = prompt / np.linalg.norm(prompt)
+    np.testing.assert_allclose(mix_directions(prompt, answer, difference, 0).numpy(), (u @ difference) * u, rtol=1e-5)
+
+
+def test_mix_directions_errors():
+    a, b = np.ones(4), np.arange(4.0)
+    with pytest.raises(ValueError, match=r"answer_weight must be in \[0, 1\), got 1"):
+        mix_directions(a, b, a, 1)
+    with pytest.raises(ValueError, match=r"answer_weight must be in \[0, 1\), got -0.1"):
+        mix_directions(a, b, a, -0.1)
+    with pytest.raises(ValueError, match="differ in size: 4, 3, 4"):
+        mix_directions(a, b[:3], a, 0.5)
+    with pytest.raises(ValueError, match="answer_direction is zero"):
+        mix_directions(a, np.zeros(4), a, 0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        mix_directions(a, np.array([1.0, np.nan, 0, 0]), a, 0.5)
+    with pytest.raises(ValueError, match="does not point from the compliance mean towards the refusal mean"):
+        mix_directions(a, a, -a, 0.5)
 
 
 def test_separation_units_md_is_the_mean_difference(data):
