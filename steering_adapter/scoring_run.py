@@ -148,6 +148,19 @@ def load_scores(log_dir: str | os.PathLike) -> list[PromptScore]:
     return [PromptScore.from_dict(record) for record in data["scores"]]
 
 
+def load_answers(log_dir: str | os.PathLike, scores: Sequence[PromptScore]) -> list[list[Answer]]:
+    """The sampled answers behind ``scores`` (from ``log_dir``'s answer records), one list of ``K`` per score.
+
+    Raises:
+        ValueError: a score whose answers are not in ``log_dir`` (another run folder, or a damaged log).
+    """
+    records = JsonlLog(Path(log_dir) / ANSWERS_FILE).by_key()
+    missing = [score.prompt for score in scores if score.key not in records]
+    if missing:
+        raise ValueError(f"{len(missing)} scored prompts have no answer records in {log_dir} (first: {missing[0]!r})")
+    return [[Answer.from_dict(answer) for answer in records[score.key]["answers"]] for score in scores]
+
+
 def _steering_state(model: nn.Module) -> list[tuple[Any, ...]]:
     """What the attached steering adapters do right now (blocks, active adapters, factors, vector sums, gates)."""
     from .tuner.layer import SteeringLayer

@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from .. import distributed
 from ..activations import ActivationCollector
 from ..diagnostics import diagnose_from_model
-from ..estimators import VECTOR_UNITS, fit_directions, make_estimator
+from ..estimators import VECTOR_UNITS, fit_directions, make_estimator, mix_directions
 from ..judges.base import Judge
 from ..recipes import Recipe
 from ..records import atomic_write_json
 from ..samplers import Sampler
-from ..scoring_run import score_prompts
+from ..scoring_run import PromptScore, load_answers, score_prompts
 from .folders import StageTimes, fingerprint, stage_dir
 from .prompts import recipe_sampling, resolve_prompts
 
@@ -70,13 +70,14 @@ def estimate_directions(
 
     times = times or StageTimes()
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
+    scores_dir = stage_dir(out / "train_scores", fingerprint(recipe.model), log)  # records are per model
     with times("score training prompts"):
         scores = score_prompts(
             sampler or model,
             tokenizer,
             prompts,
             judge,
-            stage_dir(out / "train_scores", fingerprint(recipe.model), log),  # records are per model
+            scores_dir,
             batch_size=recipe.sampling.batch_size,
             progress=progress,
             **sampling,
@@ -116,7 +117,20 @@ def estimate_directions(
         collected = collector.collect(prompts, scores=values, weighting=needed.weighting)
     stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
     directions = fit_directions(estimator, stats)
-    del collected, stats  # the sums are freed before the diagnostics pass
+    if est.answer_weight > 0:
+        differences = {layer: stats.mean("refusal", layer) - stats.mean("compliance", layer) for layer in directions}
+        del collected, stats
+        with times("collect answer activations"):
+            answer_directions = _answer_directions(
+                model, tokenizer, recipe, estimator, scores, load_answers(scores_dir, scores), progress, log
+            )
+        directions = {
+            layer: mix_directions(direction, answer_directions[layer], differences[layer], est.answer_weight)
+            for layer, direction in directions.items()
+        }
+        log(f"[estimate] directions mixed with the answer-token directions (answer_weight {est.answer_weight})")
+    else:
+        del collected, stats  # the sums are freed before the diagnostics pass
     with times("diagnostics"):  # projections h·v̂ streamed from a second pass, not kept activations
         diagnostics = diagnose_from_model(collector, prompts, directions, scores=values)
     diagnostics.save(out / "diagnostics")
@@ -131,6 +145,7 @@ def estimate_directions(
         "ridge_lambda": est.ridge_lambda if est.method != "md" else None,
         "lambda_mode": est.lambda_mode if est.method != "md" else None,
         "position": est.position,
+        "answer_weight": est.answer_weight,
         "vector_units": VECTOR_UNITS[est.units],
         "sample_counts": {"refusal": n_refusal, "compliance": n_compliance, "prompts": len(prompts)},
         "datasets": {"refusal": recipe.prompts.refusal, "compliance": recipe.prompts.compliance},
@@ -144,3 +159,39 @@ def estimate_directions(
     save_file({str(k): v.contiguous() for k, v in directions.items()}, str(cache / "directions.safetensors"))
     atomic_write_json(cache / "directions.json", {"fingerprint": key, "ranking": ranking, "provenance": provenance})
     return distributed.broadcast_object((directions, ranking, provenance))  # every process steers with rank 0's
+
+
+def _answer_directions(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    recipe: Recipe,
+    estimator: Any,
+    scores: list[PromptScore],
+    answers: list[list[Any]],
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[int, torch.Tensor]:
+    """The estimator fitted on the mean over each training answer's tokens (every answer of every prompt, weight
+    ``1/K`` each, labelled with its prompt's score)."""
+    rows: list[tuple[str, Any, float, float]] = []
+    for score, sampled in zip(scores, answers, strict=True):
+        usable = [a.token_ids or a.text for a in sampled if a.token_ids or a.text]
+        rows += [(score.prompt, tokens, score.score, 1.0 / len(usable)) for tokens in usable]
+    needed = estimator.required_statistics()
+    collector = ActivationCollector(
+        model,
+        tokenizer,
+        recipe.estimator.layers,
+        position="answer",
+        batch_size=recipe.sampling.batch_size,
+        system_prompt=recipe.model.system_prompt,
+        second_moments=needed.second_moments,
+        progress=progress,
+    )
+    log(f"[collect] activations over the tokens of {len(rows)} training answers on {len(collector.layers)} blocks")
+    prompts, tokens, values, weights = (list(column) for column in zip(*rows, strict=True))
+    collected = collector.collect(
+        prompts, scores=values, sample_weight=weights, weighting=needed.weighting, answers=tokens
+    )
+    stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
+    return fit_directions(estimator, stats)
