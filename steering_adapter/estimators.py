@@ -162,57 +162,55 @@ def separation_units(direction: torch.Tensor, difference: torch.Tensor) -> tuple
 
 
 def mix_directions(
-    prompt_direction: ArrayLike, answer_direction: ArrayLike, difference: ArrayLike, answer_weight: float
+    prompt_direction: ArrayLike, answer_direction: ArrayLike, difference: ArrayLike, answer_scale: float
 ) -> torch.Tensor:
     """One steering vector from a direction fitted at prompt tokens and one fitted at answer tokens.
 
     A steering vector is added at every position, the prompt's tokens and the generated ones. A direction fitted on
     prompt activations reads the refusal where the model decides it; one fitted on the model's own answer tokens
-    (``position="answer"``) reads how a refusal goes on being written. The two are close to orthogonal on real
-    models, so the first alone can push generated tokens away from a refusal only indirectly. The mix is
-    ``u = normalise((1 − w)·û_p + w·û_a)`` of the two unit directions, returned in separation units at the prompt
-    position: ``s·u`` with ``s = u·(μ_r − μ_c)``.
+    (``position="answer"``) reads how a refusal goes on being written. The two can be close to orthogonal (on the
+    censored SmolLM2, cosine 0.02–0.07), so the first alone pushes generated tokens away from a refusal only
+    indirectly. The result is the prompt direction in separation units plus a push of ``ρ`` times its length along
+    the answer direction: ``s·(û_p + ρ·û_a)`` with ``s = û_p·(μ_r − μ_c)``, so ``α = −1`` still moves the refused
+    prompts' mean onto the complied prompts' mean along ``û_p``.
 
     Args:
         prompt_direction: ``[d]``, the direction at prompt tokens (any norm).
         answer_direction: ``[d]``, the direction at answer tokens (any norm).
         difference: ``[d]``, ``μ_r − μ_c`` of the prompt activations (the unit of the result).
-        answer_weight: ``w`` in ``[0, 1)``; ``0`` gives the prompt direction back in separation units.
+        answer_scale: ``ρ >= 0``; ``0`` gives the prompt direction in separation units.
 
     Returns:
         float32 ``[d]``.
 
     Raises:
-        ValueError: ``w`` outside ``[0, 1)``, mismatched sizes, a zero or non-finite direction, or a mix along which
-            the refused prompts do not lie beyond the complied ones (``s <= 0``).
+        ValueError: ``ρ`` negative or not finite, mismatched sizes, a zero or non-finite direction, or a prompt
+            direction along which the refused prompts do not lie beyond the complied ones (``s <= 0``).
     """
-    w = float(answer_weight)
-    if not 0 <= w < 1:
-        raise ValueError(f"answer_weight must be in [0, 1), got {answer_weight!r}")
+    rho = float(answer_scale)
+    if not (math.isfinite(rho) and rho >= 0):
+        raise ValueError(f"answer_scale must be a finite number >= 0, got {answer_scale!r}")
     vectors = [
         _as_matrix(
             (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))).reshape(1, -1), name
-        )
+        )[0]
         for v, name in (
             (prompt_direction, "prompt_direction"),
             (answer_direction, "answer_direction"),
             (difference, "difference"),
         )
     ]
-    prompt, answer, diff = (v[0] for v in vectors)
+    prompt, answer, diff = vectors
     if not prompt.shape == answer.shape == diff.shape:
         raise ValueError(
             f"prompt_direction, answer_direction and difference differ in size: {prompt.shape[0]}, {answer.shape[0]}, "
             f"{diff.shape[0]}"
         )
-    units = []
-    for vector, name in ((prompt, "prompt_direction"), (answer, "answer_direction")):
-        norm = torch.linalg.vector_norm(vector)
-        if norm == 0:
-            raise ValueError(f"{name} is zero")
-        units.append(vector / norm)
-    unit, separation = separation_units((1 - w) * units[0] + w * units[1], diff)
-    return (separation * unit).to(torch.float32)
+    unit, separation = separation_units(prompt, diff)
+    answer_norm = torch.linalg.vector_norm(answer)
+    if answer_norm == 0:
+        raise ValueError("answer_direction is zero")
+    return (separation * (unit + rho * answer / answer_norm)).to(torch.float32)
 
 
 class _DirectionEstimator(BaseEstimator):

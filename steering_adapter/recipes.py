@@ -8,6 +8,7 @@ selection objective and the output folder. See ``recipes/*.yaml`` for complete, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -143,13 +144,13 @@ class EstimatorSpec:
             model and λ, so α grids must be calibrated per model).
         covariance: RMD / WRMD: ``"compliance"`` (the method's Σ_c) or ``"pooled"`` (pooled within-class). Either keeps
             one ``d × d`` float64 matrix per candidate block (MD keeps none): ``8 · L · (2·d + d²)`` bytes.
-        answer_weight: ``w`` in ``[0, 1)``. ``0`` (default): the vector is the direction at ``position``. ``w > 0``:
-            the same estimator is fitted a second time on the model's own answers to the training prompts (mean over
-            the answer tokens, teacher-forced; the answers the prompts were scored with) and the vector is
-            ``s·normalise((1 − w)·û_prompt + w·û_answer)`` (:func:`~steering_adapter.estimators.mix_directions`,
-            separation units at ``position``). The vector is added at generated tokens too; this puts there the
-            direction the refusal takes while it is written. Needs ``units: separation``; one more forward pass over
-            the training prompts and their answers.
+        answer_scale: ``ρ >= 0``. ``0`` (default): the vector is the direction at ``position``. ``ρ > 0``: the same
+            estimator is fitted a second time on the model's own answers to the training prompts (mean over the answer
+            tokens, teacher-forced; the answers the prompts were scored with) and the vector becomes
+            ``s·(û_prompt + ρ·û_answer)`` (:func:`~steering_adapter.estimators.mix_directions`): the prompt direction
+            in separation units plus a push ``ρ`` times as long along the answer direction. The vector is added at
+            generated tokens too; this puts there the direction the refusal takes while it is written. Needs
+            ``units: separation``; one more forward pass over the training prompts and their answers.
     """
 
     method: Literal["md", "rmd", "wrmd"] = "rmd"
@@ -159,7 +160,7 @@ class EstimatorSpec:
     layers: list[int] | None = None
     units: Literal["raw", "separation"] = "separation"
     covariance: Literal["compliance", "pooled"] = "compliance"
-    answer_weight: float = 0.0
+    answer_scale: float = 0.0
 
 
 @dataclass
@@ -296,12 +297,12 @@ class Recipe:
             raise RecipeError("recipe.sampling.engine_args: a mapping of vllm.LLM arguments, for backend 'vllm' only")
         if self.estimator.ridge_lambda <= 0:
             raise RecipeError("recipe.estimator.ridge_lambda: must be > 0")
-        if not 0 <= self.estimator.answer_weight < 1:
-            raise RecipeError(f"recipe.estimator.answer_weight: must be in [0, 1), got {self.estimator.answer_weight}")
-        if self.estimator.answer_weight > 0 and self.estimator.units != "separation":
+        if not (math.isfinite(self.estimator.answer_scale) and self.estimator.answer_scale >= 0):
+            raise RecipeError(f"recipe.estimator.answer_scale: must be >= 0, got {self.estimator.answer_scale}")
+        if self.estimator.answer_scale > 0 and self.estimator.units != "separation":
             raise RecipeError(
-                "recipe.estimator.answer_weight: mixing in the answer-token direction needs units 'separation' (a mix "
-                "of two raw closed forms has no scale)"
+                "recipe.estimator.answer_scale: the answer-token push is measured in separation units; it needs units "
+                "'separation'"
             )
         if self.gating.ridge_lambda <= 0:
             raise RecipeError("recipe.gating.ridge_lambda: must be > 0")

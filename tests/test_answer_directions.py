@@ -1,5 +1,6 @@
-"""``estimator.answer_weight``: the direction stage fits the estimator on prompt tokens and on the model's own answer
-tokens and mixes the two unit directions. Checked against numpy on activations read with hand-written hooks."""
+"""``estimator.answer_scale``: the direction stage fits the estimator on prompt tokens and on the model's own answer
+tokens and adds a push along the answer direction to the prompt vector. Checked against numpy on activations read
+with hand-written hooks."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ RECIPE = "recipes/no-political-refusal.yaml"
 LAYERS = [3, 5]
 
 
-def _recipe(answer_weight: float):
+def _recipe(answer_scale: float):
     data = read_recipe_yaml(RECIPE)
     data["prompts"]["max_train_per_set"] = 16
     data["sampling"].update(k=2, max_new_tokens=16)
-    data["estimator"].update(position="mean", layers=LAYERS, answer_weight=answer_weight)
+    data["estimator"].update(position="mean", layers=LAYERS, answer_scale=answer_scale)
     return recipe_from_dict(data)
 
 
@@ -52,12 +53,12 @@ def _np_rmd_separation(xr, xc, wr, wc, lam):
     return raw / np.linalg.norm(raw), mean_r - mean_c
 
 
-def test_answer_weight_mixes_prompt_and_answer_directions(tmp_path):
+def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
     recipe = _recipe(0.5)
     model, tokenizer = load_model(recipe.model)
     judge = build_judge(recipe.judge, recipe.model)
     directions, _, provenance = estimate_directions(model, tokenizer, recipe, judge, tmp_path, False, lambda _: None)
-    assert provenance["answer_weight"] == 0.5 and sorted(directions) == LAYERS
+    assert provenance["answer_scale"] == 0.5 and sorted(directions) == LAYERS
 
     # the reference: every prompt forwarded alone, then prompt + each of its answers, read by our own hooks
     prompts = list(
@@ -92,17 +93,15 @@ def test_answer_weight_mixes_prompt_and_answer_directions(tmp_path):
         xa = np.array([a[layer] for a in answer_acts])
         r, c = answer_s > 0.1, answer_s < -0.1
         ua, _ = _np_rmd_separation(xa[r], xa[c], answer_w[r], answer_w[c], 0.1)
-        mixed = 0.5 * up + 0.5 * ua
-        unit = mixed / np.linalg.norm(mixed)
-        expected = float(unit @ difference) * unit
+        expected = float(up @ difference) * (up + 0.5 * ua)
         np.testing.assert_allclose(
             directions[layer].double().numpy(), expected, rtol=2e-3, atol=2e-4 * np.abs(expected).max()
         )
         assert abs(float(up @ ua)) < 0.99  # the answer direction is another direction: the mix is not a no-op
 
-    # answer_weight 0 (the default) is the prompt direction alone, and has its own cache key
+    # answer_scale 0 (the default) is the prompt direction alone, and has its own cache key
     plain, _, provenance = estimate_directions(model, tokenizer, _recipe(0.0), judge, tmp_path, False, lambda _: None)
-    assert provenance["answer_weight"] == 0.0
+    assert provenance["answer_scale"] == 0.0
     for layer in LAYERS:
         cosine = float(torch.nn.functional.cosine_similarity(plain[layer].double(), directions[layer].double(), dim=0))
         assert cosine < 0.999

@@ -194,24 +194,23 @@ def test_mix_directions_closed_form():
     rng = np.random.default_rng(3)
     prompt, answer = rng.normal(size=16), rng.normal(size=16)
     difference = prompt * 0.7 + rng.normal(size=16) * 0.1
-    for w in (0.0, 0.3, 0.5, 0.9):
-        mixed = (1 - w) * prompt / np.linalg.norm(prompt) + w * answer / np.linalg.norm(answer)
-        unit = mixed / np.linalg.norm(mixed)
-        expected = float(unit @ difference) * unit
-        got = mix_directions(torch.tensor(prompt), answer * 5.0, difference, w)  # answer's norm does not matter
+    u = prompt / np.linalg.norm(prompt)
+    s = float(u @ difference)
+    for rho in (0.0, 0.5, 1.0, 3.0):
+        expected = s * (u + rho * answer / np.linalg.norm(answer))
+        got = mix_directions(torch.tensor(prompt), answer * 5.0, difference, rho)  # the answer's norm does not matter
         assert got.dtype == torch.float32 and got.shape == (16,)
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
-    # w = 0: the prompt direction in separation units
-    u = prompt / np.linalg.norm(prompt)
-    np.testing.assert_allclose(mix_directions(prompt, answer, difference, 0).numpy(), (u @ difference) * u, rtol=1e-5)
+        # the component along the prompt direction keeps its meaning: α = −1 moves μ_r onto μ_c along û_p
+        assert float(u @ (got.double().numpy() - rho * s * answer / np.linalg.norm(answer))) == pytest.approx(s)
 
 
 def test_mix_directions_errors():
     a, b = np.ones(4), np.arange(4.0)
-    with pytest.raises(ValueError, match=r"answer_weight must be in \[0, 1\), got 1"):
-        mix_directions(a, b, a, 1)
-    with pytest.raises(ValueError, match=r"answer_weight must be in \[0, 1\), got -0.1"):
+    with pytest.raises(ValueError, match=r"answer_scale must be a finite number >= 0, got -0.1"):
         mix_directions(a, b, a, -0.1)
+    with pytest.raises(ValueError, match=r"answer_scale must be a finite number >= 0, got nan"):
+        mix_directions(a, b, a, float("nan"))
     with pytest.raises(ValueError, match="differ in size: 4, 3, 4"):
         mix_directions(a, b[:3], a, 0.5)
     with pytest.raises(ValueError, match="answer_direction is zero"):
@@ -219,7 +218,7 @@ def test_mix_directions_errors():
     with pytest.raises(ValueError, match="non-finite"):
         mix_directions(a, np.array([1.0, np.nan, 0, 0]), a, 0.5)
     with pytest.raises(ValueError, match="does not point from the compliance mean towards the refusal mean"):
-        mix_directions(a, a, -a, 0.5)
+        mix_directions(a, b, -a, 0.5)
 
 
 def test_separation_units_md_is_the_mean_difference(data):

@@ -64,10 +64,10 @@ def _with(**changes):
         ({"gating__ridge_lambda": -1.0}, r"recipe\.gating\.ridge_lambda: must be > 0"),
         ({"sampling__k": True}, r"recipe\.sampling\.k: expected an integer, got True"),
         ({"selection__min_depth_fraction": 1.0}, r"recipe\.selection\.min_depth_fraction: must be in \[0, 1\)"),
-        ({"estimator__answer_weight": 1.0}, r"recipe\.estimator\.answer_weight: must be in \[0, 1\), got 1.0"),
+        ({"estimator__answer_scale": -1.0}, r"recipe\.estimator\.answer_scale: must be >= 0, got -1.0"),
         (
-            {"estimator__answer_weight": 0.5, "estimator__units": "raw"},
-            r"recipe\.estimator\.answer_weight: mixing in the answer-token direction needs units 'separation'",
+            {"estimator__answer_scale": 0.5, "estimator__units": "raw"},
+            r"recipe\.estimator\.answer_scale: the answer-token push is measured in separation units",
         ),
     ],
 )

@@ -117,7 +117,7 @@ def estimate_directions(
         collected = collector.collect(prompts, scores=values, weighting=needed.weighting)
     stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
     directions = fit_directions(estimator, stats)
-    if est.answer_weight > 0:
+    if est.answer_scale > 0:
         differences = {layer: stats.mean("refusal", layer) - stats.mean("compliance", layer) for layer in directions}
         del collected, stats
         with times("collect answer activations"):
@@ -125,10 +125,10 @@ def estimate_directions(
                 model, tokenizer, recipe, estimator, scores, load_answers(scores_dir, scores), progress, log
             )
         directions = {
-            layer: mix_directions(direction, answer_directions[layer], differences[layer], est.answer_weight)
+            layer: mix_directions(direction, answer_directions[layer], differences[layer], est.answer_scale)
             for layer, direction in directions.items()
         }
-        log(f"[estimate] directions mixed with the answer-token directions (answer_weight {est.answer_weight})")
+        log(f"[estimate] directions mixed with the answer-token directions (answer_scale {est.answer_scale})")
     else:
         del collected, stats  # the sums are freed before the diagnostics pass
     with times("diagnostics"):  # projections h·v̂ streamed from a second pass, not kept activations
@@ -145,7 +145,7 @@ def estimate_directions(
         "ridge_lambda": est.ridge_lambda if est.method != "md" else None,
         "lambda_mode": est.lambda_mode if est.method != "md" else None,
         "position": est.position,
-        "answer_weight": est.answer_weight,
+        "answer_scale": est.answer_scale,
         "vector_units": VECTOR_UNITS[est.units],
         "sample_counts": {"refusal": n_refusal, "compliance": n_compliance, "prompts": len(prompts)},
         "datasets": {"refusal": recipe.prompts.refusal, "compliance": recipe.prompts.compliance},
