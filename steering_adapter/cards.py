@@ -177,6 +177,15 @@ def render_model_card(
     units = metadata.get("vector_units")
     if units:
         rows.append(("vector units", f"`{units}`"))
+    if metadata.get("answer_scale"):
+        rows.append(
+            (
+                "answer-token push ρ",
+                f"{metadata['answer_scale']} (each vector is s·(û_prompt + ρ·û_answer): the "
+                f"{metadata.get('position')} prompt direction plus a push ρ times as long along the direction fitted "
+                "on the model's own answers)",
+            )
+        )
     if config.get("condition_layer") is not None:
         rows.append(("gate", _gate_text(config, metadata.get("condition") or {})))
     judge = metadata.get("judge")

@@ -72,6 +72,13 @@ def test_card_describes_the_gate_and_the_judge():
     assert "| gate |" not in render_model_card(_config())
 
 
+def test_card_names_the_answer_token_push():
+    metadata = {"method": "rmd", "position": "mean", "vector_units": "class_separation", "answer_scale": 1.0}
+    card = render_model_card(_config(steering_metadata=metadata))
+    assert "| answer-token push ρ | 1.0 (each vector is s·(û_prompt + ρ·û_answer): the mean prompt direction" in card
+    assert "answer-token push" not in render_model_card(_config(steering_metadata={**metadata, "answer_scale": 0.0}))
+
+
 def test_write_model_card_reads_the_saved_config(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(_config()))
     path = write_model_card(str(tmp_path))
