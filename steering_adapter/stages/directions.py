@@ -20,6 +20,7 @@ from .. import distributed
 from ..activations import ActivationCollector
 from ..diagnostics import diagnose_from_model
 from ..estimators import VECTOR_UNITS, fit_directions, make_estimator, mix_directions
+from ..generation import Answer
 from ..judges.base import Judge
 from ..recipes import Recipe
 from ..records import atomic_write_json
@@ -167,7 +168,7 @@ def _answer_directions(
     recipe: Recipe,
     estimator: Any,
     scores: list[PromptScore],
-    answers: list[list[Any]],
+    answers: list[list[Answer]],
     progress: bool,
     log: Callable[[str], None],
 ) -> dict[int, torch.Tensor]:
@@ -177,6 +178,8 @@ def _answer_directions(
     for score, sampled in zip(scores, answers, strict=True):
         usable = [a.token_ids or a.text for a in sampled if a.token_ids or a.text]
         rows += [(score.prompt, tokens, score.score, 1.0 / len(usable)) for tokens in usable]
+    if not rows:
+        raise ValueError("estimator.answer_scale: no training answer has any token to collect activations over")
     needed = estimator.required_statistics()
     collector = ActivationCollector(
         model,
