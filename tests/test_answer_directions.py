@@ -105,3 +105,14 @@ def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
     for layer in LAYERS:
         cosine = float(torch.nn.functional.cosine_similarity(plain[layer].double(), directions[layer].double(), dim=0))
         assert cosine < 0.999
+
+
+def test_answer_scale_without_answer_tokens_is_a_clear_error():
+    from steering_adapter.generation import Answer
+    from steering_adapter.scoring_run import PromptScore
+    from steering_adapter.stages.directions import _answer_directions
+
+    scores = [PromptScore("k", "Why?", "0", 1.0, "refusal", [1], [-0.1])]
+    empty = [[Answer(text="", reasoning=None, mean_logprob=float("nan"), num_tokens=0)]]
+    with pytest.raises(ValueError, match="no training answer has any token"):
+        _answer_directions(None, None, _recipe(1.0), None, scores, empty, False, lambda _: None)
