@@ -620,8 +620,8 @@ class ActivationCollector:
                 chat_template_kwargs=self.chat_template_kwargs,
             )
             encoded = encode_texts(self.tokenizer, texts)
-            # pooled tokens: the answer's (after the prompt) or every real token of the prompt
-            pooled = [[1] * len(ids) for ids in encoded]
+            # pooled tokens: the answer's, after the prompt (otherwise every real token: the attention mask)
+            pooled = None
             if answer_ids is not None:
                 pooled = [[0] * len(ids) + [1] * len(answer_ids[i]) for ids, i in zip(encoded, chunk, strict=True)]
                 encoded = [ids + answer_ids[i] for ids, i in zip(encoded, chunk, strict=True)]
@@ -630,7 +630,9 @@ class ActivationCollector:
             for b in range(0, len(ranked), self.batch_size):
                 members = ranked[b : b + self.batch_size]
                 input_ids, attention_mask = pad_batch([encoded[j] for j in members], pad_id, side=self.padding_side)
-                pool_mask, _ = pad_batch([pooled[j] for j in members], 0, side=self.padding_side)
+                pool_mask = attention_mask
+                if pooled is not None:
+                    pool_mask, _ = pad_batch([pooled[j] for j in members], 0, side=self.padding_side)
                 yield _Batch([chunk[j] for j in members], input_ids, attention_mask, pool_mask)
 
     def _make_hook(self, layer: int, deepest: int, state: dict[str, Any]):

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import distributed
-from ..activations import ActivationCollector
+from ..activations import ActivationCollector, CollectionResult
 from ..diagnostics import diagnose_from_model
 from ..estimators import VECTOR_UNITS, fit_directions, make_estimator, mix_directions
 from ..generation import Answer
@@ -26,6 +26,7 @@ from ..recipes import Recipe
 from ..records import atomic_write_json
 from ..samplers import Sampler
 from ..scoring_run import PromptScore, load_answers, score_prompts
+from ..statistics import ActivationStatistics
 from .folders import StageTimes, fingerprint, stage_dir
 from .prompts import recipe_sampling, resolve_prompts
 
@@ -99,16 +100,7 @@ def estimate_directions(
         params.update(ridge_lambda=est.ridge_lambda, lambda_mode=est.lambda_mode, covariance=est.covariance)
     estimator = make_estimator(est.method, **params)
     needed = estimator.required_statistics()  # only the moments this estimator reads, only for the candidate blocks
-    collector = ActivationCollector(
-        model,
-        tokenizer,
-        est.layers,
-        position=est.position,
-        batch_size=recipe.sampling.batch_size,
-        system_prompt=recipe.model.system_prompt,
-        second_moments=needed.second_moments,
-        progress=progress,
-    )
+    collector = _collector(model, tokenizer, recipe, est.position, needed.second_moments, progress)
     hidden_size = collector.hidden_size
     log(
         f"[collect] activations at the {est.position} prompt token on {len(collector.layers)} blocks: "
@@ -116,7 +108,7 @@ def estimate_directions(
     )
     with times("collect activations"):
         collected = collector.collect(prompts, scores=values, weighting=needed.weighting)
-    stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
+    stats = _estimator_statistics(collected, needed.weighting)
     directions = fit_directions(estimator, stats)
     if est.answer_scale > 0:
         differences = {layer: stats.mean("refusal", layer) - stats.mean("compliance", layer) for layer in directions}
@@ -181,20 +173,31 @@ def _answer_directions(
     if not rows:
         raise ValueError("estimator.answer_scale: no training answer has any token to collect activations over")
     needed = estimator.required_statistics()
-    collector = ActivationCollector(
-        model,
-        tokenizer,
-        recipe.estimator.layers,
-        position="answer",
-        batch_size=recipe.sampling.batch_size,
-        system_prompt=recipe.model.system_prompt,
-        second_moments=needed.second_moments,
-        progress=progress,
-    )
+    collector = _collector(model, tokenizer, recipe, "answer", needed.second_moments, progress)
     log(f"[collect] activations over the tokens of {len(rows)} training answers on {len(collector.layers)} blocks")
     prompts, tokens, values, weights = (list(column) for column in zip(*rows, strict=True))
     collected = collector.collect(
         prompts, scores=values, sample_weight=weights, weighting=needed.weighting, answers=tokens
     )
-    stats = collected.stats if needed.weighting == "none" else collected.weighted_stats
-    return fit_directions(estimator, stats)
+    return fit_directions(estimator, _estimator_statistics(collected, needed.weighting))
+
+
+def _collector(
+    model: torch.nn.Module, tokenizer: Any, recipe: Recipe, position: str, second_moments: str, progress: bool
+) -> ActivationCollector:
+    """The collector of the recipe's candidate blocks at ``position``, keeping the given second moments."""
+    return ActivationCollector(
+        model,
+        tokenizer,
+        recipe.estimator.layers,
+        position=position,
+        batch_size=recipe.sampling.batch_size,
+        system_prompt=recipe.model.system_prompt,
+        second_moments=second_moments,
+        progress=progress,
+    )
+
+
+def _estimator_statistics(collected: CollectionResult, weighting: str) -> ActivationStatistics:
+    """The statistics an estimator declared (``required_statistics().weighting``) from a collection."""
+    return collected.stats if weighting == "none" else collected.weighted_stats
