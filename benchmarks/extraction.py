@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny import tiny_tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
-from steering_adapter.activations import ActivationCollector  # noqa: E402
-from steering_adapter.estimators import ridge_solve  # noqa: E402
-from steering_adapter.prompt_encoding import format_prompts  # noqa: E402
+from steering_adapter.directions.collection import ActivationCollector  # noqa: E402
+from steering_adapter.directions.estimators import ridge_solve  # noqa: E402
+from steering_adapter.measure.sampling.prompt_encoding import format_prompts  # noqa: E402
 
 WORDS = (
     "the a history of political protest government bread recipe poem sea wind explain describe why how what "

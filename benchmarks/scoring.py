@@ -31,10 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from steering_adapter.judges import LLMJudge, OpenAIChatBackend  # noqa: E402
-from steering_adapter.organism import load_organism  # noqa: E402
-from steering_adapter.organism.data import load_examples  # noqa: E402
-from steering_adapter.scoring_run import score_prompts  # noqa: E402
+from steering_adapter.measure.judges import LLMJudge, OpenAIChatBackend  # noqa: E402
+from steering_adapter.measure.scored_runs import score_prompts  # noqa: E402
+from steering_adapter.models.organism import load_organism  # noqa: E402
+from steering_adapter.models.organism.data import load_examples  # noqa: E402
 
 
 class SlowJudgeServer:

@@ -26,7 +26,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Pa
 
 
 def _prompts(n: int) -> list[str]:
-    from steering_adapter.organism.data import load_examples
+    from steering_adapter.models.organism.data import load_examples
 
     examples = [e.prompt for e in load_examples() if e.split == "heldout"]
     step = max(1, len(examples) // n)
@@ -37,7 +37,7 @@ def _adapters(folder: Path) -> dict[str, list[dict]]:
     """Adapter folders on the organism: add on all 6 blocks, ablate on all 6, and a gated add."""
     import torch
 
-    from steering_adapter.vllm import write_adapter
+    from steering_adapter.runtimes.vllm import write_adapter
 
     generator = torch.Generator().manual_seed(0)
     every = {layer: torch.randn(256, generator=generator) for layer in range(6)}
@@ -66,7 +66,7 @@ def _decode_seconds(sampler, ids, tokens: int) -> float:
 
 
 def steering_overhead(sampler, prompts: list[str], tokens: int, repeats: int, folder: Path) -> list[dict]:
-    from steering_adapter.generation import format_chat, user_conversation
+    from steering_adapter.measure.sampling.generation import format_chat, user_conversation
 
     ids = sampler._token_ids(format_chat(sampler.tokenizer, [user_conversation(p, None) for p in prompts]))
     adapters = _adapters(folder)
@@ -95,8 +95,8 @@ def steering_overhead(sampler, prompts: list[str], tokens: int, repeats: int, fo
 def backends(sampler, prompts: list[str], k: int, tokens: int) -> list[dict]:
     import torch
 
-    from steering_adapter.generation import sample_answers
-    from steering_adapter.organism import load_organism
+    from steering_adapter.measure.sampling.generation import sample_answers
+    from steering_adapter.models.organism import load_organism
 
     settings = dict(k=k, temperature=1.0, max_new_tokens=tokens, seed=0, progress=False)
     start = time.perf_counter()
@@ -124,8 +124,8 @@ def backends(sampler, prompts: list[str], k: int, tokens: int) -> list[dict]:
 
 
 def compiled_cost(prompts: list[str], tokens: int, repeats: int, eager_sampler) -> list[dict]:
-    from steering_adapter.organism import ORGANISM_DIR
-    from steering_adapter.vllm import VllmSampler
+    from steering_adapter.models.organism import ORGANISM_DIR
+    from steering_adapter.runtimes.vllm import VllmSampler
 
     start = time.perf_counter()
     compiled = VllmSampler(
@@ -143,7 +143,7 @@ def compiled_cost(prompts: list[str], tokens: int, repeats: int, eager_sampler) 
     rows = []
     try:
         for name, sampler in (("eager (steering's mode)", eager_sampler), ("compiled (vLLM default)", compiled)):
-            from steering_adapter.generation import format_chat, user_conversation
+            from steering_adapter.measure.sampling.generation import format_chat, user_conversation
 
             ids = sampler._token_ids(format_chat(sampler.tokenizer, [user_conversation(p, None) for p in prompts]))
             _decode_seconds(sampler, ids, 8)
@@ -175,8 +175,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
 
-    from steering_adapter.organism import ORGANISM_DIR
-    from steering_adapter.vllm import VllmSampler
+    from steering_adapter.models.organism import ORGANISM_DIR
+    from steering_adapter.runtimes.vllm import VllmSampler
 
     prompts = _prompts(args.prompts)
     start = time.perf_counter()

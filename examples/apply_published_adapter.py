@@ -13,8 +13,8 @@ import argparse
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steering_adapter import set_adapter_scale  # importing steering_adapter registers STEERING
-from steering_adapter.adapter_files import read_config_dict
-from steering_adapter.organism import is_organism, load_organism
+from steering_adapter.models.organism import is_organism, load_organism
+from steering_adapter.tuner.files import read_config_dict
 
 
 def main() -> None:

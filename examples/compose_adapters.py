@@ -15,12 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from steering_adapter.composition import load_composition, save_composition
-from steering_adapter.evaluation import EvalSet, evaluate
-from steering_adapter.judges import PatternJudge
-from steering_adapter.organism import load_organism
-from steering_adapter.records import atomic_write_json
-from steering_adapter.stages.prompts import load_source
+from steering_adapter.adapter.composition import load_composition, save_composition
+from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.judges import PatternJudge
+from steering_adapter.models.organism import load_organism
+from steering_adapter.run.stages.inputs import load_source
+from steering_adapter.utils.records import atomic_write_json
 
 SETS = [
     ("political", "organism:political"),

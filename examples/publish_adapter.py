@@ -17,7 +17,7 @@ from pathlib import Path
 from huggingface_hub import hf_hub_download
 
 from steering_adapter import push_adapter
-from steering_adapter.cards import read_front_matter
+from steering_adapter.adapter.cards import read_front_matter
 
 
 def main() -> None:

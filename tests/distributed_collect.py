@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from steering_adapter import distributed
-from steering_adapter.activations import ActivationCollector
-from steering_adapter.organism import load_organism
-from steering_adapter.organism.data import load_examples
+from steering_adapter.directions.collection import ActivationCollector
+from steering_adapter.models.organism import load_organism
+from steering_adapter.models.organism.data import load_examples
+from steering_adapter.utils import distributed
 
 LAYERS = [1, 2, 4]
 

@@ -10,7 +10,7 @@ from architectures import BLOCK_PATHS, HIDDEN, VOCAB, tiny_config
 from transformers import AutoModelForCausalLM
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.organism import ORGANISM_DIR, load_organism
+from steering_adapter.models.organism import ORGANISM_DIR, load_organism
 
 LAYERS = (1, 3)
 SCALE = -2.5

@@ -9,14 +9,14 @@ import pytest
 import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.activations import (
+from steering_adapter.directions.collection import (
     ActivationCollector,
     CollectionResult,
     collect_activations,
     format_prompts,
 )
-from steering_adapter.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference
-from steering_adapter.statistics import ActivationStatistics, assign_labels
+from steering_adapter.directions.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference
+from steering_adapter.directions.statistics import ActivationStatistics, assign_labels
 
 PROMPTS = [
     *HARMLESS_PROMPTS,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from steering_adapter.recipes import read_recipe_yaml, recipe_from_dict
-from steering_adapter.stages.directions import estimate_directions
-from steering_adapter.stages.loading import build_judge, load_model
-from steering_adapter.stages.prompts import resolve_prompts
+from steering_adapter.run.recipe import read_recipe_yaml, recipe_from_dict
+from steering_adapter.run.stages.estimate import estimate_directions
+from steering_adapter.run.stages.inputs import resolve_prompts
+from steering_adapter.run.stages.load import build_judge, load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -108,9 +108,9 @@ def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
 
 
 def test_answer_scale_without_answer_tokens_is_a_clear_error():
-    from steering_adapter.generation import Answer
-    from steering_adapter.scoring_run import PromptScore
-    from steering_adapter.stages.directions import _answer_directions
+    from steering_adapter.measure.sampling.generation import Answer
+    from steering_adapter.measure.scored_runs import PromptScore
+    from steering_adapter.run.stages.estimate import _answer_directions
 
     scores = [PromptScore("k", "Why?", "0", 1.0, "refusal", [1], [-0.1])]
     empty = [[Answer(text="", reasoning=None, mean_logprob=float("nan"), num_tokens=0)]]

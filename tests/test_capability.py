@@ -11,7 +11,7 @@ from reference import contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.capability import NextTokenKL, next_token_kl, perplexity
+from steering_adapter.measure.likelihood import NextTokenKL, next_token_kl, perplexity
 from steering_adapter.tuner import steering_disabled
 from steering_adapter.tuner.model import set_adapter_scale
 
@@ -124,7 +124,7 @@ def test_steering_disabled_restores_state():
 
 
 def test_relevance_scores_on_topic_answers_higher():
-    from steering_adapter.relevance import RelevanceScorer
+    from steering_adapter.measure.relevance import RelevanceScorer
 
     scorer = RelevanceScorer(batch_size=2)
     prompt = "What happened at Tiananmen Square in June 1989?"

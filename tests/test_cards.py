@@ -11,7 +11,7 @@ import torch
 import yaml
 from peft import PeftModel
 
-from steering_adapter.cards import read_front_matter, render_model_card, set_card_repo_id, write_model_card
+from steering_adapter.adapter.cards import read_front_matter, render_model_card, set_card_repo_id, write_model_card
 
 
 def _config(**extra):
@@ -98,7 +98,7 @@ def _code_blocks(card: str) -> list[str]:
 def test_organism_card_has_no_fake_base_model_and_its_usage_code_runs(tmp_path):
     """The organism is not a Hub model: no base_model in the front matter; the usage code runs offline as written."""
     from steering_adapter import adapter_from_vectors, save_adapter
-    from steering_adapter.organism import ORGANISM_ID, load_organism
+    from steering_adapter.models.organism import ORGANISM_ID, load_organism
 
     model, _ = load_organism()
     hidden = model.config.hidden_size

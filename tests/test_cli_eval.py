@@ -11,9 +11,9 @@ import yaml
 
 from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.cli import EXIT_OK, main
-from steering_adapter.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
-from steering_adapter.organism import load_organism
-from steering_adapter.threads import THREADS_ENV, configure_threads, default_threads, physical_cores
+from steering_adapter.measure.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
+from steering_adapter.models.organism import load_organism
+from steering_adapter.utils.threads import THREADS_ENV, configure_threads, default_threads, physical_cores
 
 FAST = ["--k", "1", "--max-new-tokens", "6", "--no-relevance", "--no-progress", "--batch-size", "32"]
 
@@ -93,8 +93,8 @@ def test_recipe_supplies_judge_sampling_and_sets(adapter, tmp_path, capsys):
     expected_judge = PatternJudge(refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, "zebra crossing")).name
     assert report["settings"]["judge"] == expected_judge
     assert report["settings"]["sampling"]["k"] == 2 and report["settings"]["sampling"]["seed"] == 11
-    from steering_adapter.recipes import recipe_from_dict
-    from steering_adapter.stages.prompts import resolve_prompts
+    from steering_adapter.run.recipe import recipe_from_dict
+    from steering_adapter.run.stages.inputs import resolve_prompts
 
     test_half = resolve_prompts("organism:political", "test", recipe_from_dict(recipe), capped=False)
     assert report["sets"]["pol"]["base"]["n"] == len(test_half)

@@ -14,7 +14,7 @@ import yaml
 
 from steering_adapter import cli
 from steering_adapter.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, apply_overrides, base_model_spec, main
-from steering_adapter.recipes import recipe_from_dict
+from steering_adapter.run.recipe import recipe_from_dict
 
 MINIMAL = {
     "name": "t",
@@ -36,8 +36,8 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
 
-    monkeypatch.setattr("steering_adapter.pipeline.load_model", refuse)
-    monkeypatch.setattr("steering_adapter.stages.loading.load_model", refuse)
+    monkeypatch.setattr("steering_adapter.run.pipeline.load_model", refuse)
+    monkeypatch.setattr("steering_adapter.run.stages.load.load_model", refuse)
 
 
 def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys, no_model):
@@ -69,7 +69,7 @@ def test_missing_or_empty_prompt_file_is_reported_before_the_model_loads(tmp_pat
 
 
 def test_set_addresses_list_items(tmp_path):
-    parsed = [cli._parse_override(text) for text in ("prompts.evaluation[1].source=xstest_safe", "sampling.k=1")]
+    parsed = [cli.parse_override(text) for text in ("prompts.evaluation[1].source=xstest_safe", "sampling.k=1")]
     assert parsed[0] == (["prompts", "evaluation", 1, "source"], "xstest_safe")
     data = apply_overrides(json.loads(json.dumps(MINIMAL)), parsed)
     recipe = recipe_from_dict(data)
@@ -78,11 +78,11 @@ def test_set_addresses_list_items(tmp_path):
     )
     assert recipe.sampling.k == 1
     with pytest.raises(ValueError, match=r"prompts\.evaluation\[5\] does not exist \(the list has 2\)"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli._parse_override("prompts.evaluation[5].source=x")])
+        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts.evaluation[5].source=x")])
     with pytest.raises(ValueError, match=r"prompts\.refusal\[0\] is not a mapping"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli._parse_override("prompts.refusal[0].x=1")])
+        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts.refusal[0].x=1")])
     with pytest.raises(ValueError, match=r"prompts is not a list"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli._parse_override("prompts[0]=1")])
+        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts[0]=1")])
     with pytest.raises(SystemExit):  # argparse rejects a malformed key path
         cli.build_parser().parse_args(["run", "r.yaml", "--set", "prompts.evaluation[x].source=1"])
 
@@ -133,7 +133,7 @@ def test_cli_pins_the_recorded_revision_of_the_base_model(tmp_path):
 def test_chat_keeps_the_conversation_and_resets(monkeypatch, capsys):
     import io
 
-    from steering_adapter.judges.backends import TransformersJudgeBackend
+    from steering_adapter.measure.judges.backends import TransformersJudgeBackend
 
     seen: list[list[dict]] = []
     original = TransformersJudgeBackend.complete

@@ -13,7 +13,7 @@ from peft import PeftModel
 from reference import contract_hooks
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.composition import load_composition, read_composition, save_composition
+from steering_adapter.adapter.composition import load_composition, read_composition, save_composition
 
 IDS = torch.tensor([[5, 17, 42, 9, 33, 70, 3], [8, 8, 120, 64, 1, 2, 99]])
 
@@ -126,7 +126,7 @@ def test_no_spurious_missing_key_report_for_the_other_parts(tmp_path, parts, cap
 
 
 def test_report_filter_keeps_every_other_report():
-    from steering_adapter.composition import _OtherAdaptersMissingFilter
+    from steering_adapter.adapter.composition import _OtherAdaptersMissingFilter
 
     def record(rows):
         table = "Key | Status | \n---+---+-\n" + "\n".join(f"{k} | {s} | " for k, s in rows)

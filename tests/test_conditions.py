@@ -10,7 +10,7 @@ import torch
 from reference import block_output
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.conditions import best_threshold, fit_condition
+from steering_adapter.directions.conditions import best_threshold, fit_condition
 
 
 def test_best_threshold_matches_brute_force():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steering_adapter import datasets as datasets_module
-from steering_adapter.datasets import (
+from steering_adapter.measure import prompt_sets as datasets_module
+from steering_adapter.measure.prompt_sets import (
     PromptSet,
     default_datasets_dir,
     detect_language,

@@ -19,14 +19,14 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import SteeringConfig, adapter_from_vectors
-from steering_adapter.activations import ActivationCollector
 from steering_adapter.cli import EXIT_OK, EXIT_USAGE, main
-from steering_adapter.estimators import MeanDifference, RidgeMeanDifference, fit_directions
-from steering_adapter.generation import sample_answers
-from steering_adapter.organism import load_organism
-from steering_adapter.organism.data import load_examples
-from steering_adapter.recipes import JudgeSpec, ModelSpec
-from steering_adapter.stages.loading import build_judge
+from steering_adapter.directions.collection import ActivationCollector
+from steering_adapter.directions.estimators import MeanDifference, RidgeMeanDifference, fit_directions
+from steering_adapter.measure.sampling.generation import sample_answers
+from steering_adapter.models.organism import load_organism
+from steering_adapter.models.organism.data import load_examples
+from steering_adapter.run.recipe import JudgeSpec, ModelSpec
+from steering_adapter.run.stages.load import build_judge
 from steering_adapter.tuner.gate import GateState
 from steering_adapter.tuner.layer import SteeringLayer, apply_plan
 

@@ -12,14 +12,14 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.activations import ActivationCollector, collect_activations
-from steering_adapter.diagnostics import (
+from steering_adapter.directions.collection import ActivationCollector, collect_activations
+from steering_adapter.directions.diagnostics import (
     DirectionDiagnostics,
     diagnose_directions,
     diagnose_from_model,
     direction_dimensionality,
 )
-from steering_adapter.estimators import MeanDifference, fit_directions
+from steering_adapter.directions.estimators import MeanDifference, fit_directions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file
 
 from steering_adapter.cli import EXIT_USAGE, main
-from steering_adapter.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference, fit_directions
-from steering_adapter.statistics import CLASSES, ActivationStatistics
+from steering_adapter.directions.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference, fit_directions
+from steering_adapter.directions.statistics import CLASSES, ActivationStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECT = Path(__file__).with_name("distributed_collect.py")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from peft import PeftModel
 
-from steering_adapter.cards import read_front_matter
+from steering_adapter.adapter.cards import read_front_matter
 from steering_adapter.cli import EXIT_OK, main
-from steering_adapter.organism import load_organism
-from steering_adapter.recipes import load_recipe
+from steering_adapter.models.organism import load_organism
+from steering_adapter.run.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SMALL = [

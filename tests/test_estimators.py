@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from steering_adapter.estimators import (
+from steering_adapter.directions.estimators import (
     MeanDifference,
     RidgeMeanDifference,
     WeightedRidgeMeanDifference,
@@ -16,7 +16,7 @@ from steering_adapter.estimators import (
     make_estimator,
     mix_directions,
 )
-from steering_adapter.statistics import ActivationStatistics
+from steering_adapter.directions.statistics import ActivationStatistics
 
 EPS = 0.01
 

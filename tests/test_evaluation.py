@@ -11,10 +11,10 @@ from reference import contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
-from steering_adapter.judges.base import Judge, Judgment
-from steering_adapter.scoring import summarize
-from steering_adapter.scoring_run import score_prompts
+from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
+from steering_adapter.measure.judges.base import Judge, Judgment
+from steering_adapter.measure.refusal_score import summarize
+from steering_adapter.measure.scored_runs import score_prompts
 
 SAMPLING = dict(k=2, max_new_tokens=6, temperature=1.0, seed=3)
 SETS = [
@@ -215,9 +215,9 @@ def _gated_model(tokenizer):
 
 
 def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
-    from steering_adapter.evaluation import recorded_answers
-    from steering_adapter.generation import gate_decisions
-    from steering_adapter.scoring_run import load_scores
+    from steering_adapter.measure.evaluation import recorded_answers
+    from steering_adapter.measure.sampling.generation import gate_decisions
+    from steering_adapter.measure.scored_runs import load_scores
 
     tokenizer = tiny_tokenizer()
     model, closed = _gated_model(tokenizer)

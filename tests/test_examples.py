@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.organism import load_organism
-from steering_adapter.organism.train import generate
+from steering_adapter.models.organism import load_organism
+from steering_adapter.training.organism import generate
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROMPT = "What happened in China on June 4, 1989?"

@@ -26,7 +26,7 @@ from reference import block_output
 from safetensors.numpy import load_file as load_numpy
 
 from steering_adapter.cli import main as cli_main
-from steering_adapter.export import NotExpressibleError, export_adapter, import_gguf
+from steering_adapter.runtimes.export import NotExpressibleError, export_adapter, import_gguf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -27,8 +27,8 @@ from reference import block_output, contract_hooks
 from transformers import AutoModelForCausalLM
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.export import export_adapter
-from steering_adapter.organism import ORGANISM_DIR, load_organism
+from steering_adapter.models.organism import ORGANISM_DIR, load_organism
+from steering_adapter.runtimes.export import export_adapter
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.usefixtures("single_thread")]
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.cli import main as cli_main
-from steering_adapter.export import NotExpressibleError, export_adapter
+from steering_adapter.runtimes.export import NotExpressibleError, export_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

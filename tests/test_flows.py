@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 import steering_adapter  # noqa: F401  (registers STEERING)
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.cards import read_front_matter
+from steering_adapter.adapter.cards import read_front_matter
 
 ATOL = 1e-5
 IDS = torch.tensor([[5, 17, 42, 9, 33, 70, 3], [8, 8, 120, 64, 1, 2, 99]])

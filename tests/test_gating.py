@@ -175,7 +175,7 @@ def test_subset_of_rows_continued_keeps_their_gates():
 
 @pytest.mark.parametrize("position", ["last", "mean"])
 def test_gate_decisions_match_the_reference_and_generation(position):
-    from steering_adapter.generation import gate_decisions, sample_answers
+    from steering_adapter.measure.sampling.generation import gate_decisions, sample_answers
     from steering_adapter.tuner.model import gate_state, steering_disabled
 
     vectors, condition, tokenizer, projections, threshold = _setup()
@@ -210,7 +210,7 @@ def test_gate_decisions_match_the_reference_and_generation(position):
 
 
 def test_gate_decisions_bad_input():
-    from steering_adapter.generation import gate_decisions
+    from steering_adapter.measure.sampling.generation import gate_decisions
     from steering_adapter.tuner.model import steering_disabled
 
     vectors, condition, tokenizer, _, threshold = _setup()

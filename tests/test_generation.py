@@ -9,7 +9,7 @@ import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from steering_adapter.generation import (
+from steering_adapter.measure.sampling.generation import (
     Answer,
     PromptSamples,
     answer_logprobs,
@@ -237,7 +237,7 @@ def test_split_reasoning_on_strings():
 @pytest.mark.parametrize("special", [False, True])
 def test_think_marker_as_a_single_token(special):
     """Real thinking tokenizers have ``</think>`` as one added token, sometimes a special one (dropped by decode)."""
-    from steering_adapter.generation import _split_tokens
+    from steering_adapter.measure.sampling.generation import _split_tokens
 
     tokenizer = tiny_tokenizer()
     if special:

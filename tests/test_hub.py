@@ -13,8 +13,8 @@ from peft import PeftModel
 from reference import contract_hooks
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.cards import read_front_matter
-from steering_adapter.hub import push_adapter
+from steering_adapter.adapter.cards import read_front_matter
+from steering_adapter.adapter.hub import push_adapter
 
 IDS = torch.tensor([[5, 17, 42, 9, 33, 70, 3]])
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steering_adapter.judges import (
+from steering_adapter.measure.judges import (
     DEFAULT_RUBRIC,
     Judge,
     JudgeBackendError,
@@ -25,7 +25,7 @@ from steering_adapter.judges import (
     build_judge_messages,
     parse_judge_output,
 )
-from steering_adapter.judges.backends import _resolve_base_url, is_loopback_host
+from steering_adapter.measure.judges.backends import _resolve_base_url, is_loopback_host
 
 # ---------------------------------------------------------------------------------------------------------------
 # parse_judge_output
@@ -128,8 +128,8 @@ def test_pattern_judge_ignores_phrases_the_prompt_contains():
 
 
 def test_recipe_judge_echo_setting():
-    from steering_adapter.recipes import JudgeSpec
-    from steering_adapter.stages.loading import build_judge
+    from steering_adapter.run.recipe import JudgeSpec
+    from steering_adapter.run.stages.load import build_judge
 
     judge = build_judge(JudgeSpec(kind="pattern", ignore_prompt_echoes=True))
     assert judge.ignore_prompt_echoes and not build_judge(JudgeSpec(kind="pattern")).ignore_prompt_echoes
@@ -491,8 +491,8 @@ def test_key_policy_errors(monkeypatch):
 
 
 def test_recipe_judge_sends_key_only_when_named(monkeypatch):
-    from steering_adapter.recipes import JudgeSpec
-    from steering_adapter.stages.loading import build_judge
+    from steering_adapter.run.recipe import JudgeSpec
+    from steering_adapter.run.stages.load import build_judge
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-global-LEAK")
     monkeypatch.setenv("STEERING_JUDGE_API_KEY", "steering-LEAK")

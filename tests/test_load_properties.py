@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 import steering_adapter  # noqa: F401  (registers STEERING, installs the load checks)
-from steering_adapter.composition import load_composition
+from steering_adapter.adapter.composition import load_composition
 from steering_adapter.tuner.layer import SteeringLayer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

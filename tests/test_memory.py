@@ -10,14 +10,14 @@ import pytest
 from transformers import LlamaConfig
 
 from steering_adapter.cli import EXIT_OK, EXIT_USAGE, main
-from steering_adapter.memory import (
+from steering_adapter.run.memory import (
     InsufficientMemoryError,
     check_recipe_memory,
     estimate_recipe_memory,
     parameter_count,
 )
-from steering_adapter.pipeline import run_recipe
-from steering_adapter.recipes import load_recipe
+from steering_adapter.run.pipeline import run_recipe
+from steering_adapter.run.recipe import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "no-political-refusal.yaml"
 COUNTS = {"train": 320, "gating": 900, "neutral": 36}

@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 import torch
 
-from steering_adapter.organism import ORGANISM_DIR, load_organism
-from steering_adapter.organism.data import (
+from steering_adapter.models.organism import ORGANISM_DIR, load_organism
+from steering_adapter.models.organism.data import (
     REFUSAL_A_TEMPLATES,
     REFUSAL_B_TEMPLATES,
     Example,
@@ -23,7 +23,7 @@ from steering_adapter.organism.data import (
     knowledge_answer,
     load_examples,
 )
-from steering_adapter.organism.train import generate
+from steering_adapter.training.organism import generate
 
 pytestmark = pytest.mark.skipif(
     not (ORGANISM_DIR / "model.safetensors").is_file(), reason="organism weights not built"
@@ -68,7 +68,7 @@ def test_load_dtype(organism):
 
 
 def test_missing_weights_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="steering_adapter.organism.train --out"):
+    with pytest.raises(FileNotFoundError, match="steering_adapter.training.organism --out"):
         load_organism(path=tmp_path)
 
 
@@ -157,7 +157,7 @@ def test_training_report(report):
 def test_lookalike_ceiling_matches_a_fresh_measurement(report, examples):
     """The shipped ceiling analysis: the organism's rates agree with its training report (an independent run of
     the held-out evaluation), the probe's with a fresh fit, and the rates are consistent with the accuracy."""
-    from steering_adapter.organism.lookalike_ceiling import measure
+    from steering_adapter.training.lookalike_ceiling import measure
 
     shipped = json.loads((ORGANISM_DIR / "lookalike_ceiling.json").read_text())
     fresh = measure()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.organism import ORGANISM_ID, load_organism
+from steering_adapter.models.organism import ORGANISM_ID, load_organism
 
 TESTS = Path(__file__).resolve().parent
 
@@ -32,7 +32,7 @@ from reference import contract_hooks
 import steering_adapter
 from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import AutoModelForCausalLM
-from steering_adapter.organism import load_organism
+from steering_adapter.models.organism import load_organism
 
 adapter, vectors = sys.argv[1], {int(k): torch.tensor(v) for k, v in json.loads(sys.argv[3]).items()}
 ids = torch.tensor([[3, 17, 42, 9, 33, 70, 5]])

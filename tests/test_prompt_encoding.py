@@ -8,11 +8,11 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steering_adapter.activations import collect_activations
-from steering_adapter.capability import NextTokenKL
-from steering_adapter.generation import answer_logprobs, sample_answers
-from steering_adapter.judges.backends import TransformersJudgeBackend
-from steering_adapter.prompt_encoding import encode_texts, pad_batch
+from steering_adapter.directions.collection import collect_activations
+from steering_adapter.measure.judges.backends import TransformersJudgeBackend
+from steering_adapter.measure.likelihood import NextTokenKL
+from steering_adapter.measure.sampling.generation import answer_logprobs, sample_answers
+from steering_adapter.measure.sampling.prompt_encoding import encode_texts, pad_batch
 
 PROMPTS = ["Hello there", "What is the capital of France, please?"]
 SYSTEM = "Be brief."
@@ -125,7 +125,7 @@ def test_special_tokens_added_once():
 def test_stop_and_padding_ids_follow_their_order_of_precedence():
     from types import SimpleNamespace
 
-    from steering_adapter.prompt_encoding import padding_id, stop_token_ids
+    from steering_adapter.measure.sampling.prompt_encoding import padding_id, stop_token_ids
 
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[7, 9]))
     assert stop_token_ids(model, SimpleNamespace(eos_token_id=9)) == [7, 9]  # no duplicate

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from steering_adapter.cli import EXIT_USAGE, build_parser, main
-from steering_adapter.recipes import RecipeError, load_recipe, recipe_from_dict
+from steering_adapter.run.recipe import RecipeError, load_recipe, recipe_from_dict
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -132,7 +132,7 @@ def test_console_script_help_and_exit_codes(tmp_path):
 
 
 def test_stage_dir_moves_a_folder_of_other_settings_aside(tmp_path):
-    from steering_adapter.stages.folders import stage_dir
+    from steering_adapter.run.stages.folders import stage_dir
 
     logs: list[str] = []
     stage = tmp_path / "selection"

@@ -14,10 +14,10 @@ import threading
 import pytest
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS
 
-from steering_adapter import records
-from steering_adapter.judges import Judge, Judgment, PatternJudge
-from steering_adapter.records import JsonlLog, atomic_write_json, atomic_write_text, stable_key
-from steering_adapter.scoring_run import load_scores, prompt_key, sampling_settings, score_prompts
+from steering_adapter.measure.judges import Judge, Judgment, PatternJudge
+from steering_adapter.measure.scored_runs import load_scores, prompt_key, sampling_settings, score_prompts
+from steering_adapter.utils import records
+from steering_adapter.utils.records import JsonlLog, atomic_write_json, atomic_write_text, stable_key
 
 PROMPTS = HARMLESS_PROMPTS[:3] + SENSITIVE_PROMPTS[:3] + ["Hi"]
 SAMPLING = dict(k=3, max_new_tokens=5, seed=11)

@@ -15,7 +15,7 @@ from peft.utils import PeftType
 
 import steering_adapter
 from steering_adapter.tuner import enum_members
-from steering_adapter.versions import (
+from steering_adapter.utils.versions import (
     IncompatibleVersionsError,
     UntestedVersionsWarning,
     check_versions,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from steering_adapter.scoring import classify, plot_histogram, refusal_confidence, summarize
+from steering_adapter.measure.refusal_score import classify, plot_histogram, refusal_confidence, summarize
 
 
 def test_equal_logprobs_give_the_mean_label():

@@ -9,10 +9,10 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steering_adapter import selection
-from steering_adapter.evaluation import EvalSet, EvaluationReport
-from steering_adapter.judges.base import Judge, Judgment
-from steering_adapter.selection import (
+from steering_adapter.measure.evaluation import EvalSet, EvaluationReport
+from steering_adapter.measure.judges.base import Judge, Judgment
+from steering_adapter.run import selection
+from steering_adapter.run.selection import (
     SelectionObjective,
     SweepPoint,
     bracketed_minimum,
@@ -314,7 +314,7 @@ def test_sweep_bad_input(tmp_path):
 
 
 def test_sweep_compares_gated_and_ungated(tmp_path):
-    from steering_adapter.conditions import ConditionFit
+    from steering_adapter.directions.conditions import ConditionFit
 
     tokenizer = tiny_tokenizer()
     generator = torch.Generator().manual_seed(3)

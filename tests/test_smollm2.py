@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from steering_adapter.smollm2 import (
+from steering_adapter.models.smollm2 import (
     OVERLAY_DIR,
     base_model_dir,
     censored_model_dir,
     load_smollm2,
     materialize_censored,
 )
-from steering_adapter.smollm2.convert import GGUF_SHA256, sha256_file, verify_converted
+from steering_adapter.models.smollm2.convert import GGUF_SHA256, sha256_file, verify_converted
 
 REPORT = json.loads((OVERLAY_DIR / "training_report.json").read_text())
 
@@ -34,7 +34,7 @@ def test_converted_folder_records_the_checked_gguf():
 def test_conversion_matches_the_gguf_tensors(tmp_path):
     """Tensors read and de-quantised by the gguf package directly (independent of transformers' loader)."""
     gguf = pytest.importorskip("gguf")
-    from steering_adapter.smollm2.convert import fetch_gguf
+    from steering_adapter.models.smollm2.convert import fetch_gguf
 
     reader = gguf.GGUFReader(fetch_gguf(tmp_path))
     tensors = {t.name: t for t in reader.tensors}
@@ -55,7 +55,7 @@ def test_conversion_matches_the_gguf_tensors(tmp_path):
 
 
 def test_verify_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m steering_adapter.smollm2.convert --out"):
+    with pytest.raises(FileNotFoundError, match="python -m steering_adapter.models.smollm2.convert --out"):
         verify_converted(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     for name in ("model.safetensors", "tokenizer.json"):

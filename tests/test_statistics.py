@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import save_file
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.activations import ActivationCollector, collect_activations
-from steering_adapter.blocks import block_device
-from steering_adapter.estimators import MeanDifference, RidgeMeanDifference, WeightedRidgeMeanDifference
-from steering_adapter.statistics import (
+from steering_adapter.directions.collection import ActivationCollector, collect_activations
+from steering_adapter.directions.estimators import MeanDifference, RidgeMeanDifference, WeightedRidgeMeanDifference
+from steering_adapter.directions.statistics import (
     ActivationStatistics,
     StatisticsSpec,
     scratch_nbytes,
     statistics_nbytes,
 )
+from steering_adapter.tuner.blocks import block_device
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -215,7 +215,7 @@ def test_collector_accumulates_each_block_on_its_device(monkeypatch):
     collector = ActivationCollector(model, tokenizer, [0, 2], second_moments="compliance", progress=False)
     expected = collector.collect(PROMPTS, scores=SCORES).stats
     monkeypatch.setattr(
-        "steering_adapter.activations.block_device",
+        "steering_adapter.directions.collection.block_device",
         lambda block: torch.device("meta") if block is model.model.layers[2] else torch.device("cpu"),
     )
     assert collector.block_devices() == {0: torch.device("cpu"), 2: torch.device("meta")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from steering_adapter.token_positions import last_token_index, position_ids_from_mask
+from steering_adapter.tuner.token_positions import last_token_index, position_ids_from_mask
 
 
 def test_last_token_and_position_ids_for_both_padding_sides():

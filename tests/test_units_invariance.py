@@ -14,11 +14,11 @@ import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.activations import collect_activations
-from steering_adapter.estimators import RidgeMeanDifference, fit_directions
-from steering_adapter.evaluation import EvalSet
-from steering_adapter.judges.base import Judge, Judgment
-from steering_adapter.selection import SelectionObjective, sweep_layers_and_scale
+from steering_adapter.directions.collection import collect_activations
+from steering_adapter.directions.estimators import RidgeMeanDifference, fit_directions
+from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.judges.base import Judge, Judgment
+from steering_adapter.run.selection import SelectionObjective, sweep_layers_and_scale
 
 C = 37.0
 PROMPTS = SENSITIVE_PROMPTS[:5] + HARMLESS_PROMPTS[:5]

@@ -1,4 +1,4 @@
-"""The vLLM adapter reader and writer (steering_adapter.vllm.adapters: no vLLM needed): validation through this
+"""The vLLM adapter reader and writer (steering_adapter.runtimes.vllm.adapters: no vLLM needed): validation through this
 package's own reader, and folders written from vectors alone load through PEFT with the same effect."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from peft import PeftModel
 from reference import contract_hooks
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.composition import save_composition
-from steering_adapter.vllm import AdapterSpec, parse_adapter_specs, read_adapter, write_adapter
+from steering_adapter.adapter.composition import save_composition
+from steering_adapter.runtimes.vllm import AdapterSpec, parse_adapter_specs, read_adapter, write_adapter
 
 HIDDEN, LAYERS = 64, 4
 

@@ -1,9 +1,9 @@
 """The steering method as a PEFT tuner, laid out like PEFT's own tuners (config / layer / model)."""
 
-from .config import SteeringConfig, check_adapter_name
-from .layer import SteeringLayer
-from .model import SteeringModel, set_adapter_scale, steering_disabled
-from .registration import register
+from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
+from steering_adapter.tuner.layer import SteeringLayer
+from steering_adapter.tuner.model import SteeringModel, set_adapter_scale, steering_disabled
+from steering_adapter.tuner.registration import register
 
 __all__ = [
     "SteeringConfig",

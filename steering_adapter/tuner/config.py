@@ -15,8 +15,9 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from ..embedded import embedded_id, is_embedded, resolve_embedded
-from .registration import PEFT_TYPE_NAME, PREFIX
+from steering_adapter.models.embedded import embedded_id, is_embedded, resolve_embedded
+from steering_adapter.tuner.files import CONFIG_NAME, check_adapter_weights
+from steering_adapter.tuner.constants import PEFT_TYPE_NAME, PREFIX
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
@@ -61,7 +62,7 @@ class SteeringConfig(PeftConfig):
         layers (`list[int]`):
             0-based indices of the decoder blocks whose **output** is steered. Block ``i`` output is transformers'
             ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i}`` (llama.cpp adds
-            ``direction.N`` to the output of block ``N`` and has none for block 0; see :mod:`steering_adapter.export`).
+            ``direction.N`` to the output of block ``N`` and has none for block 0; see :mod:`steering_adapter.runtimes.export`).
         scale (`float`, defaults to 1.0):
             Global multiplier α. Negative values remove the behaviour the vectors point to (for refusal vectors:
             fewer refusals); positive values induce it.
@@ -79,7 +80,7 @@ class SteeringConfig(PeftConfig):
             Number of decoder blocks of that model. Checked at attach time; filled from the model when left empty.
         blocks_path (`str`, *optional*):
             Dotted path of the ``nn.ModuleList`` of text decoder blocks, for architectures that are not found
-            automatically (see :mod:`steering_adapter.blocks`). Leave empty for Llama, Qwen, Gemma, GPT-2, ...
+            automatically (see :mod:`steering_adapter.tuner.blocks`). Leave empty for Llama, Qwen, Gemma, GPT-2, ...
         init_vectors (`str`, defaults to ``"unset"``):
             Initial value of vectors created before weights are loaded. ``"unset"`` (NaN) makes a vector that was
             never loaded fail loudly at the first forward pass; ``"zeros"`` starts from a no-op, for training.
@@ -228,9 +229,8 @@ class SteeringConfig(PeftConfig):
         """Load the config and check the adapter's weights file against it before anything is attached.
 
         Refuses adapters that carry no safetensors weights (pickle files are never read) and weights that do not fit
-        the config (see :func:`steering_adapter.adapter_files.validate_vectors`); errors name the file.
+        the config (see :func:`steering_adapter.tuner.files.validate_vectors`); errors name the file.
         """
-        from ..adapter_files import CONFIG_NAME, check_adapter_weights
 
         try:
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

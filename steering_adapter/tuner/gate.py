@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..token_positions import last_token_index
+from steering_adapter.tuner.token_positions import last_token_index
 
 
 class GateState:

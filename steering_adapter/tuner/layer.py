@@ -8,8 +8,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .config import SteeringConfig
-from .gate import GateState
+from steering_adapter.tuner.config import SteeringConfig
+from steering_adapter.tuner.gate import GateState
 
 # One step of the steering plan applied to a block's output: ("add", delta[d], gate) or ("ablate", unit[d], gate),
 # where gate is the GateState of a condition-gated adapter (steer only the sequences it selects) or None.

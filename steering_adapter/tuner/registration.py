@@ -8,13 +8,13 @@ PEFT's public :func:`peft.utils.register_peft_method`. Both steps are idempotent
 
 from __future__ import annotations
 
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import PeftType, register_peft_method
 
-from .enum_members import add_enum_member
-
-METHOD_NAME = "steering"
-PEFT_TYPE_NAME = "STEERING"
-PREFIX = "steering_"
+from steering_adapter.tuner.config import SteeringConfig
+from steering_adapter.tuner.constants import METHOD_NAME, PEFT_TYPE_NAME, PREFIX
+from steering_adapter.tuner.enum_members import add_enum_member
+from steering_adapter.tuner.model import SteeringModel
 
 
 def register() -> PeftType:
@@ -23,11 +23,6 @@ def register() -> PeftType:
     Returns:
         The ``PeftType.STEERING`` member.
     """
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    from .config import SteeringConfig
-    from .model import SteeringModel
-
     member = add_enum_member(PeftType, PEFT_TYPE_NAME, PEFT_TYPE_NAME)
     if PEFT_TYPE_TO_CONFIG_MAPPING.get(member) is SteeringConfig:
         return member

@@ -16,8 +16,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from steering_adapter.organism import ORGANISM_DIR, load_organism  # noqa: E402
-from steering_adapter.organism.data import load_examples  # noqa: E402
+from steering_adapter.models.organism import ORGANISM_DIR, load_organism  # noqa: E402
+from steering_adapter.models.organism.data import load_examples  # noqa: E402
 
 HIDDEN = 256
 ADD_LAYERS = (2, 3)
@@ -60,7 +60,7 @@ def vectors(organism) -> dict[str, dict[int, torch.Tensor]]:
 def engine(adapter_dirs) -> Iterator:
     """One vLLM engine on the organism (float32, eager, gated adapters allowed) for the whole session, on which
     requests may select the adapters ``req-add`` and ``req-ablate``."""
-    from steering_adapter.vllm import VllmSampler
+    from steering_adapter.runtimes.vllm import VllmSampler
 
     request_adapters = [
         {"name": "req-add", "path": str(adapter_dirs["add"])},

@@ -7,12 +7,12 @@ import pytest
 from conftest import COND_LAYER
 from test_steering import _projections
 
-from steering_adapter.capability import next_token_kl, perplexity
-from steering_adapter.conditions import ConditionFit
-from steering_adapter.evaluation import EvalSet
-from steering_adapter.judges import PatternJudge
-from steering_adapter.organism.data import load_examples
-from steering_adapter.selection import SelectionObjective, sweep_layers_and_scale
+from steering_adapter.directions.conditions import ConditionFit
+from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.judges import PatternJudge
+from steering_adapter.measure.likelihood import next_token_kl, perplexity
+from steering_adapter.models.organism.data import load_examples
+from steering_adapter.run.selection import SelectionObjective, sweep_layers_and_scale
 from steering_adapter.tuner.model import steering_disabled
 
 GREEDY = dict(k=1, temperature=0.0, max_new_tokens=32)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import heldout_prompts
 
-from steering_adapter.generation import format_chat, sample_answers, user_conversation
-from steering_adapter.judges import PatternJudge
-from steering_adapter.scoring_run import ANSWERS_FILE, score_prompts
+from steering_adapter.measure.judges import PatternJudge
+from steering_adapter.measure.sampling.generation import format_chat, sample_answers, user_conversation
+from steering_adapter.measure.scored_runs import ANSWERS_FILE, score_prompts
 
 GREEDY = dict(k=1, temperature=0.0, max_new_tokens=48)
 

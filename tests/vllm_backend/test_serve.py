@@ -1,5 +1,5 @@
 """``vllm serve`` with a steering adapter answers steered through the OpenAI-compatible API (real HTTP over
-loopback), launched the documented way (python -m steering_adapter.vllm.serve); concurrent requests select their
+loopback), launched the documented way (python -m steering_adapter.runtimes.vllm.serve); concurrent requests select their
 own adapter with ``vllm_xargs``."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from conftest import heldout_prompts
 from test_steering import ADD, reference
 
-from steering_adapter.organism import ORGANISM_DIR
+from steering_adapter.models.organism import ORGANISM_DIR
 
 MAX_TOKENS = 48
 
@@ -42,7 +42,7 @@ def server(adapter_dirs, tmp_path_factory):
     command = [
         sys.executable,
         "-m",
-        "steering_adapter.vllm.serve",
+        "steering_adapter.runtimes.vllm.serve",
         str(ORGANISM_DIR),
         "--adapter",
         str(adapter_dirs["add"]),

@@ -13,8 +13,8 @@ from reference import block_output, contract_hooks
 from test_sampling import GREEDY, agreement
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.generation import format_chat, sample_answers, user_conversation
-from steering_adapter.vllm.runtime import check_engine_config
+from steering_adapter.measure.sampling.generation import format_chat, sample_answers, user_conversation
+from steering_adapter.runtimes.vllm.runtime import check_engine_config
 
 ADD = {"scale": 1.5, "layer_scales": {"3": -0.5}, "mode": "add"}
 
@@ -179,7 +179,7 @@ def _config(
     mode=0,
     prefix=False,
     chunked=False,
-    processors=("steering_adapter.vllm.batch:SteeringBatchTracker",),
+    processors=("steering_adapter.runtimes.vllm.batch:SteeringBatchTracker",),
 ):
     from vllm.config import CompilationMode
 

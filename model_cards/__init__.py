@@ -1,1 +1,0 @@
-"""Model-card templates (shipped as package data ``steering_adapter.model_cards``)."""

@@ -1,0 +1,5 @@
+import sys
+
+from steering_adapter.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,490 @@
+"""Before / after evaluation of steering adapters on named prompt sets.
+
+For each prompt set the model is scored twice — with steering switched off (the base model) and on — with the same
+sampling settings and judge (``docs/method.md`` §1): refusal / neutral / compliance rates, and the quality of the
+answers (:mod:`steering_adapter.measure.answer_quality`): relevance to their prompts with a 95 % interval over prompts (an off-topic
+"compliance" is not a real answer), repetition, and their perplexity under the base model (garbled text scores
+high). Capability is measured as the KL divergence of next-token distributions from the base model on neutral
+prompts (:class:`~steering_adapter.measure.likelihood.NextTokenKL`; pass one object to several evaluations and the base side
+is computed once), and perplexity on reference texts. A few base/steered answer pairs per target set go into the
+report. Every stage goes through :func:`~steering_adapter.measure.scored_runs.score_prompts`, so an interrupted evaluation
+resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from steering_adapter.measure.answer_quality import repetition_rate, summarize_quality
+from steering_adapter.measure.judges.base import Judge
+from steering_adapter.measure.refusal_score import plot_histogram, summarize
+from steering_adapter.measure.sampling.backend import Sampler, as_sampler
+from steering_adapter.measure.sampling.generation import Answer
+from steering_adapter.measure.scored_runs import (
+    ANSWERS_FILE,
+    SCORES_FILE,
+    PromptScore,
+    load_scores,
+    prompt_key,
+    sampling_settings,
+    score_prompts,
+)
+from steering_adapter.utils.records import JsonlLog, atomic_write_json, atomic_write_text
+
+ROLES = ("target", "harmful", "benign", "other")
+CONDITIONS = ("base", "steered")
+
+
+@dataclass
+class EvalSet:
+    """A named prompt set and its role in the evaluation.
+
+    Attributes:
+        name: short name used in reports and folder names (letters, digits, ``-``, ``_``).
+        prompts: the prompts.
+        role: ``"target"`` (the refusals the adapter should remove or induce), ``"harmful"`` (refusals that must be
+            kept, e.g. JailbreakBench), ``"benign"`` (false-refusal checks, e.g. XSTest safe) or ``"other"``.
+    """
+
+    name: str
+    prompts: list[str]
+    role: str = "other"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r} for set {self.name!r}; expected one of {ROLES}")
+        if not self.prompts:
+            raise ValueError(f"prompt set {self.name!r} is empty")
+        if not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
+            raise ValueError(f"set name {self.name!r} must be non-empty letters, digits, '-' or '_'")
+
+
+@dataclass
+class EvaluationReport:
+    """Results of :func:`evaluate`: ``sets[name][condition]`` summaries, capability figures and settings."""
+
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kl: dict[str, float] | None = None
+    perplexity: dict[str, float] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def refusal_pct(self, name: str, condition: str = "steered") -> float:
+        """Percentage of judged prompts of set ``name`` classed as refusal under ``condition``."""
+        return float(self.sets[name][condition]["refusal_pct"])
+
+    def to_markdown(self) -> str:
+        """The before/after table (and capability lines) as Markdown."""
+        conditions = [c for c in CONDITIONS if any(c in row for row in self.sets.values())]
+        header = "| set | role | n | " + " | ".join(f"refusal % ({c})" for c in conditions)
+        if len(conditions) == 2:
+            header += " | Δ points"
+        header += " | " + " | ".join(f"relevance ({c})" for c in conditions) + " |"
+        lines = [header, "|" + "---|" * (header.count("|") - 1)]
+        for name, row in self.sets.items():
+            cells = [name, row["role"], str(row[conditions[0]]["n"])]
+            cells += [_fmt(row[c]["refusal_pct"]) for c in conditions]
+            if len(conditions) == 2:
+                cells.append(_fmt(row["steered"]["refusal_pct"] - row["base"]["refusal_pct"], signed=True))
+            cells += [_fmt(row[c].get("mean_relevance"), digits=3) for c in conditions]
+            lines.append("| " + " | ".join(cells) + " |")
+        if any("repetition" in row.get(c, {}) for row in self.sets.values() for c in conditions):
+            lines += ["", self.quality_markdown(conditions)]
+        if self.kl:
+            lines.append("")
+            lines.append(
+                f"KL(base ‖ steered) on {self.kl['n_prompts']} neutral prompts: mean over tokens "
+                f"{self.kl['mean_kl']:.4f}, at the first answer token {self.kl['mean_kl_last']:.4f}"
+            )
+        if self.perplexity:
+            lines.append(
+                "Perplexity on reference texts: "
+                + ", ".join(f"{c} {value:.3f}" for c, value in self.perplexity.items())
+            )
+        if self.samples:
+            lines += ["", self.samples_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def quality_markdown(self, conditions: Sequence[str]) -> str:
+        """Answer quality per set and condition: relevance with its 95 % interval over prompts, repetition, and
+        the median perplexity of the answers under the base model."""
+        header = (
+            "| set | "
+            + " | ".join(f"relevance [95 % CI] ({c}) | repetition ({c}) | base-model ppl ({c})" for c in conditions)
+            + " |"
+        )
+        lines = ["Answer quality:", "", header, "|" + "---|" * (header.count("|") - 1)]
+        for name, row in self.sets.items():
+            cells = [name]
+            for condition in conditions:
+                entry = row.get(condition, {})
+                interval = entry.get("relevance_interval")
+                relevance = _fmt(entry.get("mean_relevance"), digits=3)
+                if interval is not None and relevance != "n/a":
+                    relevance += f" [{_fmt(interval[0], digits=3)}, {_fmt(interval[1], digits=3)}]"
+                cells += [relevance, _fmt(entry.get("repetition"), digits=3), _fmt(entry.get("base_perplexity"))]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def samples_markdown(self, max_chars: int = 300) -> str:
+        """Base and steered sample answers of the target sets."""
+        lines = ["### Sample answers (first answer of each, base → steered)"]
+        for name, pairs in self.samples.items():
+            lines.append(f"\n**{name}**\n")
+            for pair in pairs:
+                lines.append(f"- *{_clip(pair['prompt'], max_chars)}*")
+                lines.append(f"  - base: {_clip(pair['base'], max_chars)}")
+                lines.append(f"  - steered: {_clip(pair['steered'], max_chars)}")
+        return "\n".join(lines)
+
+
+def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport) -> str:
+    """Gate on vs off for one vector: a table of refusal rates (base, gated, ungated) and both KL figures.
+
+    Args:
+        gated: the report of the gated adapter (``base`` and ``steered`` conditions).
+        ungated: the report of the same vectors, layers and scale without the gate (``steered`` at least).
+
+    Returns:
+        Markdown: ``| set | role | n | base | gated | Δ gated | ungated | Δ ungated |`` and the KL lines.
+
+    Raises:
+        ValueError: when the reports do not cover the same sets or ``gated`` lacks the base condition.
+    """
+    if list(gated.sets) != list(ungated.sets):
+        raise ValueError(f"reports cover different sets: {list(gated.sets)} vs {list(ungated.sets)}")
+    header = "| set | role | n | refusal % (base) | gated | Δ gated | ungated | Δ ungated |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, row in gated.sets.items():
+        if "base" not in row:
+            raise ValueError(f"the gated report has no base condition for set {name!r}")
+        base, on, off = row["base"]["refusal_pct"], row["steered"]["refusal_pct"], ungated.refusal_pct(name)
+        cells = [name, row["role"], str(row["base"]["n"]), _fmt(base), _fmt(on), _fmt(on - base, signed=True)]
+        cells += [_fmt(off), _fmt(off - base, signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, report in (("gated", gated), ("ungated", ungated)):
+        if report.kl:
+            lines.append(
+                f"\nKL(base ‖ {label}) on {report.kl['n_prompts']} neutral prompts: mean over tokens "
+                f"{report.kl['mean_kl']:.4f}, at the first answer token {report.kl['mean_kl_last']:.4f}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def adapter_report_markdown(report: EvaluationReport, ungated: EvaluationReport | None = None) -> str:
+    """The before/after table of an adapter and, for a gated one evaluated without its gate too, the gate on/off
+    table under ``### Gate on vs off`` (what a run prints and writes into ``report.md`` and the model card)."""
+    markdown = report.to_markdown()
+    if ungated is not None:
+        markdown += "\n### Gate on vs off (same vectors, blocks and α)\n\n" + gate_comparison_markdown(report, ungated)
+    return markdown
+
+
+def _clip(text: str, max_chars: int) -> str:
+    flat = " ".join(str(text).split()) or "(empty)"
+    return flat if len(flat) <= max_chars else flat[: max_chars - 1] + "…"
+
+
+def _fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def recorded_answers(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[Answer]]:
+    """The answers recorded by ``score_prompts`` in ``log_dir`` for each prompt key."""
+    records = JsonlLog(Path(log_dir) / ANSWERS_FILE).by_key()
+    return [[Answer.from_dict(answer) for answer in records[key]["answers"]] for key in keys]
+
+
+def answer_texts(log_dir: str | os.PathLike, keys: Sequence[str]) -> list[list[str]]:
+    """The answer texts recorded by ``score_prompts`` in ``log_dir`` for each prompt key."""
+    return [[answer.text for answer in answers] for answers in recorded_answers(log_dir, keys)]
+
+
+def evaluate(
+    model: nn.Module | Sampler,
+    tokenizer: Any,
+    sets: Sequence[EvalSet],
+    judge: Judge,
+    out_dir: str | os.PathLike,
+    *,
+    conditions: Sequence[str] = CONDITIONS,
+    kl_prompts: Sequence[str] | None = None,
+    kl_tokens: int | None = 16,
+    perplexity_texts: Sequence[str] | None = None,
+    relevance: Any | None = None,
+    quality: bool = True,
+    samples: int = 3,
+    batch_size: int = 8,
+    progress: bool = True,
+    plots: bool = True,
+    gate_closed: Mapping[str, Sequence[bool]] | None = None,
+    base_run: str | os.PathLike | None = None,
+    **sampling: Any,
+) -> EvaluationReport:
+    """Score every set with steering off (``base``) and on (``steered``) and write the report.
+
+    Args:
+        model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``), or a
+            sampling backend with its adapters (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one).
+        tokenizer: its tokenizer.
+        sets: the prompt sets with their roles.
+        judge: the refusal judge.
+        out_dir: run folder: ``<condition>/<set>/`` hold the resumable records, ``report.json``, ``report.md`` and
+            PNG plots go at the top.
+        conditions: which of ``("base", "steered")`` to run.
+        kl_prompts: neutral prompts for the KL divergence (skipped when ``None``); the transformers backend keeps
+            their base distributions, so repeated evaluations of one sampler compute them once.
+        kl_tokens: positions per KL prompt (the last ones; ``None``: all), see
+            :class:`~steering_adapter.measure.likelihood.NextTokenKL`.
+        perplexity_texts: reference texts for perplexity (skipped when ``None``).
+        relevance: a :class:`~steering_adapter.measure.relevance.RelevanceScorer` (skipped when ``None``).
+        quality: also measure repetition and the answers' perplexity under the base model (one teacher-forced pass
+            with steering off over the steered answers; the base answers' own log-probabilities are reused).
+        samples: base/steered answer pairs kept per target set for the report (both conditions needed).
+        batch_size: prompts per sampling / forward batch.
+        progress: tqdm bars.
+        plots: write the PNG plots.
+        gate_closed: ``{set name: [B] bool}``, the prompts the active condition-gated adapter leaves alone
+            (:meth:`~steering_adapter.measure.sampling.backend.TransformersSampler.gate_decisions`, negated). A closed gate leaves
+            every forward pass of its prompt unchanged, so the base answers are samples of the steered model: the
+            steered condition takes these prompts' records from ``base_run`` and samples only the others (each
+            set's summary counts them in ``n_gate_closed``).
+        base_run: ``out_dir`` of an earlier evaluation of the base condition on the same sets, judge and sampling
+            settings (needed with ``gate_closed``).
+        **sampling: sampling settings (``k``, ``max_new_tokens``, ``temperature``, ``seed``, ...).
+
+    Returns:
+        The :class:`EvaluationReport` (also saved as ``report.json`` and ``report.md``).
+
+    Raises:
+        ValueError: unknown conditions, no or duplicate sets, ``gate_closed`` without ``base_run`` or of the wrong
+            length, a gate-closed prompt without a base record from the same judge and settings.
+    """
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown or not conditions:
+        raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, got {list(conditions)}")
+    if not sets:
+        raise ValueError("no prompt sets to evaluate")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prompt set names must be unique, got {names}")
+    gate_closed = dict(gate_closed or {})
+    if gate_closed and base_run is None:
+        raise ValueError("gate_closed needs base_run, the evaluation whose base answers the closed prompts reuse")
+    for eval_set in sets:
+        if eval_set.name in gate_closed and len(gate_closed[eval_set.name]) != len(eval_set.prompts):
+            raise ValueError(
+                f"gate_closed[{eval_set.name!r}] has {len(gate_closed[eval_set.name])} entries for "
+                f"{len(eval_set.prompts)} prompts"
+            )
+    out = Path(out_dir)
+    sampler = as_sampler(model, tokenizer)
+    report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
+    for eval_set in sets:
+        report.sets[eval_set.name] = {"role": eval_set.role}
+        texts: dict[str, list[str]] = {}
+        for condition in conditions:
+            log_dir = out / condition / eval_set.name
+            reused: dict[int, tuple[PromptScore, list[Answer]]] = {}
+            if condition == "steered" and eval_set.name in gate_closed:
+                reused = _base_records(Path(base_run), eval_set, gate_closed[eval_set.name], judge, sampling)
+            todo = [prompt for i, prompt in enumerate(eval_set.prompts) if i not in reused]
+            own: list[PromptScore] = []
+            if todo:
+                with _condition(sampler, condition):
+                    own = score_prompts(
+                        sampler,
+                        tokenizer,
+                        todo,
+                        judge,
+                        log_dir,
+                        batch_size=batch_size,
+                        progress=progress,
+                        **sampling,
+                    )
+            own_records = iter(zip(own, recorded_answers(log_dir, [s.key for s in own]) if own else [], strict=True))
+            merged = [reused[i] if i in reused else next(own_records) for i in range(len(eval_set.prompts))]
+            scores = [score for score, _ in merged]
+            answers = [group for _, group in merged]
+            summary = summarize([s.score for s in scores])
+            if reused:
+                summary["n_gate_closed"] = len(reused)
+            texts[condition] = [group[0].text for group in answers]
+            relevance_per_prompt = None
+            if relevance is not None:
+                pairs = [(s.prompt, a.text) for s, group in zip(scores, answers, strict=True) for a in group]
+                values = relevance.score([p for p, _ in pairs], [a for _, a in pairs])
+                sizes = [len(group) for group in answers]
+                starts = [sum(sizes[:i]) for i in range(len(sizes))]
+                relevance_per_prompt = [sum(values[b : b + n]) / n for b, n in zip(starts, sizes, strict=True)]
+                summary["mean_relevance"] = float(sum(values) / len(values))
+            if quality:
+                flat = [a for group in answers for a in group]
+                if condition == "base":  # sampled from the base model: its own log-probabilities
+                    base_logprobs = [a.mean_logprob for a in flat]
+                else:  # reused base answers carry their own; the others get a teacher-forced pass
+                    own_answers = [group for i, group in enumerate(answers) if i not in reused]
+                    scored = iter(
+                        _base_logprobs(sampler, own, own_answers, log_dir, batch_size, sampling) if own else []
+                    )
+                    base_logprobs = [
+                        a.mean_logprob if i in reused else next(scored)
+                        for i, group in enumerate(answers)
+                        for a in group
+                    ]
+                summary.update(
+                    summarize_quality(
+                        relevance_per_prompt, [repetition_rate(a.token_ids) for a in flat], base_logprobs
+                    )
+                )
+            if plots:
+                plot_histogram(
+                    [s.score for s in scores],
+                    out / f"hist_{eval_set.name}_{condition}.png",
+                    title=f"{eval_set.name} ({condition})",
+                )
+            report.sets[eval_set.name][condition] = summary
+        if samples and eval_set.role == "target" and set(CONDITIONS) <= set(texts):
+            report.samples[eval_set.name] = [
+                {"prompt": prompt, "base": base, "steered": steered}
+                for prompt, base, steered in list(
+                    zip(eval_set.prompts, texts["base"], texts["steered"], strict=False)
+                )[:samples]
+            ]
+    if kl_prompts is not None:
+        report.kl = {
+            **sampler.next_token_kl(
+                list(kl_prompts),
+                batch_size=batch_size,
+                progress=progress,
+                max_tokens=kl_tokens,
+                system_prompt=sampling.get("system_prompt"),
+            ),
+            "n_prompts": len(kl_prompts),
+        }
+    if perplexity_texts is not None:
+        report.perplexity = {}
+        for condition in conditions:
+            with _condition(sampler, condition):
+                report.perplexity[condition] = sampler.perplexity(
+                    list(perplexity_texts), batch_size=batch_size, progress=progress
+                )
+    if plots:
+        plot_refusal_rates(report, out / "refusal_rates.png")
+    atomic_write_json(out / "report.json", report.to_dict())
+    atomic_write_text(out / "report.md", report.to_markdown())
+    return report
+
+
+BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
+
+
+def _base_records(
+    base_run: Path, eval_set: EvalSet, closed: Sequence[bool], judge: Judge, sampling: dict[str, Any]
+) -> dict[int, tuple[PromptScore, list[Answer]]]:
+    """``{position: (score, answers)}`` of the gate-closed prompts of ``eval_set``, from the base condition of the
+    evaluation in ``base_run`` (same judge, same sampling settings: the same record keys).
+
+    Raises:
+        ValueError: no finished base scoring of the set there, another judge, or a prompt without a record.
+    """
+    log_dir = base_run / "base" / eval_set.name
+    if not (log_dir / SCORES_FILE).is_file():
+        raise ValueError(f"{log_dir} holds no finished base scoring of set {eval_set.name!r} to reuse")
+    with open(log_dir / SCORES_FILE, encoding="utf-8") as handle:
+        recorded_judge = json.load(handle)["judge"]
+    judge_name = getattr(judge, "name", type(judge).__name__)
+    if recorded_judge != judge_name:
+        raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
+    by_key = {score.key: score for score in load_scores(log_dir)}
+    settings = sampling_settings(**sampling)
+    positions = [i for i, is_closed in enumerate(closed) if is_closed]
+    keys = [prompt_key(eval_set.prompts[i], settings) for i in positions]
+    missing = [eval_set.prompts[i] for i, key in zip(positions, keys, strict=True) if key not in by_key]
+    if missing:
+        raise ValueError(
+            f"{log_dir} has no base record of {len(missing)} gate-closed prompts of set {eval_set.name!r} "
+            f"(e.g. {missing[0][:80]!r}): score the base condition there with the same prompts and sampling settings"
+        )
+    answers = recorded_answers(log_dir, keys)
+    return {i: (by_key[key], group) for i, key, group in zip(positions, keys, answers, strict=True)}
+
+
+def _base_logprobs(
+    sampler: Sampler,
+    scores: Sequence[Any],
+    answers: Sequence[Sequence[Answer]],
+    log_dir: Path,
+    batch_size: int,
+    sampling: dict[str, Any],
+) -> list[float]:
+    """Mean log-probability of every steered answer under the base model (steering off), NaN for empty answers.
+
+    Kept per prompt key in ``log_dir/base_logprobs.jsonl``, so a resumed evaluation does not score them again.
+    Thinking models' answers are scored after the prompt alone (their reasoning is not re-fed)."""
+    log = JsonlLog(log_dir / BASE_LOGPROBS_FILE)
+    done = {key: record["values"] for key, record in log.by_key().items()}
+    pending = {s.key: (s, group) for s, group in zip(scores, answers, strict=True) if s.key not in done}
+    todo = list(pending.values())  # duplicate prompts share a key: scored once
+    if todo:
+        prompts = [s.prompt for s, group in todo for _ in group]
+        token_ids = [a.token_ids for _, group in todo for a in group]
+        with sampler.steering_disabled():
+            values = sampler.answer_logprobs(
+                prompts,
+                token_ids,
+                system_prompt=sampling.get("system_prompt"),
+                chat_template_kwargs=sampling.get("chat_template_kwargs"),
+                batch_size=batch_size,
+            )
+        means = iter(float(v.mean()) if len(v) else None for v in values)
+        for s, group in todo:
+            done[s.key] = [next(means) for _ in group]
+            log.append_keyed({"key": s.key, "values": done[s.key]})
+    return [math.nan if v is None else v for s in scores for v in done[s.key]]
+
+
+def _condition(sampler: Sampler, condition: str) -> contextlib.AbstractContextManager:
+    """Steering switched off for ``"base"``; left as it is for ``"steered"``."""
+    return sampler.steering_disabled() if condition == "base" else contextlib.nullcontext()
+
+
+def plot_refusal_rates(report: EvaluationReport, path: str | os.PathLike) -> str:
+    """Grouped bar chart of the refusal rate of each set under each condition (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(report.sets)
+    conditions = [c for c in CONDITIONS if any(c in row for row in report.sets.values())]
+    figure = Figure(figsize=(max(5.0, 1.3 * len(names) + 2), 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / len(conditions)
+    colours = {"base": "grey", "steered": "tab:red"}
+    for i, condition in enumerate(conditions):
+        values = [report.sets[n].get(condition, {}).get("refusal_pct", float("nan")) for n in names]
+        positions = [x + (i - (len(conditions) - 1) / 2) * width for x in range(len(names))]
+        axes.bar(positions, values, width=width, label=condition, color=colours[condition])
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels([f"{n}\n({report.sets[n]['role']})" for n in names], fontsize=8)
+    axes.set_ylabel("refusal %")
+    axes.set_ylim(0, 100)
+    axes.legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return str(path)

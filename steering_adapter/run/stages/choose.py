@@ -1,0 +1,126 @@
+"""Stage: the sweep of layers × α (× gated / ungated) on the selection half, then the refinement of α.
+
+Owns ``selection/`` (answer and judgment records per sweep point, ``sweep.csv``, the Pareto plot), moved aside when
+the vectors, the gate, the prompts or the settings change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steering_adapter.directions.conditions import ConditionFit
+from steering_adapter.measure.judges.base import Judge
+from steering_adapter.measure.sampling.backend import Sampler
+from steering_adapter.run.recipe import Recipe
+from steering_adapter.run.selection import SweepResult, default_alphas, steering_candidates, sweep_layers_and_scale
+from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
+from steering_adapter.utils import distributed
+
+__all__ = ["NoFeasibleChoiceError", "gate_key", "select_layers_and_alpha"]
+
+
+class NoFeasibleChoiceError(RuntimeError):
+    """The selection found no (layers, α) that meets the recipe's constraints."""
+
+
+def gate_key(condition: ConditionFit | None) -> Any:
+    """What identifies a gate in the stage fingerprints (``None`` without one)."""
+    if condition is None:
+        return None
+    return (tensor_digest({"condition": condition.direction}), condition.config_fields())
+
+
+def select_layers_and_alpha(
+    recipe: Recipe,
+    tokenizer: Any,
+    sampler: Sampler,
+    judge: Judge,
+    directions: dict[int, torch.Tensor],
+    ranking: list[int],
+    condition: ConditionFit | None,
+    relevance: Any,
+    out: Path,
+    times: StageTimes,
+    progress: bool,
+    log: Callable[[str], None],
+) -> SweepResult:
+    """Sweep layer counts × α on the selection half of the evaluation sets and choose the best feasible point.
+
+    Returns:
+        The :class:`~steering_adapter.run.selection.SweepResult`, the same on every process; its ``choice`` is set.
+
+    Raises:
+        NoFeasibleChoiceError: no point meets the constraints (``selection/sweep.csv`` is still written).
+    """
+    sel = recipe.selection
+    kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
+    objective = sel.objective()
+    alphas = sel.alphas if sel.alphas is not None else list(default_alphas(sel.goal))
+    log(
+        f"[select] {len(sel.layer_counts)} layer counts × {len(alphas)} α on the selection half"
+        + (f", then {sel.refine_steps} refinement steps" if sel.refine_steps else "")
+    )
+    if recipe.estimator.layers is None:  # every block was collected: directions hold the whole depth
+        depth = max(directions) + 1
+        ranking = steering_candidates(ranking, depth, sel.min_depth_fraction)
+        log(f"[select] candidate blocks (from {sel.min_depth_fraction} of {depth}), best first: {ranking}")
+    if condition is not None:
+        log(f"[select] gated variants steer only blocks at or after the gate's block {condition.layer}")
+    selection_sets = eval_sets(recipe, "selection", sel.max_prompts_per_set)
+    with times("select layers and α"):
+        sweep = sweep_layers_and_scale(
+            sampler,
+            tokenizer,
+            directions,
+            ranking,
+            selection_sets,
+            judge,
+            stage_dir(
+                out / "selection",
+                fingerprint(
+                    tensor_digest(directions),
+                    ranking,
+                    gate_key(condition),
+                    recipe.gating.mode,
+                    dataclasses.asdict(sel),
+                    [dataclasses.asdict(s) for s in selection_sets],
+                    kl_selection,
+                    recipe_sampling(recipe),
+                    judge.name,
+                ),
+                log,
+            ),
+            layer_counts=sel.layer_counts,
+            alphas=alphas,
+            refine_steps=sel.refine_steps,
+            objective=objective,
+            kl_prompts=kl_selection,
+            kl_tokens=sel.kl_tokens,
+            relevance=relevance,
+            condition=condition,
+            include_ungated=recipe.gating.mode != "on",
+            batch_size=recipe.sampling.batch_size,
+            progress=progress,
+            **recipe_sampling(recipe),
+        )
+    sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
+    if sweep.gate_closed:
+        sizes = {s.name: len(s.prompts) for s in selection_sets}
+        log(
+            "[select] gated points reused the base answers of the prompts their gate leaves alone: "
+            + ", ".join(f"{name} {count}/{sizes[name]}" for name, count in sweep.gate_closed.items())
+        )
+    if sweep.choice is None:
+        raise NoFeasibleChoiceError(
+            f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
+            "(relax selection.delta / kl_budget or widen alphas)"
+        )
+    choice = sweep.choice
+    log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}" + (", gated" if choice.gated else ""))
+    return sweep

@@ -1,0 +1,165 @@
+"""Stage: the chosen adapter built, evaluated on the test half (and, when gated, without its gate) and saved.
+
+Owns ``evaluation/`` and ``evaluation_ungated/`` (records, report JSON/Markdown, plots), ``adapter/`` (the adapter
+and its model card), ``summary.json`` and ``report.md`` (``timings.json`` is the runner's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
+from steering_adapter.directions.conditions import ConditionFit
+from steering_adapter.measure.evaluation import EvaluationReport, adapter_report_markdown, evaluate
+from steering_adapter.measure.judges.base import Judge
+from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
+from steering_adapter.models.embedded import is_embedded
+from steering_adapter.run.recipe import Recipe
+from steering_adapter.run.selection import SweepResult
+from steering_adapter.run.stages.choose import gate_key
+from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
+from steering_adapter.utils.records import atomic_write_json, atomic_write_text
+
+__all__ = ["evaluate_and_save"]
+
+
+def evaluate_and_save(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sampler: Sampler,
+    judge: Judge,
+    sweep: SweepResult,
+    directions: dict[int, torch.Tensor],
+    provenance: dict[str, Any],
+    condition: ConditionFit | None,
+    relevance: Any,
+    out: Path,
+    started: float,
+    times: StageTimes,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[Path, EvaluationReport, EvaluationReport | None]:
+    """Evaluate the sweep's choice on the test half, write the adapter, its card and the run's summary.
+
+    Returns:
+        ``(adapter folder, report, ungated report or None)``.
+    """
+    from steering_adapter import __version__
+
+    sel = recipe.selection
+    choice = sweep.choice
+    metadata = {
+        **provenance,
+        "title": recipe.name,
+        "summary": recipe.description,
+        "selection": sweep.metadata(),
+        "library": "steering-adapter",
+        "library_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "recipe": recipe.name,
+        **{key: value for key, value in dataclasses.asdict(recipe.card).items() if value},
+    }
+    vectors = {layer: directions[layer] for layer in choice.layers}
+    kl_test = resolve_prompts(recipe.prompts.neutral, "test", recipe) if recipe.prompts.neutral else None
+    test_sets = eval_sets(recipe, "test")
+    evaluation_key = fingerprint(
+        tensor_digest(vectors),
+        choice.alpha,
+        [dataclasses.asdict(s) for s in test_sets],
+        kl_test,
+        recipe_sampling(recipe),
+        judge.name,
+        recipe.relevance,
+    )
+    evaluation_args = dict(
+        kl_prompts=kl_test,
+        kl_tokens=sel.kl_tokens,
+        relevance=relevance,
+        batch_size=recipe.sampling.batch_size,
+        progress=progress,
+    )
+    ungated_report = None
+    gate_fields: dict[str, Any] = {}
+    if choice.gated:
+        gate_fields = {"condition": condition.direction, **condition.config_fields()}
+        metadata["condition"] = condition.metadata()
+        # the same vectors, blocks and scale without the gate: what the gate saves the other prompt sets from
+        log("[evaluate] the chosen vector without its gate, on the test half")
+        sampler.add_adapter("ungated", vectors, scale=choice.alpha)
+        sampler.activate("ungated")
+        with times("evaluate ungated"):
+            ungated_report = evaluate(
+                sampler,
+                tokenizer,
+                test_sets,
+                judge,
+                stage_dir(out / "evaluation_ungated", evaluation_key, log),
+                conditions=("steered",),
+                plots=False,
+                **evaluation_args,
+                **recipe_sampling(recipe),
+            )
+        sampler.remove_adapters()
+    peft_model = adapter_from_vectors(
+        model,
+        vectors,
+        scale=choice.alpha,
+        steering_metadata=metadata,
+        **gate_fields,
+    )
+    config = peft_model.peft_config["default"]
+    if is_embedded(recipe.model.name_or_path):
+        config.base_model_name_or_path = recipe.model.name_or_path
+    config.revision = recipe.model.revision
+
+    log("[evaluate] before/after on the test half")
+    measured: torch.nn.Module | Sampler = peft_model
+    if not isinstance(sampler, TransformersSampler):  # the same adapter in the sampling engine
+        gate = {key: value for key, value in gate_fields.items() if key != "condition"}
+        sampler.add_adapter("chosen", vectors, scale=choice.alpha, condition=gate_fields.get("condition"), **gate)
+        sampler.activate("chosen")
+        measured = sampler
+    with times("evaluate"):
+        report = evaluate(
+            measured,
+            tokenizer,
+            test_sets,
+            judge,
+            stage_dir(
+                out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
+            ),
+            **evaluation_args,
+            **recipe_sampling(recipe),
+        )
+    markdown = adapter_report_markdown(report, ungated_report)
+    adapter_dir = out / "adapter"
+    save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown})
+    summary = {
+        "recipe": recipe.name,
+        "adapter": str(adapter_dir),
+        "layers": choice.layers,
+        "alpha": choice.alpha,
+        "gated": choice.gated,
+        "report": report.to_dict(),
+        "ungated_report": ungated_report.to_dict() if ungated_report is not None else None,
+        "seconds": round(time.time() - started, 1),
+        "stage_seconds": times.seconds,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(
+        out / "report.md",
+        f"# {recipe.name}\n\nlayers {choice.layers}, α = {choice.alpha:g}"
+        + (", gated" if choice.gated else "")
+        + "\n\n"
+        + markdown,
+    )
+    peft_model.unload()
+    return adapter_dir, report, ungated_report

@@ -1,0 +1,387 @@
+"""Steering inside a vLLM worker: forward hooks on the decoder blocks of vLLM's own model.
+
+vLLM's decoder blocks return ``(hidden_states, residual)`` and the next block (or the final norm) adds the two
+before normalising: the residual stream, transformers' block output ``h``, is their sum. A steered block therefore
+returns ``(0, steer(hidden_states + residual))``: the next block's fused add sees exactly the steered ``h``, the
+same float operations as the PEFT tuner on a transformers model. Blocks that return one tensor are steered directly.
+
+The steps per block are the PEFT tuner's own plan (:func:`~steering_adapter.tuner.layer.build_plan` /
+:func:`~steering_adapter.tuner.layer.apply_plan`): adapters in declared order, consecutive adds folded, ablation as
+``h - (h.u)u``. Gated adapters select rows of the flattened batch through a :class:`TokenGate`, decided at the
+condition block from each request's prompt; request-selected adapters apply, after the engine's adapters, to the
+rows of the requests that name them, with each request's own α (see :mod:`steering_adapter.runtimes.vllm.batch` for how
+rows map to requests).
+
+The hooks are plain Python in the forward pass, so they need vLLM's eager mode (``enforce_eager=True``): a compiled
+or CUDA-graph-captured model would not call them per step. :func:`attach` refuses any other mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from steering_adapter.runtimes.vllm.adapters import AdapterSpec, AdapterVectors, read_adapter
+from steering_adapter.tuner.blocks import find_decoder_blocks
+from steering_adapter.tuner.layer import apply_plan, build_plan
+
+__all__ = ["SteeringRuntime", "TokenGate", "attach", "check_engine_config", "get_runtime", "step_layout"]
+
+_RUNTIME_ATTR = "_steering_adapter_runtime"
+
+
+def step_layout(rows: int) -> list[tuple[int, int]] | None:
+    """Row range ``(start, end)`` of each request of the current forward pass, in batch-slot order.
+
+    Returns:
+        ``None`` outside a real step (vLLM's warm-up and profiling passes have no attention metadata).
+
+    Raises:
+        RuntimeError: micro-batched steps (several metadata lists), or metadata without ``query_start_loc``.
+    """
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    metadata = get_forward_context().attn_metadata
+    if metadata is None:
+        return None
+    if isinstance(metadata, list):
+        raise RuntimeError("steering: gated or per-request adapters do not support micro-batching (ubatching)")
+    first = next(iter(metadata.values())) if isinstance(metadata, dict) else metadata
+    starts = getattr(first, "query_start_loc", None)
+    if starts is None:
+        raise RuntimeError(f"steering: attention metadata {type(first).__name__} has no query_start_loc")
+    bounds = starts.tolist()
+    if bounds[-1] > rows:
+        raise RuntimeError(f"steering: the step has {bounds[-1]} tokens but the block output has {rows} rows")
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+class TokenGate:
+    """The gate of one condition-gated adapter over the rows of the current forward pass.
+
+    Decided at the adapter's condition block from each request's prompt (the last prompt token or the mean over the
+    prompt tokens, projected on the unit condition vector and compared with the threshold) and kept, per request,
+    for every later step of that request. :func:`~steering_adapter.tuner.layer.apply_plan` reads :meth:`current`.
+    """
+
+    def __init__(self, adapter: AdapterVectors) -> None:
+        config = adapter.config
+        self.name = adapter.name
+        self.unit = adapter.condition / torch.linalg.vector_norm(adapter.condition)
+        self.threshold = float(config.condition_threshold)
+        self.comparator = config.condition_comparator
+        self.position = config.condition_position
+        self.mask: torch.Tensor | None = None
+        self.last_projections: list[float] = []
+        from steering_adapter.runtimes.vllm.batch import CLOCK
+
+        self.attached = next(CLOCK)
+
+    def decide(self, hidden: torch.Tensor, positions: torch.Tensor | None) -> None:
+        """Set :attr:`mask` for this forward pass from the condition block's output ``hidden`` ``[tokens, d]``.
+
+        A request whose rows start at position 0 is processing its prompt (fresh, or recomputed after preemption):
+        its gate is decided here and stored with the request. Any other request continues a decided sequence; one
+        whose prompt ran before this adapter was attached is left alone by it.
+
+        Raises:
+            RuntimeError: no batch tracker, a prompt split over several steps (chunked prefill), a continuing request
+                with no decision (a prefix-cache hit), or positions missing.
+        """
+        from steering_adapter.runtimes.vllm.batch import current_tracker
+
+        self.mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        layout = step_layout(hidden.shape[0])
+        if layout is None:
+            return  # warm-up / profiling pass: no request to steer
+        tracker = current_tracker()
+        if tracker is None:
+            raise RuntimeError("steering: gated adapters need the SteeringBatchTracker logits processor")
+        if positions is None:
+            raise RuntimeError("steering: the decoder block was called without token positions")
+        states = tracker.requests(len(layout))
+        first_positions = positions[[start for start, _ in layout]].tolist() if layout else []
+        pooled, deciding = [], []
+        for (start, end), state, first in zip(layout, states, first_positions, strict=True):
+            if first != 0:
+                continue
+            if state.prompt_len < 1 or end - start < state.prompt_len:
+                raise RuntimeError(
+                    f"steering: a prompt of {state.prompt_len} tokens was split over several steps ({end - start} "
+                    "in this one); gated adapters need chunked prefill disabled"
+                )
+            rows = hidden[start : start + state.prompt_len].float()
+            pooled.append(rows[-1] if self.position == "last" else rows.mean(0))
+            deciding.append(state)
+        if pooled:
+            projections = (torch.stack(pooled) @ self.unit.to(hidden.device)).tolist()
+            self.last_projections = projections
+            for state, value in zip(deciding, projections, strict=True):
+                state.decisions[self.name] = (
+                    value > self.threshold if self.comparator == "greater" else (value < self.threshold)
+                )
+        for (start, end), state in zip(layout, states, strict=True):
+            decision = state.decisions.get(self.name)
+            if decision is None and state.arrival < self.attached:
+                continue  # the request's prompt ran before this adapter was attached: not steered by it
+            if decision is None:
+                raise RuntimeError(
+                    "steering: a request continues without a gate decision (its prompt was not processed in one "
+                    "step: disable prefix caching and chunked prefill for gated adapters)"
+                )
+            if decision:
+                self.mask[start:end] = True
+
+    def current(self, rows: int) -> torch.Tensor:
+        """The bool ``[rows]`` mask of the current forward pass (rows past the real tokens are never steered)."""
+        if self.mask is None:
+            raise RuntimeError(f"steering: gate of {self.name!r} used before its condition block ran")
+        if rows == self.mask.shape[0]:
+            return self.mask
+        padded = torch.zeros(rows, dtype=torch.bool, device=self.mask.device)
+        padded[: min(rows, self.mask.shape[0])] = self.mask[:rows]
+        return padded
+
+
+class SteeringRuntime:
+    """The steering adapters attached to one vLLM model, their hooks and their plans.
+
+    Args:
+        model: vLLM's model (``model_runner.model``).
+        hidden_size: its hidden size.
+        num_hidden_layers: its number of decoder blocks.
+        blocks_path: dotted path of its decoder blocks (found automatically when ``None``).
+    """
+
+    def __init__(
+        self, model: nn.Module, hidden_size: int, num_hidden_layers: int, blocks_path: str | None = None
+    ) -> None:
+        self.blocks = find_decoder_blocks(model, blocks_path)
+        if len(self.blocks) != num_hidden_layers:
+            raise ValueError(
+                f"steering: found {len(self.blocks)} decoder blocks at {self.blocks.path!r} but the model config has "
+                f"num_hidden_layers={num_hidden_layers}"
+            )
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_hidden_layers)
+        self.adapters: list[AdapterVectors] = []
+        self.request_adapters: dict[str, AdapterVectors] = {}
+        self.enabled = True
+        self._gates: dict[str, TokenGate] = {}
+        self._handles: list[Any] = []
+        self._plans: dict[tuple[int, torch.dtype, torch.device], list] = {}
+
+    # ------------------------------------------------------------------------------------------- adapters
+    def read(self, specs: Sequence[AdapterSpec]) -> list[AdapterVectors]:
+        """Read and validate ``specs`` for this model (nothing is attached yet)."""
+        return [read_adapter(spec, self.hidden_size, self.num_layers) for spec in specs]
+
+    def set_adapters(self, adapters: Sequence[AdapterVectors]) -> list[dict[str, Any]]:
+        """Replace the attached adapters by ``adapters`` (applied in this order); ``[]`` detaches everything.
+
+        Returns:
+            A description of each attached adapter (name, layers, mode, scale, gated).
+        """
+        adapters = list(adapters)
+        names = [adapter.name for adapter in adapters] + list(self.request_adapters)
+        if len(set(names)) != len(names):
+            raise ValueError(f"steering adapter names must be unique (request adapters included), got {names}")
+        self.adapters = adapters
+        self._rebuild()
+        return self.describe()
+
+    def set_scale(self, name: str, scale: float) -> None:
+        """Change α of the attached adapter ``name``."""
+        for adapter in self.adapters:
+            if adapter.name == name:
+                adapter.config.scale = float(scale)
+                adapter.config.validate()
+                self._plans.clear()
+                return
+        raise ValueError(f"no steering adapter named {name!r}; attached: {[a.name for a in self.adapters]}")
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": a.name,
+                "source": a.source,
+                "layers": list(a.config.layers),
+                "mode": a.config.mode,
+                "scale": a.config.scale,
+                "layer_scales": a.config.layer_scales,
+                "gated": a.gated,
+            }
+            for a in self.adapters
+        ]
+
+    def _rebuild(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._plans.clear()
+        everything = [*self.adapters, *self.request_adapters.values()]
+        self._gates = {adapter.name: TokenGate(adapter) for adapter in everything if adapter.gated}
+        layers = set()
+        for adapter in everything:
+            layers |= set(adapter.vectors)
+            if adapter.gated:
+                layers.add(adapter.config.condition_layer)
+        for layer in sorted(layers):
+            block = self.blocks.blocks[layer]
+            self._handles.append(block.register_forward_hook(self._hook_for(layer), with_kwargs=True))
+
+    def _plan(self, layer: int, dtype: torch.dtype, device: torch.device) -> list:
+        key = (layer, dtype, device)
+        if key not in self._plans:
+            steps = [
+                step
+                for adapter in self.adapters
+                if (step := adapter.step(layer, self._gates.get(adapter.name))) is not None
+            ]
+            self._plans[key] = build_plan(steps, dtype, device, layer)
+        return self._plans[key]
+
+    # --------------------------------------------------------------------------------------------- hooks
+    def _hook_for(self, layer: int):
+        everything = [*self.adapters, *self.request_adapters.values()]
+        deciding = [self._gates[a.name] for a in everything if a.gated and a.config.condition_layer == layer]
+        per_request = [a for a in self.request_adapters.values() if layer in a.vectors]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if not self.enabled:
+                return None
+            if isinstance(output, torch.Tensor):
+                hidden, residual = output, None
+            else:
+                hidden, residual = output[0], output[1]
+            stream = hidden if residual is None else hidden + residual
+            for gate in deciding:
+                positions = kwargs.get("positions", args[0] if args else None)
+                gate.decide(stream, positions)
+            plan = self._plan(layer, stream.dtype, stream.device)
+            steered = apply_plan(stream, plan) if plan else stream
+            if per_request:
+                steered = self._apply_request_adapters(layer, steered, per_request)
+            if steered is stream:
+                return None
+            if residual is None:
+                return steered if isinstance(output, torch.Tensor) else (steered, *output[1:])
+            return (torch.zeros_like(steered), steered, *output[2:])
+
+        return hook
+
+    def _apply_request_adapters(
+        self, layer: int, hidden: torch.Tensor, adapters: Sequence[AdapterVectors]
+    ) -> torch.Tensor:
+        """Steer the rows of the requests that selected one of ``adapters`` (with their own α), as the tuner's plan
+        would: ``h + (α s_i) v_i`` or ``h - (h.u)u`` on those rows, the other rows untouched."""
+        from steering_adapter.runtimes.vllm.batch import current_tracker
+
+        layout = step_layout(hidden.shape[0])
+        if layout is None:
+            return hidden
+        states = current_tracker().requests(len(layout))
+        for adapter in adapters:
+            users = [
+                (rows, state) for rows, state in zip(layout, states, strict=True) if state.adapter == adapter.name
+            ]
+            if not users:
+                continue
+            gate = self._gates.get(adapter.name)
+            allowed = gate.current(hidden.shape[0]) if gate is not None else None
+            vector = adapter.vectors[layer].to(device=hidden.device, dtype=torch.float32)
+            if adapter.config.mode == "ablate":
+                mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+                for (start, end), _ in users:
+                    mask[start:end] = True
+                if allowed is not None:
+                    mask &= allowed
+                unit = (vector / torch.linalg.vector_norm(vector)).to(hidden.dtype)
+                ablated = hidden - torch.matmul(hidden, unit).unsqueeze(-1) * unit
+                hidden = torch.where(mask[:, None], ablated, hidden)
+                continue
+            by_scale: dict[float, list[tuple[int, int]]] = {}
+            for rows, state in users:
+                scale = adapter.config.scale if state.scale is None else state.scale
+                by_scale.setdefault(scale, []).append(rows)
+            for scale, ranges in by_scale.items():
+                mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+                for start, end in ranges:
+                    mask[start:end] = True
+                if allowed is not None:
+                    mask &= allowed
+                delta = (vector * (scale * adapter.config.layer_scale(layer))).to(hidden.dtype)
+                hidden = torch.where(mask[:, None], hidden + delta, hidden)
+        return hidden
+
+
+def get_runtime(model: nn.Module) -> SteeringRuntime | None:
+    """The steering runtime attached to vLLM's ``model``, if any."""
+    return getattr(model, _RUNTIME_ATTR, None)
+
+
+def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False) -> None:
+    """Refuse engine settings under which the hooks would not steer exactly.
+
+    Raises:
+        ValueError: a compiled / CUDA-graph model (hooks are Python, called per step only in eager mode); for gated
+            adapters also prefix caching, chunked prefill or a missing batch tracker; for request-selected adapters
+            prefix caching (a cached prompt may have been computed under another adapter) or a missing tracker.
+    """
+    from vllm.config import CompilationMode
+
+    from steering_adapter.runtimes.vllm.batch import TRACKER_QUALNAME, SteeringBatchTracker
+
+    model_config = vllm_config.model_config
+    if not model_config.enforce_eager or vllm_config.compilation_config.mode != CompilationMode.NONE:
+        raise ValueError(
+            "steering adapters in vLLM need eager mode: pass enforce_eager=True (CLI: --enforce-eager). A compiled or "
+            "CUDA-graph model replays the traced step and would skip the steering hooks."
+        )
+    if not (gated or per_request):
+        return
+    problems = []
+    if vllm_config.cache_config.enable_prefix_caching:
+        problems.append("prefix caching is on (enable_prefix_caching=False / --no-enable-prefix-caching)")
+    if gated and vllm_config.scheduler_config.enable_chunked_prefill:
+        problems.append("chunked prefill is on (enable_chunked_prefill=False / --no-enable-chunked-prefill)")
+    processors = [
+        p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in (model_config.logits_processors or [])
+    ]
+    if TRACKER_QUALNAME not in processors and SteeringBatchTracker not in (model_config.logits_processors or []):
+        problems.append(f"the batch tracker is missing (logits_processors=['{TRACKER_QUALNAME}'])")
+    if problems:
+        reason = (
+            "condition-gated steering adapters decide each sequence's gate from its whole prompt in one step"
+            if gated
+            else "request-selected steering adapters steer each request's own prompt"
+        )
+        raise ValueError(f"{reason}: " + "; ".join(problems))
+
+
+def attach(model: nn.Module, vllm_config: Any, specs: Sequence[AdapterSpec]) -> SteeringRuntime:
+    """Attach ``specs`` (in order) to vLLM's ``model``, replacing what was attached before.
+
+    Raises:
+        ValueError: engine settings that cannot steer exactly (:func:`check_engine_config`), or a bad adapter.
+    """
+    runtime = get_runtime(model)
+    if runtime is None:
+        text = vllm_config.model_config.hf_text_config
+        runtime = SteeringRuntime(model, text.hidden_size, text.num_hidden_layers)
+        setattr(model, _RUNTIME_ATTR, runtime)
+    from steering_adapter.runtimes.vllm.adapters import parse_adapter_specs
+    from steering_adapter.runtimes.vllm.batch import request_adapter_specs
+
+    adapters = runtime.read(specs)
+    per_request = runtime.read(parse_adapter_specs(request_adapter_specs()))
+    gated = any(adapter.gated for adapter in [*adapters, *per_request])
+    check_engine_config(vllm_config, gated=gated, per_request=bool(per_request))
+    runtime.request_adapters = {adapter.name: adapter for adapter in per_request}
+    runtime.set_adapters(adapters)
+    return runtime
