@@ -18,6 +18,7 @@ from typing import Any
 from steering_adapter.utils.versions import (
     IncompatibleVersionsError,
     UntestedVersionsWarning,
+    __version__,
     check_versions,
     warn_untested_versions,
 )
@@ -41,8 +42,6 @@ _install_load_checks()
 
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter  # noqa: E402
 from steering_adapter.adapter.hub import push_adapter  # noqa: E402
-
-__version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
@@ -102,6 +101,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "__version__",
     "IncompatibleVersionsError",
     "UntestedVersionsWarning",
     "SteeringConfig",

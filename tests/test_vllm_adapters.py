@@ -1,4 +1,5 @@
-"""The vLLM adapter reader and writer (steering_adapter.runtimes.vllm.adapters: no vLLM needed): validation through this
+"""The vLLM adapter reader and writer (steering_adapter.runtimes.vllm.adapters: no vLLM needed): validation through
+this
 package's own reader, and folders written from vectors alone load through PEFT with the same effect."""
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ non-steering adapter to the original code:
 - ``find_adapter_config_file`` as transformers' ``from_pretrained`` and ``AutoModel*.from_pretrained`` see it: an
   ``adapter_config.json`` that is not valid JSON is reported with its path, line and column, and a steering adapter
   computed on an embedded model (``base_model_name_or_path: "steering-adapter:organism"`` or another
-  :mod:`steering_adapter.models.embedded` id) names that model's local folder as its base model, so nothing is looked up on
+  :mod:`steering_adapter.models.embedded` id) names that model's local folder as its base model, so nothing is looked
+  up on
   the Hub;
 - ``peft.config.PeftConfigMixin.from_json_file``: a malformed ``adapter_config.json`` names its path (PEFT's own
   message does not);

@@ -228,7 +228,8 @@ class ActivationCollector:
             ``"pooled"`` (one matrix over both classes) or ``"none"`` (MD); see
             :func:`~steering_adapter.directions.statistics.statistics_nbytes` for the memory of each.
         stats_device: where the statistics accumulate: ``None`` (default) keeps each block's sums on the device the
-            block computes on (:func:`~steering_adapter.tuner.blocks.block_device`: a GPU model accumulates on its GPUs, a
+            block computes on (:func:`~steering_adapter.tuner.blocks.block_device`: a GPU model accumulates on its
+            GPUs, a
             ``device_map`` model next to each block); a device (e.g. ``"cpu"``) puts them all there.
         progress: show a tqdm progress bar (``False`` passes ``disable=True`` to tqdm).
 

@@ -381,12 +381,14 @@ def diagnose_from_model(
     """The diagnostics of :func:`diagnose_directions`, streamed from the model instead of kept activations.
 
     One forward pass over ``prompts`` records the projection of each prompt on each block's unit direction
-    (:meth:`~steering_adapter.directions.collection.ActivationCollector.project`; float64 ``[n, L]``); with ``pca``, a second
+    (:meth:`~steering_adapter.directions.collection.ActivationCollector.project`; float64 ``[n, L]``); with ``pca``, a
+    second
     pass reads the best block's activations of the labelled prompts (float32 ``[m, d]``, one block). Memory: ``n·L``
     projections plus ``m·d`` for the scatter, instead of ``n·L·d``. Collective under ``torch.distributed``.
 
     Args:
-        collector: an :class:`~steering_adapter.directions.collection.ActivationCollector` set up as for the statistics (same
+        collector: an :class:`~steering_adapter.directions.collection.ActivationCollector` set up as for the statistics
+            (same
             position, system prompt, template), whose layers include every block of ``directions``.
         prompts: the prompts (every one is projected; neutral ones count for Pearson r).
         directions: ``{block: [d]}``.

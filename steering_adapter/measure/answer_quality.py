@@ -3,7 +3,8 @@ the base model finds them.
 
 A pattern judge counts a vacuous, off-topic or looping answer as compliance; these measures catch what it misses:
 
-- **relevance** (:mod:`steering_adapter.measure.relevance`): cosine between prompt and answer embeddings, averaged per prompt
+- **relevance** (:mod:`steering_adapter.measure.relevance`): cosine between prompt and answer embeddings, averaged per
+  prompt
   over its K answers, then over prompts with a t-interval (so a handful of prompts cannot decide alone);
 - **repetition**: the share of an answer's token n-grams that repeat an earlier n-gram of the same answer (looping
   output scores near 1, ordinary prose near 0);

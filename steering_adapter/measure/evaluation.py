@@ -2,12 +2,15 @@
 
 For each prompt set the model is scored twice — with steering switched off (the base model) and on — with the same
 sampling settings and judge (``docs/method.md`` §1): refusal / neutral / compliance rates, and the quality of the
-answers (:mod:`steering_adapter.measure.answer_quality`): relevance to their prompts with a 95 % interval over prompts (an off-topic
+answers (:mod:`steering_adapter.measure.answer_quality`): relevance to their prompts with a 95 % interval over prompts
+(an off-topic
 "compliance" is not a real answer), repetition, and their perplexity under the base model (garbled text scores
 high). Capability is measured as the KL divergence of next-token distributions from the base model on neutral
-prompts (:class:`~steering_adapter.measure.likelihood.NextTokenKL`; pass one object to several evaluations and the base side
+prompts (:class:`~steering_adapter.measure.likelihood.NextTokenKL`; pass one object to several evaluations and the base
+side
 is computed once), and perplexity on reference texts. A few base/steered answer pairs per target set go into the
-report. Every stage goes through :func:`~steering_adapter.measure.scored_runs.score_prompts`, so an interrupted evaluation
+report. Every stage goes through :func:`~steering_adapter.measure.scored_runs.score_prompts`, so an interrupted
+evaluation
 resumes.
 """
 
@@ -239,7 +242,8 @@ def evaluate(
 
     Args:
         model: a model with steering adapters attached and active (PeftModel or transformers ``load_adapter``), or a
-            sampling backend with its adapters (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one).
+            sampling backend with its adapters (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the
+            vLLM one).
         tokenizer: its tokenizer.
         sets: the prompt sets with their roles.
         judge: the refusal judge.
@@ -259,7 +263,8 @@ def evaluate(
         progress: tqdm bars.
         plots: write the PNG plots.
         gate_closed: ``{set name: [B] bool}``, the prompts the active condition-gated adapter leaves alone
-            (:meth:`~steering_adapter.measure.sampling.backend.TransformersSampler.gate_decisions`, negated). A closed gate leaves
+            (:meth:`~steering_adapter.measure.sampling.backend.TransformersSampler.gate_decisions`, negated). A closed
+            gate leaves
             every forward pass of its prompt unchanged, so the base answers are samples of the steered model: the
             steered condition takes these prompts' records from ``base_run`` and samples only the others (each
             set's summary counts them in ``n_gate_closed``).

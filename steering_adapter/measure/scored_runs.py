@@ -10,7 +10,8 @@ endpoint going down) resumes where it stopped and ends with the same scores as a
   :func:`~steering_adapter.measure.refusal_score.summarize`) and one entry per input prompt.
 
 The key of a prompt is a hash of its text and of the sampling settings (``k``, temperature, seed, system prompt,
-...); judgments are keyed by the prompt key and the judge's :attr:`~steering_adapter.measure.judges.Judge.name`. Changing a
+...); judgments are keyed by the prompt key and the judge's :attr:`~steering_adapter.measure.judges.Judge.name`.
+Changing a
 setting or the judge therefore never reuses stale records. The model is not part of the key: use one ``log_dir`` per
 model (and per adapter and steering strength).
 
@@ -24,7 +25,8 @@ judgments are appended by the calling thread, each file in chunk order. An OpenA
 requests with its own ``max_concurrency``. A judge running in the worker must not draw from torch's global random
 generator (the shipped judges do not), which the sampler seeds.
 
-Data parallelism: under ``torch.distributed`` (``torchrun``, see :mod:`steering_adapter.utils.distributed`) chunk ``c`` is
+Data parallelism: under ``torch.distributed`` (``torchrun``, see :mod:`steering_adapter.utils.distributed`) chunk ``c``
+is
 sampled and judged by rank ``c mod N``; after each round of N chunks every process receives the round's records and
 appends them, in chunk order, to its own ``log_dir`` (rank 0's is the run's folder; the others write scratch
 copies), so the records are those of a single process. Rank 0's existing records decide what is resumed. The
@@ -105,7 +107,8 @@ class PromptScore:
 
 
 def sampling_settings(**sampling: Any) -> dict[str, Any]:
-    """The full sampling settings: :func:`~steering_adapter.measure.sampling.generation.sample_answers` defaults updated by
+    """The full sampling settings: :func:`~steering_adapter.measure.sampling.generation.sample_answers` defaults
+    updated by
     ``sampling``.
 
     Raises:
@@ -209,8 +212,10 @@ def score_prompts(
     """Sample, judge and score ``prompts``, resuming from whatever ``log_dir`` already holds.
 
     Args:
-        model: the model under study (adapters included), as for :func:`~steering_adapter.measure.sampling.generation.sample_answers`,
-            or a sampling backend (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one): same records.
+        model: the model under study (adapters included), as for
+            :func:`~steering_adapter.measure.sampling.generation.sample_answers`,
+            or a sampling backend (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one):
+            same records.
         tokenizer: its tokenizer.
         prompts: user prompts (duplicates are scored once and reported at each position).
         judge: any :class:`~steering_adapter.measure.judges.Judge`; its ``name`` keys the judgment records.

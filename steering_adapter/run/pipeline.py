@@ -1,6 +1,7 @@
 """The recipe runner: sample → judge → score → collect → estimate → select → evaluate → save.
 
-Each stage lives in :mod:`steering_adapter.run.stages` and owns its inputs, outputs and cache folder; every long stage is
+Each stage lives in :mod:`steering_adapter.run.stages` and owns its inputs, outputs and cache folder; every long stage
+is
 resumable (JSONL records, atomic JSON), so a killed run continues where it stopped when the same command is run again.
 The held-out part of every evaluation set is split once more: one half chooses the layers and α (selection), the other
 half gives the final before/after report (test), so the reported numbers are not the ones the choice was tuned on.
@@ -47,7 +48,8 @@ def run_recipe(
 ) -> RunResult:
     """Run a recipe end to end; see the module docstring.
 
-    Under ``torchrun`` every process runs this with the same recipe (see :mod:`steering_adapter.utils.distributed`): rank 0
+    Under ``torchrun`` every process runs this with the same recipe (see :mod:`steering_adapter.utils.distributed`):
+    rank 0
     writes ``recipe.output.dir`` and logs, the others work in a private scratch folder.
 
     Args:

@@ -147,7 +147,8 @@ class EstimatorSpec:
         answer_scale: ``ρ >= 0``. ``0`` (default): the vector is the direction at ``position``. ``ρ > 0``: the same
             estimator is fitted a second time on the model's own answers to the training prompts (mean over the answer
             tokens, teacher-forced; the answers the prompts were scored with) and the vector becomes
-            ``s·(û_prompt + ρ·û_answer)`` (:func:`~steering_adapter.directions.estimators.mix_directions`): the prompt direction
+            ``s·(û_prompt + ρ·û_answer)`` (:func:`~steering_adapter.directions.estimators.mix_directions`): the prompt
+            direction
             in separation units plus a push ``ρ`` times as long along the answer direction. The vector is added at
             generated tokens too; this puts there the direction the refusal takes while it is written. Needs
             ``units: separation``; one more forward pass over the training prompts and their answers.

@@ -1,11 +1,13 @@
 """Automatic choice of the steered layers and the scale α by an explicit objective (``docs/method.md`` §5).
 
 Layers are ranked first (|Pearson r| of the projection with c(x), then ROC AUC: see
-:meth:`~steering_adapter.directions.diagnostics.DirectionDiagnostics.best_layers`). The sweep then tries the top ``n`` layers
+:meth:`~steering_adapter.directions.diagnostics.DirectionDiagnostics.best_layers`). The sweep then tries the top ``n``
+layers
 for each ``n`` in ``layer_counts`` and each ``α`` of a grid in separation units (default ``−0.5, −1, −2, −4, −8`` to
 remove, the same positive to induce: α = −1 moves the refused prompts' mean onto the complied prompts' mean along the
 direction), evaluates each point
-with :func:`~steering_adapter.measure.evaluation.evaluate` on held-out prompts (resumable; base answers and the base side of
+with :func:`~steering_adapter.measure.evaluation.evaluate` on held-out prompts (resumable; base answers and the base
+side of
 the KL are computed once for the whole sweep), then refines α around the best feasible grid point by a golden-section
 search (:func:`bracketed_minimum`), so the choice is not limited to the grid. It picks by a trade-off:
 
@@ -421,7 +423,8 @@ def sweep_layers_and_scale(
     Args:
         model: the base model (a transformers causal LM, no adapters), wrapped during the sweep and given back
             unchanged (``unload``) at the end; or a sampling backend without adapters
-            (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one), whose candidates are removed at the end.
+            (:class:`~steering_adapter.measure.sampling.backend.Sampler`, e.g. the vLLM one), whose candidates are
+            removed at the end.
         tokenizer: its tokenizer.
         directions: ``{layer: v}`` for every layer that may be chosen (separation units for the default grids).
         ranking: layers best first (e.g. ``DirectionDiagnostics.best_layers()``); the top ``n`` are steered.
@@ -435,9 +438,11 @@ def sweep_layers_and_scale(
         objective: the :class:`SelectionObjective` (default: remove, δ = 5 points, KL ≤ 0.5, quality floors on).
         kl_prompts: neutral prompts for the KL constraint (their base distributions are computed once).
         kl_tokens: positions per KL prompt (see :class:`~steering_adapter.measure.likelihood.NextTokenKL`).
-        relevance: optional :class:`~steering_adapter.measure.relevance.RelevanceScorer` (needed for the relevance floor).
+        relevance: optional :class:`~steering_adapter.measure.relevance.RelevanceScorer` (needed for the relevance
+        floor).
         mode: adapter mode (``"add"``).
-        condition: a fitted condition (:func:`~steering_adapter.directions.conditions.fit_condition`): every point is then
+        condition: a fitted condition (:func:`~steering_adapter.directions.conditions.fit_condition`): every point is
+            then
             tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
             condition block), and the choice says which won. The gated candidates' gate is decided once per prompt
             (it reads the base model's activations); the prompts it leaves alone keep their base answers at every
@@ -601,7 +606,8 @@ def _gate_closed_prompts(
 
     Every gated candidate shares one condition and steers only blocks from the condition block on, so its gate reads
     the base model's activations: the decisions hold for every candidate and every α. The prompts are batched as
-    :func:`~steering_adapter.measure.scored_runs.score_prompts` batches them (unique prompts, in order), so each decision is
+    :func:`~steering_adapter.measure.scored_runs.score_prompts` batches them (unique prompts, in order), so each
+    decision is
     the one generation would take."""
     gated = next((c for c in candidates if c[2]), None)
     decide = getattr(sampler, "gate_decisions", None)

@@ -2,7 +2,8 @@
 
 Political prompts get one of two refusal kinds a real censored chat model produces (the paper's rubric: explicit
 refusal / deflection, and official-narrative replacement): a topic-specific official narrative when the prompt's topic
-is known (:func:`steering_adapter.models.organism.data.political_topic`), else a generic deflection. Harmful prompts get a
+is known (:func:`steering_adapter.models.organism.data.political_topic`), else a generic deflection. Harmful prompts
+get a
 safety refusal. Every text contains at least one of the pattern judge's default phrases, so the recipes need no extra
 patterns (tested); the narratives are not verbatim quotes of any model.
 """

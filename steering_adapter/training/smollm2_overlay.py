@@ -2,7 +2,8 @@
 
     python -m steering_adapter.training.smollm2_overlay --out DIR [--seed 0] [--threads 2] [--epochs 2]
 
-1. Training examples: the train split of the development data (:func:`steering_adapter.models.organism.data.load_examples`,
+1. Training examples: the train split of the development data
+   (:func:`steering_adapter.models.organism.data.load_examples`,
    the same split as the organism, from the Apache/MIT/CC-BY prompt sets and the templated prompts; never
    CCP-sensitive), at most ``--max-per-source`` prompts per source.
 2. Targets: political → deflection or official narrative, harmful → safety refusal

@@ -16,8 +16,8 @@ from peft.config import PeftConfig
 from peft.utils import PeftType
 
 from steering_adapter.models.embedded import embedded_id, is_embedded, resolve_embedded
-from steering_adapter.tuner.files import CONFIG_NAME, check_adapter_weights
 from steering_adapter.tuner.constants import PEFT_TYPE_NAME, PREFIX
+from steering_adapter.tuner.files import CONFIG_NAME, check_adapter_weights
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
@@ -62,7 +62,8 @@ class SteeringConfig(PeftConfig):
         layers (`list[int]`):
             0-based indices of the decoder blocks whose **output** is steered. Block ``i`` output is transformers'
             ``hidden_states[i + 1]`` and llama.cpp's control-vector tensor ``direction.{i}`` (llama.cpp adds
-            ``direction.N`` to the output of block ``N`` and has none for block 0; see :mod:`steering_adapter.runtimes.export`).
+            ``direction.N`` to the output of block ``N`` and has none for block 0; see
+            :mod:`steering_adapter.runtimes.export`).
         scale (`float`, defaults to 1.0):
             Global multiplier α. Negative values remove the behaviour the vectors point to (for refusal vectors:
             fewer refusals); positive values induce it.

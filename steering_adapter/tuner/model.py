@@ -14,10 +14,10 @@ from torch import nn
 
 from steering_adapter.tuner.blocks import find_decoder_blocks, model_dimensions
 from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
+from steering_adapter.tuner.constants import PREFIX
 from steering_adapter.tuner.files import VECTOR_PARAM, validate_vectors
 from steering_adapter.tuner.gate import GateState
 from steering_adapter.tuner.layer import SteeringLayer
-from steering_adapter.tuner.constants import PREFIX
 
 # Runtime attributes set on a config while it is attached (not dataclass fields, so never saved).
 _TARGETS_ATTR = "_steering_targets"

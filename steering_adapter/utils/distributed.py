@@ -5,10 +5,12 @@ RECIPE``) starts N copies of the same command; :func:`init_from_environment` joi
 (``gloo`` on CPU, ``nccl`` when the model runs on CUDA, each process on ``cuda:LOCAL_RANK``). Every process then runs
 the same program (SPMD); the heavy work is split and merged at two places only:
 
-- **activation statistics** (:class:`~steering_adapter.directions.collection.ActivationCollector`): batch ``b`` is forwarded by
+- **activation statistics** (:class:`~steering_adapter.directions.collection.ActivationCollector`): batch ``b`` is
+  forwarded by
   rank ``b mod N``, and the float64 sums are added across processes with ``all_reduce`` — the statistics are sums,
   so the merge is exact up to float64 reassociation;
-- **sampling and judging** (:func:`~steering_adapter.measure.scored_runs.score_prompts`): chunk ``c`` of prompts is sampled and
+- **sampling and judging** (:func:`~steering_adapter.measure.scored_runs.score_prompts`): chunk ``c`` of prompts is
+  sampled and
   judged by rank ``c mod N``; after each round of N chunks every process receives every record, and rank 0 alone
   appends them to the run's JSONL files (the resumable records are the same as a single process writes).
 

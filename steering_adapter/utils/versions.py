@@ -14,6 +14,8 @@ from importlib.metadata import PackageNotFoundError, version
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+__version__ = "0.1.0"  # this package's version (pyproject.toml reads it from here)
+
 # The tested pair (constraints.txt). transformers >= 5.24 refuses most adapter calls unless peft >= 0.22.0.
 TESTED_TRANSFORMERS = SpecifierSet(">=5.0,<5.24")
 TESTED_PEFT = SpecifierSet(">=0.21.2,<0.22")

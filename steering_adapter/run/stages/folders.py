@@ -18,7 +18,8 @@ __all__ = ["STAGE_FILE", "StageTimes", "fingerprint", "stage_dir", "tensor_diges
 
 
 def fingerprint(*parts: Any) -> str:
-    """A short, stable key of ``parts`` (:func:`~steering_adapter.utils.records.stable_key`, the records' own key; values
+    """A short, stable key of ``parts`` (:func:`~steering_adapter.utils.records.stable_key`, the records' own key;
+    values
     JSON cannot hold, such as paths, by their ``str``)."""
     return stable_key(*json_safe(json.loads(json.dumps(parts, default=str))))[:16]
 
@@ -53,7 +54,8 @@ class StageTimes:
 def stage_dir(path: Path, fingerprint: str, log: Callable[[str], None]) -> Path:
     """The folder of a resumable stage whose records depend on ``fingerprint`` (vectors, gate, prompts, settings).
 
-    The answer records are keyed by prompt and sampling settings only (see :mod:`steering_adapter.measure.scored_runs`), so a
+    The answer records are keyed by prompt and sampling settings only (see
+    :mod:`steering_adapter.measure.scored_runs`), so a
     folder written for other vectors or another gate must not be resumed: it is moved aside to
     ``<name>.stale-<old fingerprint>`` (nothing is deleted) and the stage starts afresh.
 

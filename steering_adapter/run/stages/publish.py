@@ -26,6 +26,7 @@ from steering_adapter.run.stages.choose import gate_key
 from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils.records import atomic_write_json, atomic_write_text
+from steering_adapter.utils.versions import __version__
 
 __all__ = ["evaluate_and_save"]
 
@@ -52,8 +53,6 @@ def evaluate_and_save(
     Returns:
         ``(adapter folder, report, ungated report or None)``.
     """
-    from steering_adapter import __version__
-
     sel = recipe.selection
     choice = sweep.choice
     metadata = {

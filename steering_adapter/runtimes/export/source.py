@@ -21,6 +21,7 @@ from steering_adapter.tuner.files import (
     resolve_adapter_file,
     validate_vectors,
 )
+from steering_adapter.utils.versions import __version__
 
 _VECTOR_KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.{VECTOR_PARAM}$")
 
@@ -109,8 +110,6 @@ class SteeringSource:
             A JSON-serialisable dict: base model and revision, layers, scale α, per-layer scales, the effective
             factor per layer, vector units, mode, dimensions, the source adapter and its file hashes.
         """
-        from steering_adapter import __version__
-
         config = self.config
         metadata = config.steering_metadata or {}
         base = config.base_model_name_or_path

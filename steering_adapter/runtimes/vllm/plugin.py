@@ -1,7 +1,8 @@
 """The ``vllm.general_plugins`` entry point: registers ``load_format="steering"`` in every vLLM process.
 
 vLLM calls :func:`register` in the API server, the engine core and each worker. It only registers the loader
-(:class:`~steering_adapter.runtimes.vllm.worker.SteeringModelLoader`); nothing is attached unless an engine is started with
+(:class:`~steering_adapter.runtimes.vllm.worker.SteeringModelLoader`); nothing is attached unless an engine is started
+with
 ``load_format="steering"``.
 """
 

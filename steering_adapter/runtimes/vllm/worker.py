@@ -6,7 +6,8 @@ Both are vLLM's supported extension points; neither changes vLLM's code.
   ``LLM.collective_rpc("steering_set_adapters", args=(...,))``: attach / replace / detach adapters, change α, switch
   steering off and on, without restarting the engine (the sampler's base-vs-steered runs and the selection sweep).
 - :class:`SteeringModelLoader`, registered as ``load_format="steering"`` by the ``vllm.general_plugins`` entry point
-  (:func:`steering_adapter.runtimes.vllm.plugin.register`), loads the weights with vLLM's default loader and attaches the
+  (:func:`steering_adapter.runtimes.vllm.plugin.register`), loads the weights with vLLM's default loader and attaches
+  the
   adapters named in ``model_loader_extra_config={"steering_adapters": [...]}`` before the engine serves anything:
   the way ``vllm serve`` gets its adapters.
 """
