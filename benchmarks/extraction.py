@@ -42,7 +42,7 @@ from tiny import tiny_tokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from steering_adapter.directions.collection import ActivationCollector  # noqa: E402
-from steering_adapter.directions.estimators import ridge_solve  # noqa: E402
+from steering_adapter.directions.linear_algebra import ridge_solve  # noqa: E402
 from steering_adapter.measure.sampling.prompt_encoding import format_prompts  # noqa: E402
 
 WORDS = (

@@ -16,8 +16,8 @@ every block a candidate) from the prompts. It reports
 - the peak of the collection measured the same way, and its excess over the model's own footprint;
 - with CUDA (``--device cuda``), the same two peaks of ``torch.cuda.max_memory_allocated``;
 - the formula ``8 · L · (2·d + d²)`` plus one float32 scratch block ``4 · d · ⌈d/8⌉``
-  (:func:`steering_adapter.directions.statistics.statistics_nbytes`,
-  :func:`~steering_adapter.directions.statistics.scratch_nbytes`),
+  (:func:`steering_adapter.directions.moments.statistics_nbytes`,
+  :func:`~steering_adapter.directions.moments.scratch_nbytes`),
 
 side by side; targets: the collection's peak over the model's own ≤ 1.2 × formula, and the same for N and 10·N
 prompts (the same N prompts repeated, so only the count changes; keep N ≥ the batch size so that the batches have the
@@ -48,7 +48,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from steering_adapter.directions.collection import ActivationCollector  # noqa: E402
 from steering_adapter.directions.estimators import RidgeMeanDifference  # noqa: E402
-from steering_adapter.directions.statistics import scratch_nbytes, statistics_nbytes  # noqa: E402
+from steering_adapter.directions.moments import scratch_nbytes, statistics_nbytes  # noqa: E402
 
 
 def build_model(hidden: int, blocks: int, vocab: int, device: str) -> torch.nn.Module:

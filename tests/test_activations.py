@@ -9,14 +9,12 @@ import pytest
 import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
-from steering_adapter.directions.collection import (
-    ActivationCollector,
-    CollectionResult,
-    collect_activations,
-    format_prompts,
-)
+from steering_adapter.directions.collection import ActivationCollector, collect_activations
+from steering_adapter.directions.collection_result import CollectionResult
 from steering_adapter.directions.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference
-from steering_adapter.directions.statistics import ActivationStatistics, assign_labels
+from steering_adapter.directions.labels import assign_labels
+from steering_adapter.directions.statistics import ActivationStatistics
+from steering_adapter.measure.sampling.prompt_encoding import format_prompts
 
 PROMPTS = [
     *HARMLESS_PROMPTS,

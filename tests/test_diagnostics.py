@@ -13,13 +13,10 @@ from sklearn.metrics import roc_auc_score
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
 from steering_adapter.directions.collection import ActivationCollector, collect_activations
-from steering_adapter.directions.diagnostics import (
-    DirectionDiagnostics,
-    diagnose_directions,
-    diagnose_from_model,
-    direction_dimensionality,
-)
-from steering_adapter.directions.estimators import MeanDifference, fit_directions
+from steering_adapter.directions.diagnostics import DirectionDiagnostics, diagnose_directions, diagnose_from_model
+from steering_adapter.directions.direction_metrics import direction_dimensionality
+from steering_adapter.directions.estimators import MeanDifference
+from steering_adapter.directions.fitting import fit_directions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,11 +11,10 @@ from steering_adapter.directions.estimators import (
     MeanDifference,
     RidgeMeanDifference,
     WeightedRidgeMeanDifference,
-    compute_direction,
-    fit_directions,
     make_estimator,
-    mix_directions,
 )
+from steering_adapter.directions.fitting import compute_direction, fit_directions
+from steering_adapter.directions.linear_algebra import mix_directions
 from steering_adapter.directions.statistics import ActivationStatistics
 
 EPS = 0.01

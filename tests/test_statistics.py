@@ -13,12 +13,8 @@ from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
 from steering_adapter.directions.collection import ActivationCollector, collect_activations
 from steering_adapter.directions.estimators import MeanDifference, RidgeMeanDifference, WeightedRidgeMeanDifference
-from steering_adapter.directions.statistics import (
-    ActivationStatistics,
-    StatisticsSpec,
-    scratch_nbytes,
-    statistics_nbytes,
-)
+from steering_adapter.directions.moments import StatisticsSpec, scratch_nbytes, statistics_nbytes
+from steering_adapter.directions.statistics import ActivationStatistics
 from steering_adapter.tuner.blocks import block_device
 
 pytestmark = pytest.mark.usefixtures("single_thread")

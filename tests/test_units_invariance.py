@@ -15,7 +15,8 @@ from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
 from steering_adapter.directions.collection import collect_activations
-from steering_adapter.directions.estimators import RidgeMeanDifference, fit_directions
+from steering_adapter.directions.estimators import RidgeMeanDifference
+from steering_adapter.directions.fitting import fit_directions
 from steering_adapter.measure.evaluation import EvalSet
 from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.run.selection import SelectionObjective, sweep_layers_and_scale

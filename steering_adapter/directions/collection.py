@@ -1,27 +1,18 @@
 """Collection of residual-stream activations at chosen decoder blocks and token positions.
 
-Each prompt is formatted with the tokenizer's chat template (user turn, optional system prompt, generation
-prompt appended; plain text when the tokenizer has no template), prompts are grouped by length into padded
-batches, and one forward pass per batch is run under ``torch.no_grad()``. Forward hooks on the chosen decoder
-blocks read each block's output (the residual stream after block ``i``, i.e. transformers'
-``hidden_states[i + 1]``) on the block's own device and pool it at the chosen position:
+Prompts are formatted, tokenised and grouped by length into padded batches
+(:mod:`steering_adapter.directions.collection_batches`); one forward pass per batch runs under ``torch.no_grad()`` and
+stops right after the deepest block needed, whose outputs forward hooks pool on each block's own device at the chosen
+position, ``"last"``, ``"mean"`` or ``"answer"`` (:mod:`steering_adapter.directions.pooling`). Left and right padding
+both work: position ids are computed from the attention mask, and pooling only looks at real tokens.
 
-- ``"last"``: the last real token of the formatted prompt (the end of the generation prompt), the default;
-- ``"mean"``: the mean over the real prompt tokens (attention mask);
-- ``"answer"``: the mean over the tokens of a given answer, teacher-forced after the formatted prompt (the caller
-  passes one answer per prompt: the model's own, as sampled when the prompt was scored). The vector is added at
-  generated tokens as well as at prompt tokens; this position reads what the refusal looks like at the former.
-
-Pooled activations are float32 (float64 for a float64 model) whatever the model's dtype. The pass stops right after
-the deepest block needed (no final norm, no logits). Left and right padding both work: position ids are computed from
-the attention mask, and pooling only looks at real tokens.
-
-The output is streaming :class:`~steering_adapter.directions.statistics.ActivationStatistics` per class (memory
-independent of the number of prompts; only the moments asked for, e.g. those an estimator declares with
-``required_statistics()``), each block's sums on that block's device (``device_map`` models included). Raw pooled
-activations ``[n, L, d]`` are kept only when asked (``keep_activations=True``); :meth:`ActivationCollector.project`
-and :meth:`ActivationCollector.layer_activations` stream what diagnostics need instead (per-prompt projections on
-fitted directions, one block's activations).
+The output (:class:`~steering_adapter.directions.collection_result.CollectionResult`) is streaming
+:class:`~steering_adapter.directions.statistics.ActivationStatistics` per class (memory independent of the number of
+prompts; only the moments asked for, e.g. those an estimator declares with ``required_statistics()``), each block's
+sums on that block's device (``device_map`` models included). Raw pooled activations ``[n, L, d]`` are kept only
+when asked (``keep_activations=True``); :meth:`ActivationCollector.project` and
+:meth:`ActivationCollector.layer_activations` stream what diagnostics need instead (per-prompt projections on fitted
+directions, one block's activations).
 
 Under ``torchrun`` (see :mod:`steering_adapter.utils.distributed`) batch ``b`` is forwarded by rank ``b mod N`` and the
 statistics, projections and kept activations are summed over the processes, so every process ends with the result
@@ -30,183 +21,40 @@ of all prompts.
 
 from __future__ import annotations
 
-import inspect
-import json
-import numbers
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from steering_adapter.directions.statistics import (
+from steering_adapter.directions.collection_batches import Answer, answer_token_ids, collection_batches
+from steering_adapter.directions.collection_result import CollectionResult
+from steering_adapter.directions.labels import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_EPSILON,
     DEFAULT_REFUSAL_THRESHOLD,
-    SECOND_MOMENTS,
-    ActivationStatistics,
     ArrayLike,
     LabelAssignment,
-    SecondMoments,
     assign_labels,
 )
-from steering_adapter.measure.sampling.prompt_encoding import (
-    encode_texts,
-    format_prompts,
-    input_device,
-    pad_batch,
-    padding_id,
+from steering_adapter.directions.moments import SECOND_MOMENTS, SecondMoments
+from steering_adapter.directions.pooling import (
+    POSITIONS,
+    Position,
+    StopForward,
+    chosen_blocks,
+    collection_forward_kwargs,
+    pooling_hook,
 )
+from steering_adapter.directions.statistics import ActivationStatistics
+from steering_adapter.measure.sampling.prompt_encoding import input_device
 from steering_adapter.tuner.blocks import block_device, find_decoder_blocks, model_dimensions
-from steering_adapter.tuner.token_positions import last_token_index, position_ids_from_mask
+from steering_adapter.tuner.token_positions import position_ids_from_mask
 from steering_adapter.utils import distributed
 
-Position = Literal["last", "mean", "answer"]
 CollectWeighting = Literal["none", "confidence", "both"]
-POSITIONS: tuple[str, ...] = ("last", "mean", "answer")
-# An answer: its token ids (exactly what the model generated) or its text (tokenised without special tokens).
-Answer = Sequence[int] | str
-
-_FORMAT_VERSION = 1
-# Prompts tokenised and length-sorted together: bounds memory for huge prompt lists while keeping padding low.
-_SORT_WINDOW_BATCHES = 64
-
-__all__ = [
-    "ActivationCollector",
-    "CollectionResult",
-    "collect_activations",
-    "format_prompts",
-    "POSITIONS",
-]
-
-
-class _StopForward(Exception):
-    """Raised by the hook of the deepest needed block to skip the rest of the forward pass."""
-
-
-@dataclass
-class CollectionResult:
-    """What a collection run produced.
-
-    Attributes:
-        layers: block indices, the order of the ``L`` axis.
-        position: ``"last"`` or ``"mean"``.
-        n_prompts: number of prompts given.
-        stats: statistics with ``weighting="none"`` (for MD / RMD), or ``None``.
-        weighted_stats: statistics with ``weighting="confidence"`` (for WRMD), or ``None``.
-        activations: float32 ``[n_prompts, L, d]`` in prompt order when kept, else ``None``. With labels,
-            prompts not used by the statistics (neutral) are still forwarded and kept here.
-        is_refusal: bool ``[n_prompts]`` class of each prompt (meaningful where ``keep``), or ``None``
-            unlabelled.
-        keep: bool ``[n_prompts]``, ``False`` for neutral / zero-weight prompts, or ``None`` unlabelled.
-        scores: float64 ``[n_prompts]`` refusal-confidence scores when given.
-        metadata: provenance (model name, blocks path, system prompt, padding side, ...).
-    """
-
-    layers: list[int]
-    position: str
-    n_prompts: int
-    stats: ActivationStatistics | None = None
-    weighted_stats: ActivationStatistics | None = None
-    activations: torch.Tensor | None = None
-    is_refusal: torch.Tensor | None = None
-    keep: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def layer_activations(self, layer: int) -> torch.Tensor:
-        """Raw activations ``[n_prompts, d]`` at block ``layer``.
-
-        Raises:
-            ValueError: when activations were not kept or the layer was not collected.
-        """
-        if self.activations is None:
-            raise ValueError("raw activations were not kept; collect with keep_activations=True")
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer} was not collected (layers {self.layers})")
-        return self.activations[:, self.layers.index(layer)]
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the result to ``directory``.
-
-        Files: ``collection.json`` (layers, position, metadata, which files exist);
-        ``statistics.safetensors`` / ``.json`` and ``weighted_statistics.safetensors`` / ``.json`` if present;
-        ``activations.safetensors`` (tensors ``activations`` float32 ``[n, L, d]``, ``is_refusal``, ``keep``,
-        ``scores``, when present).
-
-        Returns:
-            The directory.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        files: dict[str, str] = {}
-        if self.stats is not None:
-            files["stats"] = self.stats.save(directory / "statistics.safetensors").name
-        if self.weighted_stats is not None:
-            files["weighted_stats"] = self.weighted_stats.save(directory / "weighted_statistics.safetensors").name
-        tensors = {
-            name: value.detach().cpu().contiguous()
-            for name, value in (
-                ("activations", self.activations),
-                ("is_refusal", self.is_refusal),
-                ("keep", self.keep),
-                ("scores", self.scores),
-            )
-            if value is not None
-        }
-        if tensors:
-            save_file(tensors, str(directory / "activations.safetensors"))
-            files["activations"] = "activations.safetensors"
-        info = {
-            "format_version": _FORMAT_VERSION,
-            "layers": self.layers,
-            "position": self.position,
-            "n_prompts": self.n_prompts,
-            "metadata": self.metadata,
-            "files": files,
-        }
-        (directory / "collection.json").write_text(json.dumps(info, indent=2) + "\n")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> CollectionResult:
-        """Read a result written by :meth:`save` (tensors on ``device``)."""
-        directory = Path(directory)
-        info = json.loads((directory / "collection.json").read_text())
-        if info.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported collection format version {info.get('format_version')!r}")
-        files = info["files"]
-        tensors = (
-            load_file(str(directory / files["activations"]), device=str(device)) if "activations" in files else {}
-        )
-        return cls(
-            layers=list(info["layers"]),
-            position=info["position"],
-            n_prompts=int(info["n_prompts"]),
-            stats=ActivationStatistics.load(directory / files["stats"], device) if "stats" in files else None,
-            weighted_stats=(
-                ActivationStatistics.load(directory / files["weighted_stats"], device)
-                if "weighted_stats" in files
-                else None
-            ),
-            activations=tensors.get("activations"),
-            is_refusal=tensors.get("is_refusal"),
-            keep=tensors.get("keep"),
-            scores=tensors.get("scores"),
-            metadata=info.get("metadata", {}),
-        )
-
-
-@dataclass
-class _Batch:
-    indices: list[int]  # positions of the batch's prompts in the caller's list
-    input_ids: torch.Tensor  # [b, T]
-    attention_mask: torch.Tensor  # [b, T]
-    pool_mask: torch.Tensor  # [b, T]: the tokens pooled ("answer": the answer's; otherwise the real tokens)
 
 
 class ActivationCollector:
@@ -226,7 +74,7 @@ class ActivationCollector:
         blocks_path: dotted path of the decoder blocks when not found automatically.
         second_moments: which ``Σw·xxᵀ`` the statistics keep: ``"both"``, ``"compliance"`` (RMD / WRMD),
             ``"pooled"`` (one matrix over both classes) or ``"none"`` (MD); see
-            :func:`~steering_adapter.directions.statistics.statistics_nbytes` for the memory of each.
+            :func:`~steering_adapter.directions.moments.statistics_nbytes` for the memory of each.
         stats_device: where the statistics accumulate: ``None`` (default) keeps each block's sums on the device the
             block computes on (:func:`~steering_adapter.tuner.blocks.block_device`: a GPU model accumulates on its
             GPUs, a
@@ -265,24 +113,7 @@ class ActivationCollector:
         self.model = model
         self.tokenizer = tokenizer
         self.decoder_blocks = find_decoder_blocks(model, blocks_path)
-        n_blocks = len(self.decoder_blocks)
-        if layers is None:
-            chosen = list(range(n_blocks))
-        else:
-            chosen = []
-            for layer in layers:
-                if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
-                    raise ValueError(f"layer indices must be integers, got {layer!r}")
-                layer = int(layer)
-                if not -n_blocks <= layer < n_blocks:
-                    raise ValueError(
-                        f"layer index {layer} is out of range: the model has {n_blocks} decoder blocks "
-                        f"(valid: 0..{n_blocks - 1}, or negative from the end)"
-                    )
-                chosen.append(layer % n_blocks)
-            if not chosen:
-                raise ValueError("layers is empty; pass None for all blocks")
-        self.layers: list[int] = sorted(set(chosen))
+        self.layers: list[int] = chosen_blocks(layers, len(self.decoder_blocks))
         self.position = position
         self.batch_size = batch_size
         self.system_prompt = system_prompt
@@ -335,7 +166,7 @@ class ActivationCollector:
 
         Raises:
             ValueError: for an empty prompt list, non-string prompts, prompts that tokenise to nothing, label
-                problems (see :func:`~steering_adapter.directions.statistics.assign_labels`).
+                problems (see :func:`~steering_adapter.directions.labels.assign_labels`).
         """
         prompts = self._check_prompts(prompts)
         n = len(prompts)
@@ -439,7 +270,7 @@ class ActivationCollector:
             ``[b, d]`` (float64 for a float64 model) on the block's device.
         """
         prompts = self._check_prompts(prompts)
-        answer_ids = self._answer_ids(prompts, answers)
+        answer_ids = answer_token_ids(self.tokenizer, self.position, prompts, answers)
         order = list(range(len(prompts))) if indices is None else list(indices)
         layers = self.layers if layers is None else sorted({int(layer) for layer in layers})
         unknown = [layer for layer in layers if layer not in self.layers]
@@ -451,15 +282,27 @@ class ActivationCollector:
         model.eval()
         state: dict[str, Any] = {}
         handles = [
-            self.decoder_blocks.blocks[layer].register_forward_hook(self._make_hook(layer, layers[-1], state))
+            self.decoder_blocks.blocks[layer].register_forward_hook(
+                pooling_hook(layer, layers[-1], state, self.position)
+            )
             for layer in layers
         ]
-        forward_kwargs = self._forward_kwargs()
+        call_kwargs = collection_forward_kwargs(self.model)
         input_device = self._input_device()
         show = self.progress and distributed.is_main()
         try:
             with tqdm(total=None if shard else len(order), desc="activations", unit="prompt", disable=not show) as bar:
-                for number, batch in enumerate(self._batches(prompts, order, answer_ids)):
+                batches = collection_batches(
+                    self.tokenizer,
+                    prompts,
+                    order,
+                    answer_ids,
+                    batch_size=self.batch_size,
+                    system_prompt=self.system_prompt,
+                    chat_template_kwargs=self.chat_template_kwargs,
+                    padding_side=self.padding_side,
+                )
+                for number, batch in enumerate(batches):
                     if shard and not distributed.owned(number):
                         continue
                     state.clear()
@@ -467,13 +310,13 @@ class ActivationCollector:
                     state["by_device"] = {}
                     state["captured"] = {}
                     mask = batch.attention_mask.to(input_device)
-                    kwargs = dict(forward_kwargs)
+                    kwargs = dict(call_kwargs)
                     if "position_ids" in kwargs:
                         kwargs["position_ids"] = position_ids_from_mask(mask)
                     with torch.no_grad():
                         try:
                             model(input_ids=batch.input_ids.to(input_device), attention_mask=mask, **kwargs)
-                        except _StopForward:
+                        except StopForward:
                             pass
                     captured = state["captured"]
                     missing = [layer for layer in layers if layer not in captured]
@@ -573,103 +416,6 @@ class ActivationCollector:
     def _input_device(self) -> torch.device:
         """Where the input ids go (see :func:`steering_adapter.measure.sampling.prompt_encoding.input_device`)."""
         return input_device(self.model)
-
-    def _forward_kwargs(self) -> dict[str, Any]:
-        parameters = inspect.signature(self.model.forward).parameters
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        kwargs: dict[str, Any] = {}
-        if "use_cache" in parameters or accepts_any:
-            kwargs["use_cache"] = False
-        if "position_ids" in parameters:
-            kwargs["position_ids"] = None  # filled per batch from the attention mask
-        return kwargs
-
-    def _answer_ids(self, prompts: list[str], answers: Sequence[Answer] | None) -> list[list[int]] | None:
-        """The answers' token ids (``position="answer"``), checked: one non-empty answer per prompt."""
-        if self.position != "answer":
-            if answers is not None:
-                raise ValueError(
-                    f"answers are only read at position 'answer' (this collector pools {self.position!r})"
-                )
-            return None
-        if answers is None:
-            raise ValueError("position 'answer' pools over answer tokens: pass answers (one per prompt)")
-        if isinstance(answers, str) or len(answers) != len(prompts):
-            count = "a single string" if isinstance(answers, str) else f"{len(answers)} answers"
-            raise ValueError(f"position 'answer' needs one answer per prompt: got {count} for {len(prompts)} prompts")
-        texts = [i for i, answer in enumerate(answers) if isinstance(answer, str) and answer]
-        encoded = encode_texts(self.tokenizer, [answers[i] for i in texts], add_special_tokens=False) if texts else []
-        ids: list[list[int]] = [[] for _ in answers]
-        for i, tokens in zip(texts, encoded, strict=True):
-            ids[i] = list(tokens)
-        for i, answer in enumerate(answers):
-            if not isinstance(answer, str):
-                if not all(isinstance(token, numbers.Integral) for token in answer):
-                    raise ValueError(f"answer {i} must be a string or a sequence of token ids")
-                ids[i] = [int(token) for token in answer]
-        empty = [i for i, tokens in enumerate(ids) if not tokens]
-        if empty:
-            raise ValueError(
-                f"answers {empty[:5]} have no tokens: position 'answer' pools over at least one answer token "
-                "(leave empty answers out, with their prompts)"
-            )
-        return ids
-
-    def _batches(self, prompts: list[str], order: list[int], answer_ids: list[list[int]] | None) -> Iterator[_Batch]:
-        window = self.batch_size * _SORT_WINDOW_BATCHES
-        pad_id = padding_id(self.tokenizer)
-        for start in range(0, len(order), window):
-            chunk = order[start : start + window]
-            texts = format_prompts(
-                self.tokenizer,
-                [prompts[i] for i in chunk],
-                system_prompt=self.system_prompt,
-                chat_template_kwargs=self.chat_template_kwargs,
-            )
-            encoded = encode_texts(self.tokenizer, texts)
-            # pooled tokens: the answer's, after the prompt (otherwise every real token: the attention mask)
-            pooled = None
-            if answer_ids is not None:
-                pooled = [[0] * len(ids) + [1] * len(answer_ids[i]) for ids, i in zip(encoded, chunk, strict=True)]
-                encoded = [ids + answer_ids[i] for ids, i in zip(encoded, chunk, strict=True)]
-            # Longest first: the largest batch runs first, so an out-of-memory error shows up at once.
-            ranked = sorted(range(len(chunk)), key=lambda j: -len(encoded[j]))
-            for b in range(0, len(ranked), self.batch_size):
-                members = ranked[b : b + self.batch_size]
-                input_ids, attention_mask = pad_batch([encoded[j] for j in members], pad_id, side=self.padding_side)
-                pool_mask = attention_mask
-                if pooled is not None:
-                    pool_mask, _ = pad_batch([pooled[j] for j in members], 0, side=self.padding_side)
-                yield _Batch([chunk[j] for j in members], input_ids, attention_mask, pool_mask)
-
-    def _make_hook(self, layer: int, deepest: int, state: dict[str, Any]):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple | list) else output
-            state["captured"][layer] = self._pool(hidden, state)
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    def _pool(self, hidden: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-        """``[b, d]`` pooled on the block's device, in float32 (float64 for a float64 model)."""
-        mask = state["mask"]
-        if hidden.ndim != 3 or hidden.shape[:2] != mask.shape:
-            raise RuntimeError(
-                f"decoder block output has shape {tuple(hidden.shape)}, expected [batch, seq, hidden] with "
-                f"[batch, seq] = {tuple(mask.shape)}"
-            )
-        device = hidden.device
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
-        if device not in state["by_device"]:
-            local = mask.to(device)
-            last = last_token_index(local)
-            state["by_device"][device] = (local, last, local.sum(-1, keepdim=True))
-        local, last, lengths = state["by_device"][device]
-        if self.position == "last":
-            return hidden[torch.arange(hidden.shape[0], device=device), last].to(dtype)
-        summed = hidden.masked_fill(~local[..., None], 0).sum(dim=1, dtype=dtype)
-        return summed / lengths.to(dtype)
 
 
 def collect_activations(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from steering_adapter.directions.collection import collect_activations
-from steering_adapter.directions.estimators import compute_direction
+from steering_adapter.directions.fitting import compute_direction
 from steering_adapter.tuner.blocks import find_decoder_blocks
 
 

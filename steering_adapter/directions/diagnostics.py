@@ -15,7 +15,7 @@ For each layer ``ℓ`` with direction ``v_ℓ`` and prompt activations ``h_ℓ(x
 the same from the model without keeping activations: one forward pass records ``h·v̂`` per prompt and block
 (``n × L`` numbers), and a second pass reads the best block's activations of the labelled prompts for the PCA scatter
 (``n × d`` numbers, one block). Both return a :class:`DirectionDiagnostics`; :meth:`DirectionDiagnostics.save` writes
-``diagnostics.json`` and PNG plots (matplotlib, Agg backend).
+``diagnostics.json`` and PNG plots (:mod:`steering_adapter.directions.diagnostics_plots`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from steering_adapter.directions.statistics import (
+from steering_adapter.directions.diagnostics_plots import plot_diagnostics
+from steering_adapter.directions.direction_metrics import (
+    direction_dimensionality,
+    direction_norms,
+    directions_matrix,
+    to_numpy,
+)
+from steering_adapter.directions.labels import (
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_REFUSAL_THRESHOLD,
     ArrayLike,
@@ -40,20 +47,7 @@ from steering_adapter.directions.statistics import (
 )
 from steering_adapter.utils.records import json_safe
 
-__all__ = [
-    "LayerDiagnostics",
-    "DirectionDiagnostics",
-    "diagnose_directions",
-    "diagnose_from_model",
-    "direction_dimensionality",
-]
-
 DIAGNOSTICS_FILE = "diagnostics.json"
-PLOT_FILES = {
-    "separability": "separability.png",
-    "norm": "direction_norm.png",
-    "pca": "pca_best_layer.png",
-}
 
 
 @dataclass
@@ -215,88 +209,19 @@ class DirectionDiagnostics:
         )
 
     def _plot(self, directory: Path) -> dict[str, Path]:
-        # Agg canvases on plain Figures: no pyplot, no global backend switch, no GUI.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-
-        def new_figure(size: tuple[float, float]) -> Figure:
-            figure = Figure(figsize=size, layout="constrained")
-            FigureCanvasAgg(figure)
-            return figure
-
-        written: dict[str, Path] = {}
-        layer_ids = [entry.layer for entry in self.layers]
-
-        figure = new_figure((6.4, 4.0))
-        axis = figure.add_subplot()
-        aucs = [np.nan if e.auc is None else e.auc for e in self.layers]
-        rs = [np.nan if e.pearson_r is None else abs(e.pearson_r) for e in self.layers]
-        axis.plot(layer_ids, aucs, marker="o", label="ROC AUC (refused vs complied)")
-        axis.plot(layer_ids, rs, marker="s", label="|Pearson r| with refusal score")
-        axis.set_xlabel("decoder block")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel("separability")
-        axis.set_ylim(0.0, 1.05)
-        axis.grid(alpha=0.3)
-        axis.legend(loc="lower right")
-        axis.set_title("Refusal direction separability per layer")
-        written["separability"] = directory / PLOT_FILES["separability"]
-        figure.savefig(written["separability"], dpi=100)
-
-        figure = new_figure((6.4, 4.0))
-        axis = figure.add_subplot()
-        axis.plot(layer_ids, [e.norm for e in self.layers], marker="o", color="tab:blue")
-        axis.set_xlabel("decoder block")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel(r"$\|v\|_2$", color="tab:blue")
-        twin = axis.twinx()
-        twin.plot(layer_ids, [e.participation_ratio for e in self.layers], marker="s", color="tab:orange")
-        twin.set_ylabel(f"participation ratio (of d = {self.hidden_size})", color="tab:orange")
-        axis.grid(alpha=0.3)
-        axis.set_title("Direction norm and spread per layer")
-        written["norm"] = directory / PLOT_FILES["norm"]
-        figure.savefig(written["norm"], dpi=100)
-
-        if self.pca_coords is not None and self.pca_is_refusal is not None:
-            figure = new_figure((5.0, 5.0))
-            axis = figure.add_subplot()
-            for flag, name, color in ((False, "complied", "tab:blue"), (True, "refused", "tab:red")):
-                points = self.pca_coords[self.pca_is_refusal == flag]
-                axis.scatter(points[:, 0], points[:, 1], s=12, alpha=0.7, label=name, color=color)
-            ratios = self.pca_explained_variance or [math.nan, math.nan]
-            axis.set_xlabel(f"PC1 ({ratios[0]:.1%})")
-            axis.set_ylabel(f"PC2 ({ratios[1]:.1%})")
-            axis.legend()
-            axis.set_title(f"Activations at block {self.pca_layer} (best layer)")
-            written["pca"] = directory / PLOT_FILES["pca"]
-            figure.savefig(written["pca"], dpi=100)
-        return written
-
-
-def direction_dimensionality(direction: ArrayLike, coverage: float = 0.9) -> tuple[int, float]:
-    """How many coordinates carry a direction.
-
-    Args:
-        direction: ``[d]``.
-        coverage: fraction of ``‖v‖²`` to cover, in ``(0, 1]``.
-
-    Returns:
-        ``(coords, participation_ratio)``: the smallest number of coordinates whose squares sum to at least
-        ``coverage · ‖v‖²``, and ``(Σ v²)² / Σ v⁴``. A zero vector gives ``(0, 0.0)``.
-    """
-    if not 0 < coverage <= 1:
-        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-    v = _to_numpy(direction).astype(np.float64).ravel()
-    squares = v * v
-    total = squares.sum()
-    if total == 0:
-        return 0, 0.0
-    cumulative = np.cumsum(np.sort(squares)[::-1])
-    # tolerance: with coverage=1 the last cumulative sum may differ from the total by rounding
-    coords = int(np.searchsorted(cumulative, coverage * total * (1 - 1e-12), side="left")) + 1
-    ratio = float(total**2 / (squares * squares).sum())
-    return min(coords, v.size), ratio
+        return plot_diagnostics(
+            directory,
+            layer_ids=[entry.layer for entry in self.layers],
+            aucs=[np.nan if e.auc is None else e.auc for e in self.layers],
+            abs_pearson_r=[np.nan if e.pearson_r is None else abs(e.pearson_r) for e in self.layers],
+            norms=[e.norm for e in self.layers],
+            participation_ratios=[e.participation_ratio for e in self.layers],
+            hidden_size=self.hidden_size,
+            pca_layer=self.pca_layer,
+            pca_coords=self.pca_coords,
+            pca_is_refusal=self.pca_is_refusal,
+            pca_explained_variance=self.pca_explained_variance,
+        )
 
 
 def diagnose_directions(
@@ -332,11 +257,11 @@ def diagnose_directions(
     Raises:
         ValueError: on shape mismatches, unknown layers, non-finite values or a zero direction.
     """
-    layer_ids, vectors = _directions_matrix(directions, layers)
+    layer_ids, vectors = directions_matrix(directions, layers)
     n_layers, d = vectors.shape
     acts = None
     if activations is not None:
-        acts = _to_numpy(activations).astype(np.float64)
+        acts = to_numpy(activations).astype(np.float64)
         if acts.ndim == 2 and n_layers == 1:
             acts = acts[:, None, :]
         if acts.ndim != 3 or acts.shape[1:] != (n_layers, d):
@@ -347,7 +272,7 @@ def diagnose_directions(
             raise ValueError("activations contain non-finite values (NaN or inf)")
     if (labels is not None or scores is not None) and acts is None:
         raise ValueError("labels or scores need activations")
-    norms = _norms(layer_ids, vectors)
+    norms = direction_norms(layer_ids, vectors)
     projections = None if acts is None else np.einsum("nld,ld->nl", acts, vectors / norms[:, None])
 
     def best_layer_points(layer: int, rows: np.ndarray) -> np.ndarray:
@@ -402,8 +327,8 @@ def diagnose_from_model(
     Returns:
         The :class:`DirectionDiagnostics`.
     """
-    layer_ids, vectors = _directions_matrix(directions, None)
-    _norms(layer_ids, vectors)
+    layer_ids, vectors = directions_matrix(directions, None)
+    direction_norms(layer_ids, vectors)
     prompts = list(prompts)
     projections = collector.project(prompts, dict(zip(layer_ids, torch.from_numpy(vectors), strict=True))).numpy()
 
@@ -424,14 +349,6 @@ def diagnose_from_model(
     )
 
 
-def _norms(layer_ids: list[int], vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1)
-    if not (norms > 0).all():
-        zero = [layer_ids[i] for i in np.flatnonzero(norms == 0)]
-        raise ValueError(f"the directions of layers {zero} are zero")
-    return norms
-
-
 def _diagnose(
     layer_ids: list[int],
     vectors: np.ndarray,
@@ -446,7 +363,7 @@ def _diagnose(
 ) -> DirectionDiagnostics:
     """Everything from the projections ``[n, L]`` (or none) and, for the PCA, the best block's labelled activations."""
     d = vectors.shape[1]
-    norms = _norms(layer_ids, vectors)
+    norms = direction_norms(layer_ids, vectors)
     is_refusal = keep = score_array = None
     if (labels is not None or scores is not None) and projections is not None:
         assignment = assign_labels(
@@ -459,7 +376,7 @@ def _diagnose(
         is_refusal = assignment.is_refusal.numpy()
         keep = assignment.keep.numpy()
         if scores is not None:
-            score_array = _to_numpy(scores).astype(np.float64).ravel()
+            score_array = to_numpy(scores).astype(np.float64).ravel()
 
     entries = []
     for i, layer in enumerate(layer_ids):
@@ -523,41 +440,3 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     if denominator == 0:
         return None
     return float((xc * yc).sum() / denominator)
-
-
-def _to_numpy(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        return values.detach().to("cpu", torch.float64 if values.is_floating_point() else values.dtype).numpy()
-    return np.asarray(values)
-
-
-def _directions_matrix(
-    directions: ArrayLike | Mapping[int, ArrayLike], layers: Sequence[int] | None
-) -> tuple[list[int], np.ndarray]:
-    if isinstance(directions, Mapping):
-        keys = sorted(int(k) for k in directions)
-        if layers is not None:
-            missing = [layer for layer in layers if layer not in directions]
-            if missing:
-                raise ValueError(f"no direction for layers {missing} (have {keys})")
-            keys = [int(layer) for layer in layers]
-        if not keys:
-            raise ValueError("directions is empty")
-        rows = [_to_numpy(directions[k]).astype(np.float64).ravel() for k in keys]
-        if len({row.size for row in rows}) != 1:
-            raise ValueError("directions have different sizes")
-        matrix = np.stack(rows)
-    else:
-        matrix = _to_numpy(directions).astype(np.float64)
-        if matrix.ndim == 1:
-            matrix = matrix[None, :]
-        if matrix.ndim != 2:
-            raise ValueError(f"directions must be [L, d] or a {{layer: [d]}} mapping, got shape {matrix.shape}")
-        keys = list(range(matrix.shape[0])) if layers is None else [int(layer) for layer in layers]
-        if len(keys) != matrix.shape[0]:
-            raise ValueError(f"{len(keys)} layers given for {matrix.shape[0]} directions")
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate layers {keys}")
-    if not np.isfinite(matrix).all():
-        raise ValueError("directions contain non-finite values (NaN or inf)")
-    return keys, matrix

@@ -21,33 +21,36 @@ Each estimator is fitted from activations (:meth:`~RidgeMeanDifference.fit`) or 
   ``α = −1`` moves the refused prompts' mean onto the complied prompts' mean along ``u``, on any model and at any
   block: the unit adapters record as ``steering_metadata["vector_units"] = "class_separation"``.
 
-``unit_direction_`` (``u``) and ``separation_`` (``s``) are set in both cases.
+``unit_direction_`` (``u``) and ``separation_`` (``s``) are set in both cases. The linear algebra (ridge solve,
+separation units) is in :mod:`steering_adapter.directions.linear_algebra`; fitting every block of streaming statistics
+and the one-call form in :mod:`steering_adapter.directions.fitting`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 
-from steering_adapter.directions.statistics import (
+from steering_adapter.directions.labels import (
     COMPLIANCE,
     DEFAULT_COMPLIANCE_THRESHOLD,
     DEFAULT_EPSILON,
     DEFAULT_REFUSAL_THRESHOLD,
     REFUSAL,
-    ActivationStatistics,
     ArrayLike,
-    StatisticsSpec,
     assign_labels,
     validate_epsilon,
     validate_thresholds,
 )
+from steering_adapter.directions.linear_algebra import as_matrix, ridge_solve, separation_units
+from steering_adapter.directions.moments import StatisticsSpec
+from steering_adapter.directions.statistics import ActivationStatistics
 
 Method = Literal["md", "rmd", "wrmd"]
 LambdaMode = Literal["absolute", "relative"]
@@ -56,37 +59,8 @@ Covariance = Literal["compliance", "pooled"]
 
 UNITS = ("raw", "separation")
 COVARIANCES = ("compliance", "pooled")
-# steering_metadata["vector_units"] value of each estimator unit (adapter-format.md, "Vector units")
+# steering_metadata["vector_units"] value of each estimator unit (docs/adapter-format.md, "Vector units")
 VECTOR_UNITS = {"raw": "raw", "separation": "class_separation"}
-
-__all__ = [
-    "MeanDifference",
-    "RidgeMeanDifference",
-    "WeightedRidgeMeanDifference",
-    "ESTIMATORS",
-    "make_estimator",
-    "compute_direction",
-    "fit_directions",
-    "ridge_solve",
-    "separation_units",
-    "mix_directions",
-    "UNITS",
-    "VECTOR_UNITS",
-    "COVARIANCES",
-]
-
-
-def _as_matrix(X: ArrayLike, name: str = "X") -> torch.Tensor:
-    tensor = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-    tensor = tensor.detach()
-    if tensor.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n_samples, hidden_size], got shape {tuple(tensor.shape)}")
-    if tensor.is_complex() or tensor.dtype == torch.bool:
-        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
-    tensor = tensor.to(torch.float64)
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return tensor
 
 
 def _split_target(y: ArrayLike | None, scores: ArrayLike | None) -> tuple[torch.Tensor | None, ArrayLike | None]:
@@ -103,118 +77,12 @@ def _split_target(y: ArrayLike | None, scores: ArrayLike | None) -> tuple[torch.
     return None, target
 
 
-def ridge_solve(covariance: torch.Tensor, ridge_lambda: float, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve ``(Σ + λI) v = rhs`` in float64 by Cholesky (LU fallback if the factorisation fails numerically).
+class DirectionEstimator(BaseEstimator):
+    """The base of :class:`MeanDifference`, :class:`RidgeMeanDifference` and :class:`WeightedRidgeMeanDifference`.
 
-    Args:
-        covariance: symmetric positive semi-definite ``[d, d]``.
-        ridge_lambda: ``λ > 0``.
-        rhs: ``[d]``.
-
-    Returns:
-        float64 ``[d]``, on the covariance's device.
+    Holds the shared fitting logic (:meth:`fit`, :meth:`fit_statistics`, :meth:`required_statistics`); subclasses
+    set whether they use a covariance and how samples are weighted. Not meant to be used directly.
     """
-    if not (math.isfinite(ridge_lambda) and ridge_lambda > 0):
-        raise ValueError(f"the ridge λ must be a finite number > 0, got {ridge_lambda}")
-    system = covariance.to(torch.float64).clone()
-    system.diagonal().add_(ridge_lambda)
-    rhs = rhs.to(device=system.device, dtype=torch.float64)[:, None]
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) == 0:
-        solution = torch.cholesky_solve(rhs, factor)
-    else:  # numerically indefinite (λ tiny next to the covariance scale): fall back to LU
-        del factor
-        solution = torch.linalg.solve(system, rhs)
-    solution = solution[:, 0]
-    if not torch.isfinite(solution).all():
-        raise ValueError(f"the ridge system is singular for λ={ridge_lambda}; use a larger ridge_lambda")
-    return solution
-
-
-def separation_units(direction: torch.Tensor, difference: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The unit direction ``u`` and the classes' mean separation along it, ``s = u·(μ_r − μ_c)``.
-
-    Args:
-        direction: ``[d]``, any estimator's direction (MD, RMD, WRMD).
-        difference: ``[d]``, ``μ_r − μ_c`` (the means the estimator used).
-
-    Returns:
-        ``(u, s)``: float64 ``[d]`` of norm 1, and the float ``s``; ``s·u`` is the direction in separation units.
-
-    Raises:
-        ValueError: when the direction is zero (the class means coincide) or not finite, or when ``s <= 0`` (the
-            direction does not point from the compliance mean towards the refusal mean).
-    """
-    direction = direction.to(torch.float64)
-    norm = float(torch.linalg.vector_norm(direction))
-    if not (math.isfinite(norm) and norm > 0):
-        raise ValueError(
-            f"the direction has norm {norm}: the refusal and compliance means coincide, so there is no direction"
-        )
-    unit = direction / norm
-    separation = float(unit @ difference.to(device=unit.device, dtype=torch.float64))
-    if not separation > 0:
-        raise ValueError(
-            f"the classes' mean separation along the direction is {separation:.3g} (must be > 0): the direction does "
-            "not point from the compliance mean towards the refusal mean"
-        )
-    return unit, separation
-
-
-def mix_directions(
-    prompt_direction: ArrayLike, answer_direction: ArrayLike, difference: ArrayLike, answer_scale: float
-) -> torch.Tensor:
-    """One steering vector from a direction fitted at prompt tokens and one fitted at answer tokens.
-
-    A steering vector is added at every position, the prompt's tokens and the generated ones. A direction fitted on
-    prompt activations reads the refusal where the model decides it; one fitted on the model's own answer tokens
-    (``position="answer"``) reads how a refusal goes on being written. The two can be close to orthogonal (on the
-    censored SmolLM2, cosine 0.02–0.07), so the first alone pushes generated tokens away from a refusal only
-    indirectly. The result is the prompt direction in separation units plus a push of ``ρ`` times its length along
-    the answer direction: ``s·(û_p + ρ·û_a)`` with ``s = û_p·(μ_r − μ_c)``, so ``α = −1`` still moves the refused
-    prompts' mean onto the complied prompts' mean along ``û_p``.
-
-    Args:
-        prompt_direction: ``[d]``, the direction at prompt tokens (any norm).
-        answer_direction: ``[d]``, the direction at answer tokens (any norm).
-        difference: ``[d]``, ``μ_r − μ_c`` of the prompt activations (the unit of the result).
-        answer_scale: ``ρ >= 0``; ``0`` gives the prompt direction in separation units.
-
-    Returns:
-        float32 ``[d]``.
-
-    Raises:
-        ValueError: ``ρ`` negative or not finite, mismatched sizes, a zero or non-finite direction, or a prompt
-            direction along which the refused prompts do not lie beyond the complied ones (``s <= 0``).
-    """
-    rho = float(answer_scale)
-    if not (math.isfinite(rho) and rho >= 0):
-        raise ValueError(f"answer_scale must be a finite number >= 0, got {answer_scale!r}")
-    vectors = [
-        _as_matrix(
-            (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))).reshape(1, -1), name
-        )[0]
-        for v, name in (
-            (prompt_direction, "prompt_direction"),
-            (answer_direction, "answer_direction"),
-            (difference, "difference"),
-        )
-    ]
-    prompt, answer, diff = vectors
-    if not prompt.shape == answer.shape == diff.shape:
-        raise ValueError(
-            f"prompt_direction, answer_direction and difference differ in size: {prompt.shape[0]}, {answer.shape[0]}, "
-            f"{diff.shape[0]}"
-        )
-    unit, separation = separation_units(prompt, diff)
-    answer_norm = torch.linalg.vector_norm(answer)
-    if answer_norm == 0:
-        raise ValueError("answer_direction is zero")
-    return (separation * (unit + rho * answer / answer_norm)).to(torch.float32)
-
-
-class _DirectionEstimator(BaseEstimator):
-    """Shared fitting logic; subclasses set what they use."""
 
     _weighting: ClassVar[str] = "none"
     _uses_covariance: ClassVar[bool] = False
@@ -239,7 +107,7 @@ class _DirectionEstimator(BaseEstimator):
         MD needs the class means only (``second_moments="none"``); RMD the compliance covariance (or, with
         ``covariance="pooled"``, one pooled matrix); WRMD the same with confidence weights. Collecting nothing else
         keeps the statistics at ``8 · L · (2·d + k·d²)`` bytes with ``k`` = 0 or 1
-        (:func:`~steering_adapter.directions.statistics.statistics_nbytes`).
+        (:func:`~steering_adapter.directions.moments.statistics_nbytes`).
         """
         if not self._uses_covariance:
             return StatisticsSpec(weighting=self._weighting, second_moments="none")
@@ -252,7 +120,7 @@ class _DirectionEstimator(BaseEstimator):
         *,
         scores: ArrayLike | None = None,
         sample_weight: ArrayLike | None = None,
-    ) -> _DirectionEstimator:
+    ) -> DirectionEstimator:
         """Fit the direction from activations at one block.
 
         Args:
@@ -273,7 +141,7 @@ class _DirectionEstimator(BaseEstimator):
                 compliance samples (RMD/WRMD), or bad parameters.
         """
         self._validate_params()
-        X = _as_matrix(X)
+        X = as_matrix(X)
         n = X.shape[0]
         if n == 0:
             raise ValueError("X is empty (no samples)")
@@ -318,7 +186,7 @@ class _DirectionEstimator(BaseEstimator):
         stats.update(X, assignment.is_refusal, weights)
         return self.fit_statistics(stats, 0)
 
-    def fit_statistics(self, stats: ActivationStatistics, layer: int | None = None) -> _DirectionEstimator:
+    def fit_statistics(self, stats: ActivationStatistics, layer: int | None = None) -> DirectionEstimator:
         """Fit the direction from streaming statistics at one block.
 
         Args:
@@ -372,7 +240,7 @@ class _DirectionEstimator(BaseEstimator):
         cov_c: torch.Tensor | None,
         n_refusal: int,
         n_compliance: int,
-    ) -> _DirectionEstimator:
+    ) -> DirectionEstimator:
         difference = mean_r - mean_c
         if cov_c is None:
             direction, lam = difference, 0.0
@@ -392,7 +260,7 @@ class _DirectionEstimator(BaseEstimator):
         return self
 
 
-class MeanDifference(_DirectionEstimator):
+class MeanDifference(DirectionEstimator):
     """Difference of class means, ``v = μ_r − μ_c`` (MD).
 
     Args:
@@ -423,7 +291,7 @@ class MeanDifference(_DirectionEstimator):
         self.units = units
 
 
-class RidgeMeanDifference(_DirectionEstimator):
+class RidgeMeanDifference(DirectionEstimator):
     """Ridge-whitened mean difference, ``v = (Σ_c + λI)⁻¹ (μ_r − μ_c)`` (RMD).
 
     ``Σ_c`` is the unbiased covariance of the **compliance** activations only (reliability-weighted when
@@ -552,14 +420,14 @@ class WeightedRidgeMeanDifference(RidgeMeanDifference):
         return float(self.epsilon)
 
 
-ESTIMATORS: Mapping[str, type[_DirectionEstimator]] = {
+ESTIMATORS: Mapping[str, type[DirectionEstimator]] = {
     "md": MeanDifference,
     "rmd": RidgeMeanDifference,
     "wrmd": WeightedRidgeMeanDifference,
 }
 
 
-def make_estimator(method: Method, **params: Any) -> _DirectionEstimator:
+def make_estimator(method: Method, **params: Any) -> DirectionEstimator:
     """Build an estimator by short name.
 
     Args:
@@ -573,101 +441,3 @@ def make_estimator(method: Method, **params: Any) -> _DirectionEstimator:
     if key not in ESTIMATORS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[key](**params)
-
-
-def fit_directions(
-    estimator: _DirectionEstimator, stats: ActivationStatistics, layers: Iterable[int] | None = None
-) -> dict[int, torch.Tensor]:
-    """Fit one clone of ``estimator`` per layer of ``stats``.
-
-    Args:
-        estimator: an unfitted (or fitted; it is cloned) MD / RMD / WRMD estimator.
-        stats: streaming statistics.
-        layers: block indices to fit; default all layers of ``stats``.
-
-    Returns:
-        ``{layer: direction}``, each float32 ``[d]``.
-    """
-    chosen = list(stats.layers if layers is None else layers)
-    return {int(layer): clone(estimator).fit_statistics(stats, layer).direction_ for layer in chosen}
-
-
-def compute_direction(
-    refusal_acts: ArrayLike,
-    compliant_acts: ArrayLike,
-    method: Method = "md",
-    ridge_lambda: float = 0.1,
-    refusal_weights: ArrayLike | None = None,
-    compliant_weights: ArrayLike | None = None,
-    *,
-    lambda_mode: LambdaMode = "absolute",
-    units: Units = "raw",
-    covariance: Covariance = "compliance",
-) -> torch.Tensor:
-    """The refusal direction from the activations of both sides at one block.
-
-    Args:
-        refusal_acts: activations of refused prompts ``[n_r, d]``.
-        compliant_acts: activations of complied prompts ``[n_c, d]``.
-        method: ``"md"`` (``μ_r − μ_c``), ``"rmd"`` (``(Σ_c + λI)⁻¹(μ_r − μ_c)``) or ``"wrmd"`` (RMD with
-            weights in the means and in ``Σ_c``). ``Σ_c`` is the covariance of the compliance activations
-            only.
-        ridge_lambda: ``λ > 0`` for RMD / WRMD.
-        refusal_weights: non-negative weights ``[n_r]``; for ``"wrmd"`` the judge confidences ``max(c, ε)``.
-        compliant_weights: non-negative weights ``[n_c]``; for ``"wrmd"`` the confidences ``max(−c, ε)``.
-            With ``"md"`` / ``"rmd"`` given weights are used too (weighted means and covariance).
-        lambda_mode: ``"absolute"`` or ``"relative"`` (``λ · trace(Σ_c) / d``).
-        units: ``"raw"`` returns the closed form above; ``"separation"`` returns ``s·u``, the unit direction ``u``
-            times the classes' mean separation along it ``s = u·(μ_r − μ_c)``, so that ``α = −1`` moves the refused
-            prompts' mean onto the complied prompts' mean along ``u`` (the same for MD).
-        covariance: RMD / WRMD: ``"compliance"`` (``Σ_c``) or ``"pooled"`` (pooled within-class covariance).
-
-    Returns:
-        float32 ``[d]``, the direction in ``units``.
-
-    Raises:
-        ValueError: for an unknown method, an empty side, mismatched dimensions, non-finite values, fewer than
-            2 compliance samples (RMD / WRMD), ``λ <= 0`` or missing WRMD weights.
-    """
-    key = str(method).lower()
-    if key not in ESTIMATORS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(ESTIMATORS)}")
-    refusal = _as_matrix(refusal_acts, "refusal_acts")
-    compliant = _as_matrix(compliant_acts, "compliant_acts")
-    if refusal.shape[0] == 0:
-        raise ValueError("refusal_acts is empty (no refusal samples)")
-    if compliant.shape[0] == 0:
-        raise ValueError("compliant_acts is empty (no compliance samples)")
-    if refusal.shape[1] != compliant.shape[1]:
-        raise ValueError(
-            f"refusal_acts and compliant_acts have different hidden sizes: {refusal.shape[1]} vs {compliant.shape[1]}"
-        )
-    if key == "wrmd" and (refusal_weights is None or compliant_weights is None):
-        raise ValueError("method='wrmd' needs refusal_weights and compliant_weights (judge confidences)")
-    X = torch.cat([refusal, compliant.to(refusal.device)])
-    y = torch.cat([torch.ones(refusal.shape[0], dtype=torch.bool), torch.zeros(compliant.shape[0], dtype=torch.bool)])
-    sample_weight = None
-    if refusal_weights is not None or compliant_weights is not None:
-        parts = []
-        for weights, n, name in (
-            (refusal_weights, refusal.shape[0], "refusal_weights"),
-            (compliant_weights, compliant.shape[0], "compliant_weights"),
-        ):
-            if weights is None:
-                w = torch.ones(n, dtype=torch.float64)
-            elif isinstance(weights, torch.Tensor):
-                w = weights.detach().cpu()
-            else:
-                w = torch.as_tensor(np.asarray(weights))
-            if w.ndim != 1 or w.shape[0] != n:
-                raise ValueError(f"{name} must have shape [{n}], got {tuple(w.shape)}")
-            parts.append(w.to(torch.float64))
-        sample_weight = torch.cat(parts)
-    if key == "md":
-        estimator: _DirectionEstimator = MeanDifference(units=units)
-    else:
-        # WRMD with given weights is RMD with those weights in the means and the covariance.
-        estimator = RidgeMeanDifference(
-            ridge_lambda=ridge_lambda, lambda_mode=lambda_mode, units=units, covariance=covariance
-        )
-    return estimator.fit(X, y, sample_weight=sample_weight).direction_
