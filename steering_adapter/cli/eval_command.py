@@ -1,0 +1,126 @@
+"""``steering-adapter eval``: score prompt sets with an existing adapter off and on."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+from typing import Any
+
+from steering_adapter.cli.exit_codes import EXIT_OK
+from steering_adapter.cli.model_loading import base_model_spec, load_model_and_adapters, placement_overrides
+from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.relevance import RelevanceScorer
+from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe, load_recipe
+from steering_adapter.run.stages.inputs import resolve_prompts
+from steering_adapter.run.stages.load import build_judge
+
+__all__ = ["cmd_eval"]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
+    sampling = recipe.sampling if recipe is not None else None
+
+    def pick(value: Any, recipe_value: Any, default: Any) -> Any:
+        if value is not None:
+            return value
+        return recipe_value if recipe is not None else default
+
+    specs = [_parse_set(text) for text in args.sets] if args.sets else None
+    if specs is None:
+        if recipe is None:
+            raise ValueError("give --sets NAME=SOURCE:ROLE ... or --recipe RECIPE (its evaluation sets)")
+        specs = [(spec.name, spec.source, spec.role) for spec in recipe.prompts.evaluation]
+    seed = pick(args.seed, sampling.seed if sampling else None, 0)
+    # every prompt source is read and checked before the model is loaded
+    sets = [
+        EvalSet(name, _eval_prompts(source, args.split, recipe, args.sample, seed), role)
+        for name, source, role in specs
+    ]
+    kl_source = args.kl_prompts or (recipe.prompts.neutral if recipe is not None else None)
+    kl = _eval_prompts(kl_source, args.split, recipe, args.sample, seed) if kl_source else None
+    total = sum(len(s.prompts) for s in sets)
+    print(
+        f"[eval] scoring {total} prompts ({args.split}): "
+        + ", ".join(f"{s.name} {len(s.prompts)} ({s.role})" for s in sets)
+        + (f"; KL on {len(kl)} neutral prompts" if kl else ""),
+        flush=True,
+    )
+    backend = args.backend or (sampling.backend if sampling is not None else "transformers")
+    if backend == "vllm":
+        from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
+
+        spec = base_model_spec(args.model, [args.adapter])
+        if recipe is not None:
+            spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
+        spec = dataclasses.replace(spec, **placement_overrides(args))
+        engine = dict(sampling.engine_args or {}) if sampling is not None else {}
+        model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}], **engine)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer = load_model_and_adapters(
+            args.model,
+            [args.adapter],
+            args.scale,
+            recipe.model if recipe is not None else None,
+            placement_overrides(args),
+        )
+    relevance = None
+    if not args.no_relevance and (recipe is None or recipe.relevance):
+        relevance = RelevanceScorer()
+    judge = build_judge(
+        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern"),
+        _model_placement(recipe, args),
+    )
+    report = evaluate(
+        model,
+        tokenizer,
+        sets,
+        judge,
+        args.out,
+        kl_prompts=kl,
+        relevance=relevance,
+        batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
+        progress=not args.no_progress,
+        k=pick(args.k, sampling.k if sampling else None, 3),
+        max_new_tokens=pick(args.max_new_tokens, sampling.max_new_tokens if sampling else None, 64),
+        temperature=pick(args.temperature, sampling.temperature if sampling else None, 1.0),
+        top_p=sampling.top_p if sampling else 1.0,
+        seed=seed,
+        system_prompt=recipe.model.system_prompt if recipe is not None else None,
+    )
+    if backend == "vllm":
+        model.close()
+    print(report.to_markdown())
+    print(f"report: {args.out}/report.md")
+    return EXIT_OK
+
+
+def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
+    """The dtype and device a local judge model gets: the evaluated model's (recipe, then command-line options)."""
+    return dataclasses.replace(recipe.model if recipe is not None else ModelSpec(), **placement_overrides(args))
+
+
+def _parse_set(text: str) -> tuple[str, str, str]:
+    parts = text.split("=", 1)
+    if len(parts) != 2 or ":" not in parts[1]:
+        raise ValueError(f"--sets expects NAME=SOURCE:ROLE, got {text!r}")
+    source, role = parts[1].rsplit(":", 1)
+    return parts[0], source, role
+
+
+def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed: int) -> list[str]:
+    """The prompts of ``source`` for ``eval``: the whole source (``split="all"``) or a part of the recipe's split
+    (defaults without a recipe), then a seeded sample of ``sample`` prompts when asked."""
+    split_recipe = recipe if recipe is not None else Recipe(name="eval")
+    prompts = resolve_prompts(source, split, split_recipe, capped=False)
+    if not prompts:
+        raise ValueError(f"no prompts in {source!r} ({split})")
+    if sample is not None:
+        if sample < 1:
+            raise ValueError(f"--sample must be >= 1, got {sample}")
+        if sample < len(prompts):
+            chosen = sorted(random.Random(seed).sample(range(len(prompts)), sample))
+            prompts = [prompts[i] for i in chosen]
+    return prompts

@@ -1,0 +1,86 @@
+"""The base model and its adapters for ``eval``, ``generate`` and ``chat``: which model, where, with what attached."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from steering_adapter.models.embedded import canonical_name
+from steering_adapter.run.recipe import ModelSpec
+from steering_adapter.run.stages.load import load_model
+from steering_adapter.tuner.files import read_config_dict
+from steering_adapter.tuner.model import set_adapter_scale
+
+__all__ = ["base_model_spec", "load_model_and_adapters", "placement_overrides"]
+
+
+def base_model_spec(model_name: str | None, adapters: Sequence[str]):
+    """The base model to load: ``--model`` as given, else the one the first adapter's config names, pinned to the
+    revision it records (an adapter computed on an embedded model, e.g. the organism, loads that model offline)."""
+    if model_name is not None:
+        return ModelSpec(name_or_path=canonical_name(model_name) or model_name)
+    if not adapters:
+        raise ValueError("give --model or at least one --adapter (its config names the base model)")
+    config = read_config_dict(adapters[0])
+    name = config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapters[0]}: the adapter config names no base model; give --model")
+    short = canonical_name(name)
+    if short is not None:
+        return ModelSpec(name_or_path=short)
+    return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
+
+
+def load_model_and_adapters(
+    model_name: str | None,
+    adapters: Sequence[str],
+    scale: float | None,
+    spec: Any = None,
+    placement: dict[str, str] | None = None,
+):
+    """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
+    and system prompt; the model itself and its revision come from :func:`base_model_spec`; ``placement``
+    (``--dtype`` / ``--device`` / ``--device-map``, see :func:`placement_overrides`) overrides dtype and device.
+
+    Args:
+        model_name: ``--model``, or None to take the base model from the first adapter's config.
+        adapters: adapter folders or Hub repo ids, attached as ``adapter0``, ``adapter1``, ... and all made active.
+        scale: when given, every adapter's scale α.
+        spec: a recipe's ``ModelSpec``, or None.
+        placement: ``ModelSpec`` field overrides (``dtype``, ``device``), or None.
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    base = base_model_spec(model_name, adapters)
+    if spec is not None:
+        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
+    if placement:
+        base = dataclasses.replace(base, **placement)
+    model, tokenizer = load_model(base)
+    names = []
+    for index, adapter in enumerate(adapters):
+        name = f"adapter{index}"
+        model.load_adapter(adapter, adapter_name=name)
+        names.append(name)
+    if names:
+        model.set_adapter(names)
+        if scale is not None:
+            for name in names:
+                set_adapter_scale(model, scale, name)
+    return model, tokenizer
+
+
+def placement_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--dtype`` / ``--device`` / ``--device-map`` (the placement options of ``eval``, ``generate`` and ``chat``) as
+    ``ModelSpec`` overrides: only the options given, ``--device-map`` as the ``device``."""
+    placement = {}
+    if getattr(args, "dtype", None):
+        placement["dtype"] = args.dtype
+    if getattr(args, "device", None):
+        placement["device"] = args.device
+    if getattr(args, "device_map", None):
+        placement["device"] = args.device_map
+    return placement
