@@ -11,7 +11,6 @@ from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter.measure.evaluation import EvalSet, EvaluationReport
 from steering_adapter.measure.judges.base import Judge, Judgment
-from steering_adapter.run import selection
 from steering_adapter.run.selection import (
     SelectionObjective,
     SweepPoint,
@@ -22,6 +21,7 @@ from steering_adapter.run.selection import (
     quality_limits,
     refinement_bracket,
     steering_candidates,
+    sweep,
     sweep_layers_and_scale,
 )
 
@@ -196,7 +196,7 @@ def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
             report.sets[name] = {"role": role, conditions[0]: {"refusal_pct": pct, "n": 10}}
         return report
 
-    monkeypatch.setattr(selection, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
     generator = torch.Generator().manual_seed(0)
     directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
     sets = [EvalSet(name, ["q"], role) for name, role in ROLES.items()]

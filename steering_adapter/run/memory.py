@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from steering_adapter.directions.statistics import SECOND_MOMENT_MATRICES, scratch_nbytes, statistics_nbytes
+from steering_adapter.directions.moments import SECOND_MOMENT_MATRICES, scratch_nbytes, statistics_nbytes
+from steering_adapter.models.embedded import embedded_config_dir, is_embedded
 from steering_adapter.run.recipe import Recipe
+from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.utils import distributed
 
 __all__ = [
@@ -130,10 +133,6 @@ def _count(params: int) -> str:
 
 def model_config(name_or_path: str, revision: str | None = None) -> Any:
     """The transformers config of a recipe's model (an embedded model's from its local folder) without weights."""
-    from transformers import AutoConfig
-
-    from steering_adapter.models.embedded import embedded_config_dir, is_embedded
-
     if is_embedded(name_or_path):
         return AutoConfig.from_pretrained(embedded_config_dir(name_or_path), local_files_only=True)
     return AutoConfig.from_pretrained(name_or_path, revision=revision)
@@ -141,8 +140,6 @@ def model_config(name_or_path: str, revision: str | None = None) -> Any:
 
 def parameter_count(config: Any) -> int:
     """Parameters of the causal LM ``config`` describes, counted on the ``meta`` device (nothing allocated)."""
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
@@ -300,8 +297,6 @@ def estimate_recipe_memory(
 
 
 def _prompt_counts(recipe: Recipe) -> dict[str, int]:
-    from steering_adapter.run.stages.inputs import resolve_prompts
-
     def count(sources: list[str], part: str) -> int:
         total = 0
         for source in sources:

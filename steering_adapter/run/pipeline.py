@@ -1,8 +1,8 @@
 """The recipe runner: sample → judge → score → collect → estimate → select → evaluate → save.
 
 Each stage lives in :mod:`steering_adapter.run.stages` and owns its inputs, outputs and cache folder; every long stage
-is
-resumable (JSONL records, atomic JSON), so a killed run continues where it stopped when the same command is run again.
+is resumable (JSONL records, atomic JSON), so a killed run continues where it stopped when the same command is run
+again.
 The held-out part of every evaluation set is split once more: one half chooses the layers and α (selection), the other
 half gives the final before/after report (test), so the reported numbers are not the ones the choice was tuned on.
 """
@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from steering_adapter.measure.evaluation import EvaluationReport
+from steering_adapter.measure.relevance import RelevanceScorer
+from steering_adapter.run.memory import check_recipe_memory
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.selection import SweepResult
+from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
 from steering_adapter.run.stages.estimate import estimate_directions
 from steering_adapter.run.stages.folders import StageTimes
@@ -73,8 +75,6 @@ def run_recipe(
         out, progress, log = distributed.scratch_dir(), False, _quiet
     log(f"[threads] torch uses {torch.get_num_threads()} intra-op threads (--threads / ${THREADS_ENV} to change)")
     if memory_check:
-        from steering_adapter.run.memory import check_recipe_memory
-
         check_recipe_memory(recipe, log=log)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", recipe.to_dict())
@@ -83,8 +83,6 @@ def run_recipe(
         judge = build_judge(recipe.judge, recipe.model)
         relevance = None
         if recipe.relevance:
-            from steering_adapter.measure.relevance import RelevanceScorer
-
             relevance = RelevanceScorer()
 
     sampler = build_sampler(recipe, model, tokenizer)

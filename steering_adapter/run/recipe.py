@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from steering_adapter.run.selection.objective import SelectionObjective
+
 
 class RecipeError(ValueError):
     """A recipe that does not fit the schema; the message names the key path."""
@@ -147,11 +149,10 @@ class EstimatorSpec:
         answer_scale: ``ρ >= 0``. ``0`` (default): the vector is the direction at ``position``. ``ρ > 0``: the same
             estimator is fitted a second time on the model's own answers to the training prompts (mean over the answer
             tokens, teacher-forced; the answers the prompts were scored with) and the vector becomes
-            ``s·(û_prompt + ρ·û_answer)`` (:func:`~steering_adapter.directions.estimators.mix_directions`): the prompt
-            direction
-            in separation units plus a push ``ρ`` times as long along the answer direction. The vector is added at
-            generated tokens too; this puts there the direction the refusal takes while it is written. Needs
-            ``units: separation``; one more forward pass over the training prompts and their answers.
+            ``s·(û_prompt + ρ·û_answer)`` (:func:`~steering_adapter.directions.linear_algebra.mix_directions`): the
+            prompt direction in separation units plus a push ``ρ`` times as long along the answer direction. The
+            vector is added at generated tokens too; this puts there the direction the refusal takes while it is
+            written. Needs ``units: separation``; one more forward pass over the training prompts and their answers.
     """
 
     method: Literal["md", "rmd", "wrmd"] = "rmd"
@@ -203,10 +204,8 @@ class SelectionSpec:
     near_tie: float | None = None
     max_prompts_per_set: int | None = None
 
-    def objective(self) -> Any:
+    def objective(self) -> SelectionObjective:
         """The :class:`~steering_adapter.run.selection.SelectionObjective` of these settings (its fields, by name)."""
-        from steering_adapter.run.selection import SelectionObjective
-
         names = [f.name for f in dataclasses.fields(SelectionObjective)]
         return SelectionObjective(**{name: getattr(self, name) for name in names})
 

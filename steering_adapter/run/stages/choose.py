@@ -17,7 +17,8 @@ from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.selection import SweepResult, default_alphas, steering_candidates, sweep_layers_and_scale
+from steering_adapter.run.selection.objective import default_alphas, steering_candidates
+from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
 from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils import distributed

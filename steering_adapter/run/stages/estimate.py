@@ -16,13 +16,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from steering_adapter.directions.collection import ActivationCollector, CollectionResult
+from steering_adapter.directions.collection import ActivationCollector
+from steering_adapter.directions.collection_result import CollectionResult
 from steering_adapter.directions.diagnostics import diagnose_from_model
-from steering_adapter.directions.estimators import VECTOR_UNITS, fit_directions, make_estimator, mix_directions
+from steering_adapter.directions.estimators import VECTOR_UNITS, make_estimator
+from steering_adapter.directions.fitting import fit_directions
+from steering_adapter.directions.linear_algebra import mix_directions
 from steering_adapter.directions.statistics import ActivationStatistics
 from steering_adapter.measure.judges.base import Judge
+from steering_adapter.measure.sampling.answers import Answer
 from steering_adapter.measure.sampling.backend import Sampler
-from steering_adapter.measure.sampling.generation import Answer
 from steering_adapter.measure.scored_runs import PromptScore, load_answers, score_prompts
 from steering_adapter.run.recipe import Recipe
 from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir

@@ -6,6 +6,7 @@ from typing import Any
 
 from steering_adapter.measure.evaluation import EvalSet
 from steering_adapter.measure.prompt_sets import PromptSet, load_prompt_set, split_prompts
+from steering_adapter.models.organism.data import load_examples
 from steering_adapter.run.recipe import Recipe
 
 __all__ = ["ORGANISM_PREFIX", "eval_sets", "load_source", "recipe_sampling", "resolve_prompts"]
@@ -44,8 +45,6 @@ def load_source(
     """``(train, held_out)`` prompts of a source: ``organism:<category, topic or source>`` (the organism's own
     split), a known prompt-set name (``language`` filters deccp) or a user file (split deterministically)."""
     if source.startswith(ORGANISM_PREFIX):
-        from steering_adapter.models.organism.data import load_examples
-
         key = source[len(ORGANISM_PREFIX) :]
         examples = [e for e in load_examples() if key in (e.category, e.topic, e.source)]
         if not examples:

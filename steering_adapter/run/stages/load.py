@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from steering_adapter.measure.judges.base import Judge
+from steering_adapter.measure.judges import (
+    DEFAULT_REFUSAL_PATTERNS,
+    Judge,
+    LLMJudge,
+    OpenAIChatBackend,
+    PatternJudge,
+    TransformersJudgeBackend,
+)
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded, load_embedded
 from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe
@@ -33,8 +41,6 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
         if device in DEVICE_MAPS:  # one small model: the first GPU when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return model.to(device), tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
     if device in DEVICE_MAPS:
@@ -50,7 +56,7 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
 def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sampler:
     """The backend that samples the judged answers: the loaded model, or a vLLM engine on the same model."""
     if recipe.sampling.backend == "vllm":
-        from steering_adapter.runtimes.vllm.sampler import VllmSampler
+        from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
 
         return VllmSampler.from_model_spec(recipe.model, **(recipe.sampling.engine_args or {}))
     return TransformersSampler(model, tokenizer)
@@ -59,9 +65,6 @@ def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sam
 def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
     """The judge a recipe names; a transformers judge is loaded in ``model``'s dtype on its device (default float32
     on CPU)."""
-    from steering_adapter.measure.judges import LLMJudge, OpenAIChatBackend, PatternJudge, TransformersJudgeBackend
-    from steering_adapter.measure.judges.pattern import DEFAULT_REFUSAL_PATTERNS
-
     if spec.kind != "pattern" and spec.ignore_prompt_echoes:
         raise ValueError("recipe.judge.ignore_prompt_echoes applies to kind: pattern only")
     if spec.kind == "pattern":

@@ -21,7 +21,7 @@ from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.selection import SweepResult
+from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import gate_key
 from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
