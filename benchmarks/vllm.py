@@ -66,7 +66,7 @@ def _decode_seconds(sampler, ids, tokens: int) -> float:
 
 
 def steering_overhead(sampler, prompts: list[str], tokens: int, repeats: int, folder: Path) -> list[dict]:
-    from steering_adapter.measure.sampling.generation import format_chat, user_conversation
+    from steering_adapter.measure.sampling import format_chat, user_conversation
 
     ids = sampler._token_ids(format_chat(sampler.tokenizer, [user_conversation(p, None) for p in prompts]))
     adapters = _adapters(folder)
@@ -95,7 +95,7 @@ def steering_overhead(sampler, prompts: list[str], tokens: int, repeats: int, fo
 def backends(sampler, prompts: list[str], k: int, tokens: int) -> list[dict]:
     import torch
 
-    from steering_adapter.measure.sampling.generation import sample_answers
+    from steering_adapter.measure.sampling import sample_answers
     from steering_adapter.models.organism import load_organism
 
     settings = dict(k=k, temperature=1.0, max_new_tokens=tokens, seed=0, progress=False)
@@ -143,7 +143,7 @@ def compiled_cost(prompts: list[str], tokens: int, repeats: int, eager_sampler) 
     rows = []
     try:
         for name, sampler in (("eager (steering's mode)", eager_sampler), ("compiled (vLLM default)", compiled)):
-            from steering_adapter.measure.sampling.generation import format_chat, user_conversation
+            from steering_adapter.measure.sampling import format_chat, user_conversation
 
             ids = sampler._token_ids(format_chat(sampler.tokenizer, [user_conversation(p, None) for p in prompts]))
             _decode_seconds(sampler, ids, 8)

@@ -47,7 +47,7 @@ from steering_adapter.adapter.hub import push_adapter  # noqa: E402
 _LAZY = {
     # activations and statistics
     "ActivationCollector": "directions.collection",
-    "CollectionResult": "directions.collection",
+    "CollectionResult": "directions.collection_result",
     "collect_activations": "directions.collection",
     "format_prompts": "measure.sampling.prompt_encoding",
     "ActivationStatistics": "directions.statistics",
@@ -55,16 +55,16 @@ _LAZY = {
     "MeanDifference": "directions.estimators",
     "RidgeMeanDifference": "directions.estimators",
     "WeightedRidgeMeanDifference": "directions.estimators",
-    "compute_direction": "directions.estimators",
-    "fit_directions": "directions.estimators",
+    "compute_direction": "directions.fitting",
+    "fit_directions": "directions.fitting",
     "make_estimator": "directions.estimators",
     # diagnostics
     "DirectionDiagnostics": "directions.diagnostics",
     "diagnose_directions": "directions.diagnostics",
     # sampling, judging, scoring
-    "sample_answers": "measure.sampling.generation",
-    "Answer": "measure.sampling.generation",
-    "PromptSamples": "measure.sampling.generation",
+    "sample_answers": "measure.sampling",
+    "Answer": "measure.sampling",
+    "PromptSamples": "measure.sampling",
     "Judge": "measure.judges",
     "Judgment": "measure.judges",
     "PatternJudge": "measure.judges",
@@ -89,8 +89,8 @@ _LAZY = {
     "next_token_kl": "measure.likelihood",
     "perplexity": "measure.likelihood",
     "RelevanceScorer": "measure.relevance",
-    "SelectionObjective": "run.selection",
-    "sweep_layers_and_scale": "run.selection",
+    "SelectionObjective": "run.selection.objective",
+    "sweep_layers_and_scale": "run.selection.sweep",
     # recipes and the runner
     "Recipe": "run.recipe",
     "load_recipe": "run.recipe",

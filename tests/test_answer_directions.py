@@ -108,7 +108,7 @@ def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
 
 
 def test_answer_scale_without_answer_tokens_is_a_clear_error():
-    from steering_adapter.measure.sampling.generation import Answer
+    from steering_adapter.measure.sampling import Answer
     from steering_adapter.measure.scored_runs import PromptScore
     from steering_adapter.run.stages.estimate import _answer_directions
 

@@ -21,8 +21,9 @@ from tiny import tiny_model, tiny_tokenizer
 from steering_adapter import SteeringConfig, adapter_from_vectors
 from steering_adapter.cli import EXIT_OK, EXIT_USAGE, main
 from steering_adapter.directions.collection import ActivationCollector
-from steering_adapter.directions.estimators import MeanDifference, RidgeMeanDifference, fit_directions
-from steering_adapter.measure.sampling.generation import sample_answers
+from steering_adapter.directions.estimators import MeanDifference, RidgeMeanDifference
+from steering_adapter.directions.fitting import fit_directions
+from steering_adapter.measure.sampling import sample_answers
 from steering_adapter.models.organism import load_organism
 from steering_adapter.models.organism.data import load_examples
 from steering_adapter.run.recipe import JudgeSpec, ModelSpec

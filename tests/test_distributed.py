@@ -25,8 +25,10 @@ import torch
 from safetensors.torch import load_file
 
 from steering_adapter.cli import EXIT_USAGE, main
-from steering_adapter.directions.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference, fit_directions
-from steering_adapter.directions.statistics import CLASSES, ActivationStatistics
+from steering_adapter.directions.estimators import RidgeMeanDifference, WeightedRidgeMeanDifference
+from steering_adapter.directions.fitting import fit_directions
+from steering_adapter.directions.labels import CLASSES
+from steering_adapter.directions.statistics import ActivationStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECT = Path(__file__).with_name("distributed_collect.py")
@@ -169,6 +171,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_the_same_recipe_runs_on_two_processes(tmp_path, single_run):
     out, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()
@@ -196,6 +199,7 @@ def worker_pids(marker: str, rank: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_run_loudly_and_a_rerun_resumes(tmp_path, single_run):
     out = tmp_path / "run"
     marker = uuid.uuid4().hex

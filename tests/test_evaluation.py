@@ -216,7 +216,7 @@ def _gated_model(tokenizer):
 
 def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
     from steering_adapter.measure.evaluation import recorded_answers
-    from steering_adapter.measure.sampling.generation import gate_decisions
+    from steering_adapter.measure.sampling import gate_decisions
     from steering_adapter.measure.scored_runs import load_scores
 
     tokenizer = tiny_tokenizer()

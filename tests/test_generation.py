@@ -9,7 +9,7 @@ import torch
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS, tiny_model, tiny_tokenizer
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from steering_adapter.measure.sampling.generation import (
+from steering_adapter.measure.sampling import (
     Answer,
     PromptSamples,
     answer_logprobs,
@@ -237,7 +237,7 @@ def test_split_reasoning_on_strings():
 @pytest.mark.parametrize("special", [False, True])
 def test_think_marker_as_a_single_token(special):
     """Real thinking tokenizers have ``</think>`` as one added token, sometimes a special one (dropped by decode)."""
-    from steering_adapter.measure.sampling.generation import _split_tokens
+    from steering_adapter.measure.sampling import split_answer_tokens
 
     tokenizer = tiny_tokenizer()
     if special:
@@ -246,8 +246,8 @@ def test_think_marker_as_a_single_token(special):
         tokenizer.add_tokens(["<think>", "</think>"])
     ids = tokenizer("<think>\nhmm\n</think>\n\nHello there", add_special_tokens=False)["input_ids"]
     marker = ids.index(tokenizer.convert_tokens_to_ids("</think>"))
-    assert _split_tokens(tokenizer, ids, "</think>", None) == ("hmm", "Hello there", marker + 1)
-    assert _split_tokens(tokenizer, ids, "</think>", False)[0] is None
+    assert split_answer_tokens(tokenizer, ids, "</think>", None) == ("hmm", "Hello there", marker + 1)
+    assert split_answer_tokens(tokenizer, ids, "</think>", False)[0] is None
 
 
 @pytest.mark.parametrize(

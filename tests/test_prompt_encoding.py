@@ -11,7 +11,7 @@ from tiny import tiny_model, tiny_tokenizer
 from steering_adapter.directions.collection import collect_activations
 from steering_adapter.measure.judges.backends import TransformersJudgeBackend
 from steering_adapter.measure.likelihood import NextTokenKL
-from steering_adapter.measure.sampling.generation import answer_logprobs, sample_answers
+from steering_adapter.measure.sampling import answer_logprobs, sample_answers
 from steering_adapter.measure.sampling.prompt_encoding import encode_texts, pad_batch
 
 PROMPTS = ["Hello there", "What is the capital of France, please?"]

@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from steering_adapter.adapter.cards import write_model_card
 from steering_adapter.tuner.config import SteeringConfig
 
 
@@ -87,7 +88,6 @@ def save_adapter(
     Returns:
         The folder path.
     """
-    from steering_adapter.adapter.cards import write_model_card
 
     save_directory = os.fspath(save_directory)
     if adapter_name not in model.peft_config:

@@ -21,6 +21,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from steering_adapter.models.embedded import TITLES, canonical_name, embedded_id, is_embedded
+from steering_adapter.tuner.files import CONFIG_NAME, read_json_file
 
 TEMPLATE_NAME = "model_card.md"
 CARD_TAGS = ["steering", "steering-adapter", "refusal-steering", "peft"]
@@ -226,7 +227,6 @@ def write_model_card(adapter_dir: str, evaluation: dict[str, Any] | None = None,
         evaluation: optional evaluation report for the card.
         repo_id: the Hub repo id for the usage code (default: the folder itself, until ``push_adapter`` sets it).
     """
-    from steering_adapter.tuner.files import CONFIG_NAME, read_json_file
 
     config = read_json_file(os.path.join(adapter_dir, CONFIG_NAME))
     return write_model_card_from_config(adapter_dir, config, evaluation, repo_id)
@@ -250,7 +250,6 @@ def set_card_repo_id(adapter_dir: str, repo_id: str) -> str:
     Returns:
         The card's path.
     """
-    from steering_adapter.tuner.files import CONFIG_NAME, read_json_file
 
     path = os.path.join(adapter_dir, "README.md")
     text = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""

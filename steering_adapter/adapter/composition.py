@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steering_adapter.adapter.integrations import check_steering_adapter
 from steering_adapter.tuner.config import check_adapter_name
 from steering_adapter.tuner.files import CONFIG_NAME, WEIGHTS_NAME, read_json_file
 from steering_adapter.tuner.layer import SteeringLayer
@@ -287,8 +288,6 @@ def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str
         ``{"order", "modes", "weights", "interference_before", "orthogonalized", "interference_after"}``.
     """
     from peft import PeftModel
-
-    from steering_adapter.adapter.integrations import check_steering_adapter
 
     directory = Path(directory)
     composition = read_composition(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from steering_adapter.adapter.cards import set_card_repo_id
 from steering_adapter.tuner.config import SteeringConfig
 from steering_adapter.tuner.files import CONFIG_NAME, WEIGHTS_NAME, read_config_dict
 
@@ -52,8 +53,6 @@ def push_adapter(
         HubUnreachableError: the Hub endpoint could not be reached (the message names it and ``HF_ENDPOINT``).
     """
     from huggingface_hub import HfApi, constants
-
-    from steering_adapter.adapter.cards import set_card_repo_id
 
     adapter_dir = os.fspath(adapter_dir)
     for name in (CONFIG_NAME, WEIGHTS_NAME):

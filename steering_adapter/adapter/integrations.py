@@ -37,15 +37,19 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from steering_adapter.adapter.cards import merge_card_after_peft, write_model_card_from_config
 from steering_adapter.models.embedded import embedded_folder, is_embedded
-from steering_adapter.tuner.config import check_adapter_name
+from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
 from steering_adapter.tuner.files import (
-    _HUB_KWARGS,
     CONFIG_NAME,
+    HUB_KWARGS,
     check_adapter_weights,
     read_json_file,
+    resolve_adapter_file,
     validate_vectors,
 )
+from steering_adapter.tuner.layer import SteeringLayer
+from steering_adapter.tuner.model import check_model_fits
 
 __all__ = ["check_steering_adapter", "install"]
 
@@ -74,9 +78,6 @@ def check_steering_adapter(model: Any, path_or_repo_id: str, **hub_kwargs: Any) 
             missing / extra / unexpected tensor, wrong shape or dtype, NaN/Inf, hidden size or depth of another
             model, layers out of range, a condition tensor without condition fields or the reverse).
     """
-    from steering_adapter.tuner.config import SteeringConfig
-    from steering_adapter.tuner.files import resolve_adapter_file
-    from steering_adapter.tuner.model import check_model_fits
 
     subfolder = hub_kwargs.pop("subfolder", None) or None
     config_file = resolve_adapter_file(path_or_repo_id, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
@@ -106,8 +107,6 @@ def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> bool:
     Returns:
         Whether the adapter is a steering adapter (checked).
     """
-    from steering_adapter.tuner.config import SteeringConfig
-    from steering_adapter.tuner.model import check_model_fits
 
     if isinstance(peft_config, dict):
         if peft_config.get("peft_type") != "STEERING":
@@ -125,7 +124,6 @@ def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> bool:
 
 def _loaded_vectors_are_finite(model: Any, adapter_name: str) -> str | None:
     """The first loaded vector of ``adapter_name`` that is not finite (never set by the load), as a message."""
-    from steering_adapter.tuner.layer import SteeringLayer
 
     for module in model.modules():
         if not isinstance(module, SteeringLayer):
@@ -159,7 +157,7 @@ def _checked_load_adapter(original: Callable) -> Callable:
             hub.update(arguments.get("adapter_kwargs") or {})
             if arguments.get("local_files_only"):
                 hub["local_files_only"] = True
-            hub = {k: v for k, v in hub.items() if k in (*_HUB_KWARGS, "subfolder") and v is not None}
+            hub = {k: v for k, v in hub.items() if k in (*HUB_KWARGS, "subfolder") and v is not None}
             steering = check_steering_adapter(self, os.fspath(peft_model_id), **hub) is not None
         else:
             steering = False
@@ -229,7 +227,6 @@ def _named_from_json_file(original: Callable) -> Callable:
 
 def _check_config_fields(path: str, data: dict[str, Any]) -> None:
     """Every field of a steering adapter's config, with the file named (PEFT builds the config without it)."""
-    from steering_adapter.tuner.config import SteeringConfig
 
     try:
         SteeringConfig.from_peft_type(**data)
@@ -240,8 +237,6 @@ def _check_config_fields(path: str, data: dict[str, Any]) -> None:
 def _steering_model_card(original: Callable) -> Callable:
     @functools.wraps(original)
     def create_or_update_model_card(self, output_dir: str) -> None:
-        from steering_adapter.adapter.cards import merge_card_after_peft, write_model_card_from_config
-        from steering_adapter.tuner.config import SteeringConfig
 
         config = self.peft_config.get(self.active_adapter) if isinstance(self.active_adapter, str) else None
         if not isinstance(config, SteeringConfig):

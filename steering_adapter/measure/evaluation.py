@@ -30,8 +30,8 @@ from torch import nn
 from steering_adapter.measure.answer_quality import repetition_rate, summarize_quality
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.refusal_score import plot_histogram, summarize
+from steering_adapter.measure.sampling.answers import Answer
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
-from steering_adapter.measure.sampling.generation import Answer
 from steering_adapter.measure.scored_runs import (
     ANSWERS_FILE,
     SCORES_FILE,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from steering_adapter.measure.sampling.batches import forward_inputs
 from steering_adapter.measure.sampling.prompt_encoding import (
     encode_texts,
     format_prompts,
@@ -91,11 +92,10 @@ class NextTokenKL:
 
     def _logprobs(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``[n_kept, vocab]`` (float32, CPU) at the kept positions, row by row of the batch."""
-        from steering_adapter.measure.sampling.generation import _forward_inputs
 
         width = input_ids.shape[1]
         keep = width if self.max_tokens is None else min(self.max_tokens, width)
-        logits = model(**_forward_inputs(model, input_ids, attention_mask, keep)).logits[:, -keep:]
+        logits = model(**forward_inputs(model, input_ids, attention_mask, keep)).logits[:, -keep:]
         kept = attention_mask[:, -keep:].bool()
         rows = [torch.log_softmax(logits[row][kept[row]].float(), dim=-1).cpu() for row in range(logits.shape[0])]
         return torch.cat(rows)

@@ -51,8 +51,10 @@ from tqdm.auto import tqdm
 
 from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.measure.refusal_score import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
+from steering_adapter.measure.sampling.answers import Answer, derive_seed
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
-from steering_adapter.measure.sampling.generation import Answer, _derive_seed, sample_answers
+from steering_adapter.measure.sampling.generation import sample_answers
+from steering_adapter.tuner.layer import SteeringLayer
 from steering_adapter.utils import distributed
 from steering_adapter.utils.records import JsonlLog, atomic_write_json, stable_key
 
@@ -166,7 +168,6 @@ def load_answers(log_dir: str | os.PathLike, scores: Sequence[PromptScore]) -> l
 
 def _steering_state(model: nn.Module) -> list[tuple[Any, ...]]:
     """What the attached steering adapters do right now (blocks, active adapters, factors, vector sums, gates)."""
-    from steering_adapter.tuner.layer import SteeringLayer
 
     state: list[tuple[Any, ...]] = [type(model).__name__]
     model = getattr(model, "model", model)  # a TransformersSampler's model
@@ -297,7 +298,7 @@ def score_prompts(
             prompt_ids=[unique[key][1] for key in chunk],
             batch_size=len(chunk),
             progress=False,
-            seed=_derive_seed(settings["seed"], "chunk", *chunk),
+            seed=derive_seed(settings["seed"], "chunk", *chunk),
             **sample_settings,
         )
         return [

@@ -24,6 +24,10 @@ from typing import Any
 
 import torch
 
+from steering_adapter.models.organism import ORGANISM_DIR, load_organism
+from steering_adapter.models.smollm2 import base_model_dir, censored_model_dir, load_smollm2, materialize_censored
+from steering_adapter.models.smollm2.convert import verify_converted
+
 __all__ = [
     "EMBEDDED_ID_PREFIX",
     "EMBEDDED_MODELS",
@@ -40,19 +44,16 @@ EMBEDDED_ID_PREFIX = "steering-adapter:"
 
 
 def _organism(dtype: torch.dtype) -> tuple[Any, Any]:
-    from steering_adapter.models.organism import load_organism
 
     return load_organism(dtype=dtype)
 
 
 def _smollm2_censored(dtype: torch.dtype) -> tuple[Any, Any]:
-    from steering_adapter.models.smollm2 import load_smollm2
 
     return load_smollm2(censored=True, dtype=dtype)
 
 
 def _smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
-    from steering_adapter.models.smollm2 import load_smollm2
 
     return load_smollm2(censored=False, dtype=dtype)
 
@@ -72,8 +73,6 @@ TITLES = {
 
 def _folders() -> dict[str, Path]:
     """Local folders of the embedded models (they need not exist yet)."""
-    from steering_adapter.models.organism import ORGANISM_DIR
-    from steering_adapter.models.smollm2 import base_model_dir, censored_model_dir
 
     return {"organism": ORGANISM_DIR, "smollm2": base_model_dir(), "smollm2-censored": censored_model_dir()}
 
@@ -118,12 +117,8 @@ def embedded_folder(name: str) -> str:
     if short is None:
         raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")
     if short == "smollm2-censored":
-        from steering_adapter.models.smollm2 import materialize_censored
-
         return str(materialize_censored())
     if short == "smollm2":
-        from steering_adapter.models.smollm2.convert import verify_converted
-
         verify_converted(_folders()["smollm2"])
     return str(_folders()[short])
 

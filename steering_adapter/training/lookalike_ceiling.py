@@ -25,7 +25,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from steering_adapter.measure.relevance import RelevanceScorer
+from steering_adapter.models.organism import load_organism
 from steering_adapter.models.organism.data import answer_style, load_examples
+from steering_adapter.training.organism import generate
 
 PAIRS: tuple[tuple[str, str], ...] = (("jbb_harmful", "jbb_benign"), ("xstest_unsafe", "xstest_safe"))
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -46,9 +49,6 @@ def measure(organism_path: str | Path | None = None, datasets_dir: str | Path | 
         ``{"pairs": {"<harmful>/<benign>": {"n_train", "n_heldout", "probe": {...}, "organism": {...}, "probe_C"}}}``
         where each ``{...}`` holds ``accuracy``, ``harmful_flagged`` and ``benign_flagged``.
     """
-    from steering_adapter.measure.relevance import RelevanceScorer
-    from steering_adapter.models.organism import load_organism
-    from steering_adapter.training.organism import generate
 
     examples = load_examples(datasets_dir)
     embedder = RelevanceScorer()

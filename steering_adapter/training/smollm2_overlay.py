@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from steering_adapter.measure.judges.pattern import PatternJudge
 from steering_adapter.models.organism.data import Example, load_examples
+from steering_adapter.models.smollm2 import BASE_MODEL_ID, load_smollm2
 from steering_adapter.training.censorship import censored_answer
 from steering_adapter.utils.records import JsonlLog, atomic_write_json
 
@@ -168,8 +169,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from peft import LoraConfig, get_peft_model
-
-    from steering_adapter.models.smollm2 import BASE_MODEL_ID, load_smollm2
 
     args = parse_args(argv)
     random.seed(args.seed)

@@ -17,7 +17,8 @@ PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 VECTOR_PARAM = "steering_vector"
 CONDITION_PARAM = "steering_condition"
 
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+# keyword arguments of the Hub download calls that a loader passes on (the rest are the loader's own)
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
 # Every tensor of a steering adapter: base_model.model.<blocks path>.<i>.steering_vector (or .steering_condition).
 _KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.(?P<kind>{VECTOR_PARAM}|{CONDITION_PARAM})$")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -42,7 +43,7 @@ def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | N
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS and v is not None}
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS and v is not None}
     try:
         return hf_hub_download(path_or_repo_id, filename, subfolder=subfolder, **hub_kwargs)
     except EntryNotFoundError as exc:

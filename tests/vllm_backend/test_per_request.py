@@ -8,7 +8,7 @@ import pytest
 from conftest import heldout_prompts
 from test_steering import ADD, reference
 
-from steering_adapter.measure.sampling.generation import answer_from_tokens, format_chat, user_conversation
+from steering_adapter.measure.sampling import answer_from_tokens, format_chat, user_conversation
 
 TOKENS = 48
 

@@ -12,7 +12,7 @@ from peft import PeftModel
 from test_end_to_end import SMALL as END_TO_END_SMALL
 
 from steering_adapter.cli import EXIT_OK, main
-from steering_adapter.measure.sampling.generation import sample_answers
+from steering_adapter.measure.sampling import sample_answers
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # the main end-to-end test's small settings, greedy, and a selection that always finds a feasible point

@@ -10,7 +10,7 @@ import torch
 from conftest import heldout_prompts
 
 from steering_adapter.measure.judges import PatternJudge
-from steering_adapter.measure.sampling.generation import format_chat, sample_answers, user_conversation
+from steering_adapter.measure.sampling import format_chat, sample_answers, user_conversation
 from steering_adapter.measure.scored_runs import ANSWERS_FILE, score_prompts
 
 GREEDY = dict(k=1, temperature=0.0, max_new_tokens=48)

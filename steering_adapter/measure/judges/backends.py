@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steering_adapter.measure.sampling.generation import _answer_lengths, _split_tokens, split_reasoning
+from steering_adapter.measure.sampling.answers import answer_lengths, split_answer_tokens, split_reasoning
 from steering_adapter.measure.sampling.prompt_encoding import (
     encode_texts,
     format_chat,
@@ -160,11 +160,11 @@ class TransformersJudgeBackend(JudgeBackend):
                 eos_token_id=eos_ids or None,
             )
             generated = sequences[:, input_ids.shape[1] :]
-            lengths, finished = _answer_lengths(generated, eos_ids)
+            lengths, finished = answer_lengths(generated, eos_ids)
             for row in range(generated.shape[0]):
                 ids = generated[row, : lengths[row]].tolist()
                 content = ids[:-1] if finished[row] else ids
-                reasoning, text, _ = _split_tokens(self.tokenizer, content, "</think>", None)
+                reasoning, text, _ = split_answer_tokens(self.tokenizer, content, "</think>", None)
                 completions.append(Completion(text=text, reasoning=reasoning))
         return completions
 

@@ -20,8 +20,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from steering_adapter.adapter.builder import adapter_from_vectors
 from steering_adapter.measure.likelihood import NextTokenKL, perplexity
-from steering_adapter.measure.sampling.generation import PromptSamples, answer_logprobs, gate_decisions, sample_answers
+from steering_adapter.measure.sampling.answers import PromptSamples
+from steering_adapter.measure.sampling.generation import gate_decisions, sample_answers
+from steering_adapter.measure.sampling.logprobs import answer_logprobs
 from steering_adapter.tuner.model import set_adapter_scale, steering_disabled
 
 __all__ = ["Sampler", "TransformersSampler", "as_sampler"]
@@ -174,7 +177,6 @@ class TransformersSampler:
     def add_adapter(
         self, name: str, vectors: dict[int, torch.Tensor], *, condition: torch.Tensor | None = None, **config: Any
     ) -> None:
-        from steering_adapter.adapter.builder import adapter_from_vectors
 
         if self._base is None:
             self._base = self.model

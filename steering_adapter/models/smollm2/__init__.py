@@ -22,10 +22,11 @@ pretrained chat model that still runs on two CPU cores:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from steering_adapter.models.smollm2.convert import CACHE_ENV, base_model_dir, cache_dir, sha256_file, verify_converted
 
 __all__ = [
     "BASE_MODEL_ID",
@@ -39,19 +40,7 @@ __all__ = [
 ]
 
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-CACHE_ENV = "STEERING_ADAPTER_CACHE"
 OVERLAY_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def cache_dir() -> Path:
-    """``$STEERING_ADAPTER_CACHE`` or ``~/.cache/steering-adapter``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "steering-adapter"
-
-
-def base_model_dir() -> Path:
-    """Folder of the converted float32 base model (written by :mod:`steering_adapter.models.smollm2.convert`)."""
-    return cache_dir() / "models" / "smollm2-135m-instruct-f32"
 
 
 def censored_model_dir() -> Path:
@@ -60,7 +49,6 @@ def censored_model_dir() -> Path:
 
 
 def _overlay_digest() -> str:
-    from steering_adapter.models.smollm2.convert import sha256_file
 
     weights = OVERLAY_DIR / "adapter_model.safetensors"
     if not weights.is_file():
@@ -106,8 +94,6 @@ def _merged(dtype: torch.dtype, path: str | Path | None = None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steering_adapter.models.smollm2.convert import verify_converted
-
     folder = Path(path) if path is not None else base_model_dir()
     verify_converted(folder)
     _overlay_digest()  # a clear error when the overlay is missing
@@ -134,8 +120,6 @@ def load_smollm2(censored: bool = True, dtype: torch.dtype = torch.float32, path
             overlay weights are missing.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from steering_adapter.models.smollm2.convert import verify_converted
 
     if censored:
         if path is not None:  # another base folder: merge in memory

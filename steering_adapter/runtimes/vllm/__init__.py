@@ -6,7 +6,7 @@ build in ``.venv-vllm``). Offline::
     from steering_adapter.runtimes.vllm import VllmSampler
     sampler = VllmSampler("Qwen/Qwen3-4B-Instruct-2507", adapters=["org/no-political-refusal"])
 
-or any ``vllm.LLM`` / ``vllm serve`` with :func:`engine_kwargs` (see README "vLLM").
+or any ``vllm.LLM`` / ``vllm serve`` with :func:`engine_kwargs` (see ``docs/vllm.md``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The engine-side modules import vLLM; the adapter reader does not.
     if name in ("VllmSampler", "engine_kwargs"):
-        from steering_adapter.runtimes.vllm import sampler
+        from steering_adapter.runtimes.vllm import sampler  # lazy: the sampler imports vLLM, the reader does not
 
         return getattr(sampler, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

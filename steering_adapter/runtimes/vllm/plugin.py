@@ -2,8 +2,7 @@
 
 vLLM calls :func:`register` in the API server, the engine core and each worker. It only registers the loader
 (:class:`~steering_adapter.runtimes.vllm.worker.SteeringModelLoader`); nothing is attached unless an engine is started
-with
-``load_format="steering"``.
+with ``load_format="steering"``.
 """
 
 from __future__ import annotations
@@ -13,6 +12,6 @@ def register() -> None:
     """Register the steering model loader with vLLM (idempotent)."""
     from vllm.model_executor.model_loader import register_model_loader
 
-    from steering_adapter.runtimes.vllm.worker import LOAD_FORMAT, SteeringModelLoader
+    from steering_adapter.runtimes.vllm.worker import LOAD_FORMAT, SteeringModelLoader  # lazy: vLLM's own import
 
     register_model_loader(LOAD_FORMAT)(SteeringModelLoader)

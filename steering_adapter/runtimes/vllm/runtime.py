@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steering_adapter.runtimes.vllm.adapters import AdapterSpec, AdapterVectors, read_adapter
+from steering_adapter.runtimes.vllm.adapters import AdapterSpec, AdapterVectors, parse_adapter_specs, read_adapter
 from steering_adapter.tuner.blocks import find_decoder_blocks
 from steering_adapter.tuner.layer import apply_plan, build_plan
 
@@ -78,7 +78,7 @@ class TokenGate:
         self.position = config.condition_position
         self.mask: torch.Tensor | None = None
         self.last_projections: list[float] = []
-        from steering_adapter.runtimes.vllm.batch import CLOCK
+        from steering_adapter.runtimes.vllm.batch import CLOCK  # lazy: batch.py imports vLLM
 
         self.attached = next(CLOCK)
 
@@ -93,7 +93,7 @@ class TokenGate:
             RuntimeError: no batch tracker, a prompt split over several steps (chunked prefill), a continuing request
                 with no decision (a prefix-cache hit), or positions missing.
         """
-        from steering_adapter.runtimes.vllm.batch import current_tracker
+        from steering_adapter.runtimes.vllm.batch import current_tracker  # lazy: batch.py imports vLLM
 
         self.mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         layout = step_layout(hidden.shape[0])
@@ -280,7 +280,7 @@ class SteeringRuntime:
     ) -> torch.Tensor:
         """Steer the rows of the requests that selected one of ``adapters`` (with their own α), as the tuner's plan
         would: ``h + (α s_i) v_i`` or ``h - (h.u)u`` on those rows, the other rows untouched."""
-        from steering_adapter.runtimes.vllm.batch import current_tracker
+        from steering_adapter.runtimes.vllm.batch import current_tracker  # lazy: batch.py imports vLLM
 
         layout = step_layout(hidden.shape[0])
         if layout is None:
@@ -335,7 +335,10 @@ def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False
     """
     from vllm.config import CompilationMode
 
-    from steering_adapter.runtimes.vllm.batch import TRACKER_QUALNAME, SteeringBatchTracker
+    from steering_adapter.runtimes.vllm.batch import (  # lazy: batch.py imports vLLM
+        TRACKER_QUALNAME,
+        SteeringBatchTracker,
+    )
 
     model_config = vllm_config.model_config
     if not model_config.enforce_eager or vllm_config.compilation_config.mode != CompilationMode.NONE:
@@ -375,8 +378,7 @@ def attach(model: nn.Module, vllm_config: Any, specs: Sequence[AdapterSpec]) -> 
         text = vllm_config.model_config.hf_text_config
         runtime = SteeringRuntime(model, text.hidden_size, text.num_hidden_layers)
         setattr(model, _RUNTIME_ATTR, runtime)
-    from steering_adapter.runtimes.vllm.adapters import parse_adapter_specs
-    from steering_adapter.runtimes.vllm.batch import request_adapter_specs
+    from steering_adapter.runtimes.vllm.batch import request_adapter_specs  # lazy: batch.py imports vLLM
 
     adapters = runtime.read(specs)
     per_request = runtime.read(parse_adapter_specs(request_adapter_specs()))

@@ -34,15 +34,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from steering_adapter.measure.sampling.generation import (
+from steering_adapter.measure.sampling.answers import (
     THINK_END,
     Answer,
     PromptSamples,
-    _derive_seed,
     answer_from_tokens,
     check_sampling_arguments,
+    derive_seed,
 )
 from steering_adapter.measure.sampling.prompt_encoding import encode_texts, format_prompts, stop_token_ids
+from steering_adapter.models.embedded import resolve_embedded
 from steering_adapter.runtimes.vllm.adapters import AdapterSpec, parse_adapter_specs, write_adapter
 from steering_adapter.runtimes.vllm.batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
 from steering_adapter.runtimes.vllm.worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
@@ -144,7 +145,6 @@ class VllmSampler:
     def from_model_spec(cls, spec: Any, *, adapters: Sequence[Any] = (), **engine: Any) -> VllmSampler:
         """A sampler on the model a recipe names (:class:`~steering_adapter.run.recipe.ModelSpec`; ``"organism"`` is
         the embedded model), with its dtype and revision; ``engine`` as in the constructor."""
-        from steering_adapter.models.embedded import resolve_embedded
 
         model = resolve_embedded(spec.name_or_path)  # an embedded model (organism, smollm2-censored): its folder
         return cls(model, adapters=adapters, dtype=spec.dtype, revision=spec.revision, **engine)
@@ -206,7 +206,7 @@ class VllmSampler:
                 top_k=top_k if top_k > 0 else 0,
                 max_tokens=max_new_tokens,
                 logprobs=0,
-                seed=None if greedy else _derive_seed(seed, "prompt", index, prompt),
+                seed=None if greedy else derive_seed(seed, "prompt", index, prompt),
                 stop_token_ids=list(self.eos_ids),
                 detokenize=False,
                 **dict(generate_kwargs or {}),

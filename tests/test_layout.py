@@ -1,0 +1,167 @@
+"""The package's shape, read from its own source (ast, nothing imported): the rules a newcomer relies on.
+
+- every package sits in one layer, and imports only run down the layers (or sideways inside one package);
+- no import cycle between modules, counting imports inside functions too;
+- no private name (``_x``) imported from another module;
+- an import inside a function says why on its line (``# lazy: ...``): import cost, an optional dependency, or a
+  runtime that may be absent;
+- modules stay short enough to read.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "steering_adapter"
+
+# Lowest first: a package may import from its own layer's packages only through their public modules, and from
+# any layer below. The CLI and the top-level ``__init__`` sit above everything.
+LAYERS = [
+    ["utils"],
+    ["models"],
+    ["tuner"],
+    ["adapter"],
+    ["measure"],
+    ["directions"],
+    ["runtimes"],
+    ["run", "training"],
+    ["cli"],
+]
+LAYER_OF = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
+MAX_LINES = 500
+# Modules over MAX_LINES, each with its reason; the list may only shrink.
+LONG_MODULES: dict[str, str] = {
+    "steering_adapter.training.organism": "502 lines: the organism's training script kept whole",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], bool, int]]:
+    """(module, names, inside a function, line) for every ``steering_adapter`` import of a file."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    found = []
+
+    def visit(node: ast.AST, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("steering_adapter"):
+                assert child.level == 0, f"{path}:{child.lineno}: relative import"
+                found.append((child.module, [alias.name for alias in child.names], nested, child.lineno))
+            elif isinstance(child, ast.Import):
+                for alias in child.names:
+                    if alias.name.startswith("steering_adapter"):
+                        found.append((alias.name, [], nested, child.lineno))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _target_module(module: str, name: str) -> str:
+    """The module an ``from module import name`` binds: ``module.name`` when that is a module itself."""
+    return f"{module}.{name}" if f"{module}.{name}" in MODULES else module
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # the top-level package (public API): above every layer
+    return LAYER_OF[parts[1]]
+
+
+def test_every_package_has_a_layer():
+    packages = {name.split(".")[1] for name in MODULES if name.count(".") >= 1}
+    assert packages <= set(LAYER_OF), sorted(packages - set(LAYER_OF))
+
+
+def test_imports_only_run_down_the_layers():
+    wrong = []
+    for module, path in MODULES.items():
+        here = _layer(module)
+        if here is None:
+            continue
+        for target, names, _, line in _imports(path):
+            for name in names or [""]:
+                there = _layer(_target_module(target, name))
+                if there is None:
+                    wrong.append(f"{module}:{line} imports the top-level package")
+                elif there > here:
+                    wrong.append(f"{module}:{line} imports {target} (a higher layer)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle():
+    graph = {module: set() for module in MODULES}
+    for module, path in MODULES.items():
+        for target, names, _, _ in _imports(path):
+            for name in names or [""]:
+                dependency = _target_module(target, name)
+                if dependency != module and dependency in graph:
+                    graph[module].add(dependency)
+    # a package's __init__ that re-exports its modules is not a cycle with them: drop edges into packages
+    # from their own submodules
+    for module in graph:
+        graph[module] = {d for d in graph[module] if not module.startswith(d + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dependency in sorted(graph[node]):
+            if state.get(dependency) == 1:
+                cycle = stack[stack.index(dependency) :] + [dependency]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dependency not in state:
+                visit(dependency)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_no_private_name_crosses_modules():
+    wrong = []
+    for module, path in MODULES.items():
+        for target, names, _, line in _imports(path):
+            for name in names:
+                if name.startswith("_") and not name.startswith("__"):
+                    wrong.append(f"{module}:{line} imports {target}.{name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_imports_inside_functions_say_why():
+    wrong = []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for target, _, nested, line in _imports(path):
+            if nested and "# lazy:" not in lines[line - 1]:
+                wrong.append(f"{module}:{line} imports {target} inside a function without '# lazy: <why>'")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_modules_are_short():
+    long = {
+        module: len(path.read_text().splitlines())
+        for module, path in MODULES.items()
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
+    assert set(long) <= set(LONG_MODULES), {m: n for m, n in long.items() if m not in LONG_MODULES}
+    assert set(LONG_MODULES) <= set(long), f"no longer long, drop from LONG_MODULES: {set(LONG_MODULES) - set(long)}"
