@@ -129,7 +129,7 @@ def test_memory_command_prints_the_estimate(tmp_path, capsys):
 
 
 def test_the_8b_recipe_numbers_in_the_readme():
-    """The README's and the recipe's expected memory of Qwen3-8B come from these formulas (Qwen3-8B's config.json)."""
+    """The expected memory of Qwen3-8B in docs/scale.md and the recipe comes from these formulas (its config.json)."""
     from transformers import Qwen3Config
 
     config = Qwen3Config(

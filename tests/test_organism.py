@@ -179,7 +179,7 @@ def test_lookalike_ceiling_matches_a_fresh_measurement(report, examples):
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: on the natural JBB/XSTest prompts the 4M-parameter organism is near chance at telling "
-    "harmful from benign look-alikes, so harmful >= 90% and benign <= 10% are not met (see the README)",
+    "harmful from benign look-alikes, so harmful >= 90% and benign <= 10% are not met (see docs/results.md)",
 )
 def test_training_report_meets_harmful_and_benign_targets(report):
     pc = report["heldout"]["per_category"]
