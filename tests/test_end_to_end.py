@@ -14,6 +14,8 @@ from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.models.organism import load_organism
 from steering_adapter.run.recipe import load_recipe
 
+pytestmark = pytest.mark.slow  # every test reads one run of the recipe from the CLI (minutes)
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SMALL = [
     "sampling.k=1",

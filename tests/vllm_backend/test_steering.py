@@ -13,7 +13,7 @@ from reference import block_output, contract_hooks
 from test_sampling import GREEDY, agreement
 
 from steering_adapter import adapter_from_vectors, save_adapter
-from steering_adapter.measure.sampling.generation import format_chat, sample_answers, user_conversation
+from steering_adapter.measure.sampling import format_chat, sample_answers, user_conversation
 from steering_adapter.runtimes.vllm.runtime import check_engine_config
 
 ADD = {"scale": 1.5, "layer_scales": {"3": -0.5}, "mode": "add"}
@@ -125,7 +125,10 @@ def gated_setup(organism, vectors, prompts, tmp_path_factory):
     setups = {}
     for position in ("last", "mean"):
         projections = _projections(organism, prompts, condition, position)
-        threshold = float(torch.tensor(projections).median())
+        # midway between the two middle projections: a prompt exactly at the threshold (the median) would be
+        # decided by rounding, which differs between vLLM's batch and the hand-computed projection
+        ordered = sorted(projections)
+        threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
         folder = tmp_path_factory.mktemp(f"gated-{position}")
         peft_model = adapter_from_vectors(
             model,
