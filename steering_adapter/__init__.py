@@ -12,8 +12,7 @@ evaluation, selection, recipes) are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from steering_adapter.utils.versions import (
     IncompatibleVersionsError,
@@ -42,6 +41,42 @@ _install_load_checks()
 
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter  # noqa: E402
 from steering_adapter.adapter.hub import push_adapter  # noqa: E402
+from steering_adapter.utils.lazy_exports import lazy_exports  # noqa: E402
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
+    from steering_adapter.directions.collection import ActivationCollector, collect_activations
+    from steering_adapter.directions.collection_result import CollectionResult
+    from steering_adapter.directions.diagnostics import DirectionDiagnostics, diagnose_directions
+    from steering_adapter.directions.estimators import (
+        MeanDifference,
+        RidgeMeanDifference,
+        WeightedRidgeMeanDifference,
+        make_estimator,
+    )
+    from steering_adapter.directions.fitting import compute_direction, fit_directions
+    from steering_adapter.directions.statistics import ActivationStatistics
+    from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate
+    from steering_adapter.measure.judges import (
+        Judge,
+        Judgment,
+        LLMJudge,
+        OpenAIChatBackend,
+        PatternJudge,
+        TransformersJudgeBackend,
+        parse_judge_output,
+    )
+    from steering_adapter.measure.likelihood import next_token_kl, perplexity
+    from steering_adapter.measure.prompt_sets import PromptSet, list_prompt_sets, load_prompt_set, split_prompts
+    from steering_adapter.measure.refusal_score import classify, refusal_confidence, summarize
+    from steering_adapter.measure.relevance import RelevanceScorer
+    from steering_adapter.measure.sampling import Answer, PromptSamples, sample_answers
+    from steering_adapter.measure.sampling.prompt_encoding import format_prompts
+    from steering_adapter.measure.scored_runs import PromptScore, score_prompts
+    from steering_adapter.run.pipeline import run_recipe
+    from steering_adapter.run.recipe import Recipe, load_recipe
+    from steering_adapter.run.selection.objective import SelectionObjective
+    from steering_adapter.run.selection.sweep import sweep_layers_and_scale
+    from steering_adapter.runtimes.export import export_adapter, import_gguf
 
 # public name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
@@ -114,17 +149,52 @@ __all__ = [
     "save_adapter",
     "set_adapter_scale",
     "steering_disabled",
-    *_LAZY,
+    "ActivationCollector",
+    "CollectionResult",
+    "collect_activations",
+    "format_prompts",
+    "ActivationStatistics",
+    "MeanDifference",
+    "RidgeMeanDifference",
+    "WeightedRidgeMeanDifference",
+    "compute_direction",
+    "fit_directions",
+    "make_estimator",
+    "DirectionDiagnostics",
+    "diagnose_directions",
+    "sample_answers",
+    "Answer",
+    "PromptSamples",
+    "Judge",
+    "Judgment",
+    "PatternJudge",
+    "LLMJudge",
+    "OpenAIChatBackend",
+    "TransformersJudgeBackend",
+    "parse_judge_output",
+    "refusal_confidence",
+    "classify",
+    "summarize",
+    "score_prompts",
+    "PromptScore",
+    "PromptSet",
+    "load_prompt_set",
+    "split_prompts",
+    "list_prompt_sets",
+    "EvalSet",
+    "EvaluationReport",
+    "evaluate",
+    "next_token_kl",
+    "perplexity",
+    "RelevanceScorer",
+    "SelectionObjective",
+    "sweep_layers_and_scale",
+    "Recipe",
+    "load_recipe",
+    "run_recipe",
+    "export_adapter",
+    "import_gguf",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=__all__)

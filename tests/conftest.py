@@ -11,11 +11,12 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from hub_server import LocalHub  # tests/ is on sys.path (pytest "prepend" import mode)
+from hub_server import LocalHub  # tests/helpers/ is on sys.path (pyproject: pytest pythonpath)
 
-# The vLLM tests run in their own environment (.venv-vllm, `pytest tests/vllm_backend`; .ci/run runs them there).
+# The vLLM tests run in their own environment (.venv-vllm, `pytest tests/runtimes/vllm_backend`; .ci/run runs them
+# there).
 # In an environment without vLLM they are not collected; where vLLM is installed, a failing import fails them.
-collect_ignore = ["vllm_backend"] if importlib.util.find_spec("vllm") is None else []
+collect_ignore = ["runtimes/vllm_backend"] if importlib.util.find_spec("vllm") is None else []
 
 # ---------------------------------------------------------------------------------------------------------
 # Hugging Face Hub environment
@@ -99,7 +100,7 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """The tiny byte-level BPE tokenizer of tests/tiny.py."""
+    """The tiny byte-level BPE tokenizer of tests/helpers/tiny.py."""
     from tiny import tiny_tokenizer
 
     return tiny_tokenizer()
@@ -107,7 +108,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def llama():
-    """A tiny random Llama from tests/tiny.py (hidden 64, 4 blocks)."""
+    """A tiny random Llama from tests/helpers/tiny.py (hidden 64, 4 blocks)."""
     from tiny import tiny_model
 
     return tiny_model("llama")

@@ -29,7 +29,7 @@ from steering_adapter.utils.versions import __version__
 pytestmark = pytest.mark.slow
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-CHECKS = Path(__file__).resolve().with_name("installed_checks.py")
+CHECKS = Path(__file__).resolve().parent / "helpers" / "installed_checks.py"
 PACKAGE = "steering_adapter"
 DIST_INFO = f"{PACKAGE}-{__version__}.dist-info"
 # What .gitignore leaves out of a clean clone (and the git folder): not copied into the build tree.

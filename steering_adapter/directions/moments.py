@@ -18,7 +18,8 @@ input stays float64), *around the batch's own class mean* ``c`` (shifted data): 
 ``Σw·(x−c)(x−c)ᵀ`` in float32, then merged into the float64 running sums with the exact identity
 ``Σw·xxᵀ = Σw·(x−c)(x−c)ᵀ + c·sᵀ + s_c·cᵀ`` (``s = Σw·x``, ``s_c = s − Σw·c``), i.e. a float64 running merge per
 batch. The float32 rounding then scales with the spread of the batch around its mean, not with ``|x|²``: a large
-common offset (the massive activations of real LLMs) costs nothing. Measured bound (``tests/test_statistics.py``):
+common offset (the massive activations of real LLMs) costs nothing. Measured bound
+(``tests/directions/test_statistics.py``):
 covariance relative error ≤ 1e-5 against a float64 reference with offsets 1000× the spread, where the plain
 float32 sum ``Σxxᵀ`` loses every digit.
 """

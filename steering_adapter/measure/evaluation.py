@@ -32,13 +32,13 @@ from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.refusal_score import plot_histogram, summarize
 from steering_adapter.measure.sampling.answers import Answer
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.measure.scored_runs import (
     ANSWERS_FILE,
     SCORES_FILE,
     PromptScore,
     load_scores,
     prompt_key,
-    sampling_settings,
     score_prompts,
 )
 from steering_adapter.utils.records import JsonlLog, atomic_write_json, atomic_write_text
@@ -416,7 +416,7 @@ def _base_records(
     if recorded_judge != judge_name:
         raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
     by_key = {score.key: score for score in load_scores(log_dir)}
-    settings = sampling_settings(**sampling)
+    settings = SamplingSettings.from_kwargs(**sampling).to_dict()
     positions = [i for i, is_closed in enumerate(closed) if is_closed]
     keys = [prompt_key(eval_set.prompts[i], settings) for i in positions]
     missing = [eval_set.prompts[i] for i, key in zip(positions, keys, strict=True) if key not in by_key]

@@ -36,7 +36,6 @@ otherwise.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections import deque
@@ -53,19 +52,16 @@ from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.measure.refusal_score import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
 from steering_adapter.measure.sampling.answers import Answer, derive_seed
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
-from steering_adapter.measure.sampling.generation import sample_answers
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.tuner.layer import SteeringLayer
 from steering_adapter.utils import distributed
 from steering_adapter.utils.records import JsonlLog, atomic_write_json, stable_key
 
-__all__ = ["PromptScore", "load_scores", "prompt_key", "sampling_settings", "score_prompts"]
+__all__ = ["PromptScore", "load_scores", "prompt_key", "score_prompts"]
 
 ANSWERS_FILE = "answers.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
 SCORES_FILE = "scores.json"
-
-# sample_answers arguments that score_prompts sets itself, or that do not change the samples.
-_NOT_SETTINGS = {"model", "tokenizer", "prompts", "batch_size", "progress", "prompt_ids"}
 
 
 @dataclass
@@ -108,37 +104,8 @@ class PromptScore:
         )
 
 
-def sampling_settings(**sampling: Any) -> dict[str, Any]:
-    """The full sampling settings: :func:`~steering_adapter.measure.sampling.generation.sample_answers` defaults
-    updated by
-    ``sampling``.
-
-    Raises:
-        ValueError: an unknown setting, or a value that is not plain JSON (e.g. ``generate_kwargs`` holding logits
-            processors), which could not be part of a stable key.
-    """
-    parameters = inspect.signature(sample_answers).parameters
-    defaults = {
-        name: parameter.default
-        for name, parameter in parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in _NOT_SETTINGS
-    }
-    unknown = sorted(set(sampling) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown sampling settings {unknown}; known: {sorted(defaults)}")
-    settings = defaults | sampling
-    try:
-        json.dumps(settings, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"sampling settings must be plain JSON values to key the records ({exc}); "
-            "call sample_answers directly for non-serialisable generate_kwargs"
-        ) from None
-    return settings
-
-
 def prompt_key(prompt: str, settings: dict[str, Any]) -> str:
-    """Record key of ``prompt`` under the full sampling ``settings`` (see :func:`sampling_settings`)."""
+    """Record key of ``prompt`` under the full sampling ``settings`` (:meth:`SamplingSettings.to_dict`)."""
     return stable_key("prompt", prompt, settings)
 
 
@@ -245,7 +212,7 @@ def score_prompts(
         raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    settings = sampling_settings(**sampling)
+    settings = SamplingSettings.from_kwargs(**sampling).to_dict()
     judge_name = getattr(judge, "name", type(judge).__name__)
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

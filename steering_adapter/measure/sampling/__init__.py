@@ -33,6 +33,7 @@ from steering_adapter.measure.sampling.prompt_encoding import (
     stop_token_ids,
     user_conversation,
 )
+from steering_adapter.measure.sampling.settings import SamplingSettings
 
 __all__ = [
     "THINK_END",
@@ -40,6 +41,7 @@ __all__ = [
     "Answer",
     "PromptSamples",
     "Sampler",
+    "SamplingSettings",
     "StepLogprobs",
     "TransformersSampler",
     "answer_from_tokens",

@@ -155,7 +155,7 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
 
 def kept_gguf_path() -> Path:
     """Where the fetched GGUF file is kept: ``<cache>/models/SmolLM2-135M-Instruct.Q4_1.gguf`` (the offline source of
-    a re-conversion, and the file ``tests/test_smollm2.py`` compares the converted weights with)."""
+    a re-conversion, and the file ``tests/models/test_smollm2.py`` compares the converted weights with)."""
     return cache_dir() / "models" / Path(GGUF_MEMBER).name
 
 

@@ -5,7 +5,7 @@ The layout is the one llama.cpp's loader reads (``common_control_vector_load`` i
 ``controlvector.layer_count`` and one F32 1-D tensor ``direction.N`` per steered layer.
 
 Layer numbering, read from llama.cpp's sources (the version vendored by llama-cpp-python 0.3.36) and checked
-against that runtime by tests/test_export_llamacpp.py: the loader stores ``direction.N`` at row ``N - 1`` and
+against that runtime by tests/runtimes/test_export_llamacpp.py: the loader stores ``direction.N`` at row ``N - 1`` and
 rejects ``N = 0``; ``llama_adapter_cvec::apply`` gives row ``il - 1`` to layer ``il`` for ``il = 1 .. n_layer - 1``;
 the model graphs that support control vectors add that tensor to the output of their 0-based block ``il``
 (``build_cvec(cur, il)`` after the block's last residual add). So ``direction.N`` shifts the output of block ``N`` —

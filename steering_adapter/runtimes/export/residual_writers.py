@@ -4,7 +4,7 @@ A steering adapter adds ``delta_i`` to the output of block ``i``. Where a block 
 output projection added to the residual stream with nothing after it), a bias ``delta_i`` on that projection adds
 exactly ``delta_i`` to the block output at every position: that is how the ``lora`` and ``merged`` exports work.
 Each entry below was read from the architecture's transformers modeling code (5.23) and is checked numerically by
-tests/test_export_weights.py; an architecture missing here is refused rather than guessed.
+tests/runtimes/test_export_weights.py; an architecture missing here is refused rather than guessed.
 """
 
 from __future__ import annotations

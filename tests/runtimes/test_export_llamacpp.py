@@ -5,7 +5,8 @@ tolerance, identical greedy continuations), and a vector placed one block off is
 llama.cpp runs through steering-cvec-eval (scripts/llamacpp/cvec_eval.cpp), built by scripts/build_llamacpp.sh in
 the same CMake build as the llama-cpp-python 0.3.36 wheel from its PyPI sdist: model, context and control vectors
 are set up by common_init_from_params(), the path of `llama-cli --control-vector`. The organism is converted to an
-F32 GGUF by the convert_hf_to_gguf.py of that sdist (tests/llamacpp_convert.py). Prompts are token ids. A missing
+F32 GGUF by the convert_hf_to_gguf.py of that sdist (tests/helpers/llamacpp_convert.py). Prompts are token ids. A
+missing
 build fails these tests (run `bash scripts/build_llamacpp.sh`, which scripts/bootstrap.sh does); they never skip.
 """
 
@@ -75,8 +76,9 @@ def llamacpp() -> dict:
 
 
 def convert_to_gguf(llamacpp: dict, model_dir: Path, out: Path) -> Path:
-    """An F32 GGUF of ``model_dir`` written by the sdist's convert_hf_to_gguf.py (tests/llamacpp_convert.py)."""
-    script = Path(__file__).with_name("llamacpp_convert.py")
+    """An F32 GGUF of ``model_dir`` written by the sdist's convert_hf_to_gguf.py
+    (tests/helpers/llamacpp_convert.py)."""
+    script = Path(__file__).resolve().parents[1] / "helpers" / "llamacpp_convert.py"
     result = subprocess.run(
         [sys.executable, str(script), llamacpp["llama_cpp_source"], str(model_dir), str(out)],
         capture_output=True,

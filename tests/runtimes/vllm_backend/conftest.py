@@ -1,4 +1,4 @@
-"""Fixtures of the vLLM tests (run in .venv-vllm: `.venv-vllm/bin/python -m pytest tests/vllm_backend`).
+"""Fixtures of the vLLM tests (run in .venv-vllm: `.venv-vllm/bin/python -m pytest tests/runtimes/vllm_backend`).
 
 One vLLM engine on the organism serves every offline test of the session (an engine start costs ~40 s on 2 cores);
 adapters are switched on it between tests. vLLM's KV cache is kept at 1 GiB (the machine is shared).

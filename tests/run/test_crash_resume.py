@@ -27,7 +27,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "no-political-refusal.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "no-political-refusal.yaml"
 SETTINGS = [
     "sampling.k=2",
     "sampling.max_new_tokens=24",

@@ -22,7 +22,7 @@ import torch
 from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.models.organism import ORGANISM_ID, load_organism
 
-TESTS = Path(__file__).resolve().parent
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 SCRIPT = r"""
 import json, sys
@@ -126,7 +126,7 @@ def test_every_flow_resolves_the_organism_offline(organism_adapter):
         }
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-c", SCRIPT, folder, str(TESTS), payload],
+            [sys.executable, "-c", SCRIPT, folder, str(HELPERS), payload],
             capture_output=True,
             text=True,
             env=env,

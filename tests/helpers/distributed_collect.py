@@ -1,10 +1,12 @@
 """Collect organism statistics, projections and one block's activations in every process of a torchrun group.
 
-    torchrun --standalone --nproc-per-node 2 tests/distributed_collect.py OUT_DIR      (or without torchrun: 1 process)
-    torchrun --standalone --nproc-per-node 2 tests/distributed_collect.py --diverge    (must fail: ranks disagree)
+    torchrun --standalone --nproc-per-node 2 tests/helpers/distributed_collect.py OUT_DIR      (or without torchrun: 1
+    process)
+    torchrun --standalone --nproc-per-node 2 tests/helpers/distributed_collect.py --diverge    (must fail: ranks
+    disagree)
 
 Rank 0 writes ``OUT_DIR/{statistics,weighted_statistics}.safetensors`` (+ JSON), ``OUT_DIR/tensors.safetensors``
-(projections, activations of block 2) and ``OUT_DIR/world.json``; tests/test_distributed.py compares them with a
+(projections, activations of block 2) and ``OUT_DIR/world.json``; tests/utils/test_distributed.py compares them with a
 single process.
 """
 

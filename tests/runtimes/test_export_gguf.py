@@ -1,6 +1,6 @@
 """GGUF control vectors: the file layout llama.cpp reads, provenance, refusals, and import (round trip, bad files).
 
-The runtime agreement with llama.cpp itself is in tests/test_export_llamacpp.py.
+The runtime agreement with llama.cpp itself is in tests/runtimes/test_export_llamacpp.py.
 """
 
 from __future__ import annotations

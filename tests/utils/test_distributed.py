@@ -30,8 +30,8 @@ from steering_adapter.directions.fitting import fit_directions
 from steering_adapter.directions.labels import CLASSES
 from steering_adapter.directions.statistics import ActivationStatistics
 
-ROOT = Path(__file__).resolve().parents[1]
-COLLECT = Path(__file__).with_name("distributed_collect.py")
+ROOT = Path(__file__).resolve().parents[2]
+COLLECT = Path(__file__).resolve().parents[1] / "helpers" / "distributed_collect.py"
 RECIPE = ROOT / "recipes" / "no-political-refusal.yaml"
 SMALL = [
     "sampling.k=1",

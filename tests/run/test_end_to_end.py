@@ -16,7 +16,7 @@ from steering_adapter.run.recipe import load_recipe
 
 pytestmark = pytest.mark.slow  # every test reads one run of the recipe from the CLI (minutes)
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 SMALL = [
     "sampling.k=1",
     "sampling.max_new_tokens=32",

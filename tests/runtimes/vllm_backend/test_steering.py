@@ -1,4 +1,5 @@
-"""Steering adapters inside vLLM against the hand-written contract hooks (tests/reference.py) on the transformers
+"""Steering adapters inside vLLM against the hand-written contract hooks (tests/helpers/reference.py) on the
+transformers
 organism: add with layer scales, ablate, several adapters in declared order, scale overrides, condition-gated
 adapters per sequence in one continuous batch, and the engine settings that are refused."""
 

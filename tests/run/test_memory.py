@@ -19,7 +19,7 @@ from steering_adapter.run.memory import (
 from steering_adapter.run.pipeline import run_recipe
 from steering_adapter.run.recipe import load_recipe
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "no-political-refusal.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "no-political-refusal.yaml"
 COUNTS = {"train": 320, "gating": 900, "neutral": 36}
 
 

@@ -38,7 +38,7 @@ MERGED_CASES = ("llama", "gpt2", "gpt_neox", "gpt_neox_sequential")
 POST_NORM = ("gemma2", "gemma3_text", "olmo2")
 MOE = ("qwen3_moe", "qwen3_next")
 NO_BIAS = ("mistral", "qwen2", "qwen3", "phi3")
-STOCK_RUNTIME = Path(__file__).with_name("stock_runtime.py")
+STOCK_RUNTIME = Path(__file__).resolve().parents[1] / "helpers" / "stock_runtime.py"
 
 
 def hook_reference(model, case: str, vectors, ids) -> torch.Tensor:

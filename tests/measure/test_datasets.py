@@ -19,7 +19,7 @@ from steering_adapter.measure.prompt_sets import (
     split_prompts,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared/datasets is not next to the checkout")
 
 

@@ -15,7 +15,8 @@ import pytest
 from tiny import HARMLESS_PROMPTS, SENSITIVE_PROMPTS
 
 from steering_adapter.measure.judges import Judge, Judgment, PatternJudge
-from steering_adapter.measure.scored_runs import load_scores, prompt_key, sampling_settings, score_prompts
+from steering_adapter.measure.sampling import SamplingSettings
+from steering_adapter.measure.scored_runs import load_scores, prompt_key, score_prompts
 from steering_adapter.utils import records
 from steering_adapter.utils.records import JsonlLog, atomic_write_json, atomic_write_text, stable_key
 
@@ -259,8 +260,8 @@ def test_settings_and_judge_key_the_records(tmp_path, llama, tokenizer):
     assert len(keys_of(run_dir / "answers.jsonl")) == 4
     assert len(keys_of(run_dir / "judgments.jsonl")) == 6
     assert [s.mean_logprobs for s in pattern] == [s.mean_logprobs for s in first]
-    assert prompt_key("Hi", sampling_settings(k=2)) == first[0].key
-    assert sampling_settings(k=2) == sampling_settings(k=2, temperature=1.0)
+    assert prompt_key("Hi", SamplingSettings(k=2).to_dict()) == first[0].key
+    assert SamplingSettings(k=2).to_dict() == SamplingSettings(k=2, temperature=1.0).to_dict()
 
 
 def test_judgments_with_backend_errors_are_retried(tmp_path, llama, tokenizer):

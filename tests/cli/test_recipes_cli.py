@@ -12,7 +12,7 @@ import yaml
 from steering_adapter.cli import EXIT_USAGE, build_parser, main
 from steering_adapter.run.recipe import RecipeError, load_recipe, recipe_from_dict
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
 MINIMAL = {
     "name": "t",

@@ -14,7 +14,7 @@ from test_end_to_end import SMALL as END_TO_END_SMALL
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.measure.sampling import sample_answers
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 # the main end-to-end test's small settings, greedy, and a selection that always finds a feasible point
 SMALL = [
     *(override for override in END_TO_END_SMALL if not override.startswith("prompts.max_train")),

@@ -19,7 +19,7 @@ SYSTEM = "Be brief."
 
 
 def hand_ids(tokenizer, prompt: str, system: str | None) -> list[int]:
-    """The template of tests/tiny.py written out by hand, tokenised without extra special tokens."""
+    """The template of tests/helpers/tiny.py written out by hand, tokenised without extra special tokens."""
     text = "<bos>" + (f"<|system|>{system}<|end|>" if system else "") + f"<|user|>{prompt}<|end|><|assistant|>"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

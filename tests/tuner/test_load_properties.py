@@ -2,7 +2,7 @@
 
 Every broken folder must be refused at load time by every flow with a ``ValueError`` that names the adapter's folder
 and the problem; every valid folder must load through every flow and steer exactly like the hand-written hook
-reference (tests/reference.py), condition gate included. Folders are written from the format contract only
+reference (tests/helpers/reference.py), condition gate included. Folders are written from the format contract only
 (docs/adapter-format.md), never with library code.
 """
 

@@ -156,7 +156,7 @@ def test_chat_keeps_the_conversation_and_resets(monkeypatch, capsys):
 def test_readme_says_where_the_shared_prompt_sets_and_the_organism_live():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "../shared/datasets" in readme and "STEERING_ADAPTER_DATASETS" in readme
     assert "python -c" in readme and "ORGANISM_DIR" in readme
     assert textwrap.dedent("steering-adapter:organism") in readme

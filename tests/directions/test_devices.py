@@ -8,7 +8,7 @@
 
 What CPU cannot test: a real ``device_map="auto"`` model across GPUs (accelerate's hooks moving activations between
 devices). The logic it relies on — statistics, plans and gates allocated on the device each block reports — is
-tested here and in tests/test_statistics.py with ``meta`` and mocked execution devices.
+tested here and in tests/directions/test_statistics.py with ``meta`` and mocked execution devices.
 """
 
 from __future__ import annotations
