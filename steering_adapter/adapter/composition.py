@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from steering_adapter.adapter.integrations import check_steering_adapter
@@ -287,7 +288,6 @@ def load_composition(model: nn.Module, directory: str | os.PathLike) -> dict[str
     Returns:
         ``{"order", "modes", "weights", "interference_before", "orthogonalized", "interference_after"}``.
     """
-    from peft import PeftModel
 
     directory = Path(directory)
     composition = read_composition(directory)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from huggingface_hub import HfApi, constants
+
 from steering_adapter.adapter.cards import set_card_repo_id
 from steering_adapter.tuner.config import SteeringConfig
 from steering_adapter.tuner.files import CONFIG_NAME, WEIGHTS_NAME, read_config_dict
@@ -16,9 +18,9 @@ class HubUnreachableError(ConnectionError):
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """The HTTP client's connection-level errors (huggingface_hub's client: httpx2, or httpx)."""
     try:
-        from httpx2 import TransportError
+        from httpx2 import TransportError  # lazy: huggingface_hub's transport, httpx2 or httpx, is known at call time
     except ImportError:  # pragma: no cover - older huggingface_hub
-        from httpx import TransportError
+        from httpx import TransportError  # lazy: huggingface_hub's transport, httpx2 or httpx, is known at call time
     return (TransportError, ConnectionError, TimeoutError)
 
 
@@ -52,7 +54,6 @@ def push_adapter(
         ValueError: not a valid steering adapter folder.
         HubUnreachableError: the Hub endpoint could not be reached (the message names it and ``HF_ENDPOINT``).
     """
-    from huggingface_hub import HfApi, constants
 
     adapter_dir = os.fspath(adapter_dir)
     for name in (CONFIG_NAME, WEIGHTS_NAME):

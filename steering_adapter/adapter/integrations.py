@@ -37,6 +37,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import transformers.integrations.peft as transformers_peft
+import transformers.models.auto.auto_factory as auto_factory
+from peft import PeftModel
+from peft.config import PeftConfigMixin
+
 from steering_adapter.adapter.cards import merge_card_after_peft, write_model_card_from_config
 from steering_adapter.models.embedded import embedded_folder, is_embedded
 from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
@@ -253,10 +258,6 @@ def _steering_model_card(original: Callable) -> Callable:
 def install() -> None:
     """Install the load-time checks and the offline resolution of embedded base models (idempotent; see the module
     docstring)."""
-    import transformers.integrations.peft as transformers_peft
-    import transformers.models.auto.auto_factory as auto_factory
-    from peft import PeftModel
-    from peft.config import PeftConfigMixin
 
     mixin = transformers_peft.PeftAdapterMixin
     if not getattr(mixin.load_adapter, _WRAPPED, False):

@@ -60,7 +60,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     mean = sum(finite) / len(finite)
     if len(finite) == 1:
         return mean, mean, mean
-    from scipy.stats import t
+    from scipy.stats import t  # lazy: scipy.stats takes a second to import; only the intervals need it
 
     variance = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
     half = float(t.ppf(0.5 + confidence / 2, len(finite) - 1)) * math.sqrt(variance / len(finite))

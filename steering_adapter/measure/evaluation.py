@@ -470,8 +470,8 @@ def _condition(sampler: Sampler, condition: str) -> contextlib.AbstractContextMa
 
 def plot_refusal_rates(report: EvaluationReport, path: str | os.PathLike) -> str:
     """Grouped bar chart of the refusal rate of each set under each condition (PNG)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib takes seconds to import
+    from matplotlib.figure import Figure  # lazy: matplotlib takes seconds to import
 
     names = list(report.sets)
     conditions = [c for c in CONDITIONS if any(c in row for row in report.sets.values())]

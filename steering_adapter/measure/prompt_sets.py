@@ -252,7 +252,7 @@ def list_prompt_sets() -> list[str]:
 
 def _load_hf(name: str, column: str | None, split: str, config: str | None) -> tuple[list[str], list[dict]]:
     try:
-        import datasets  # optional dependency, imported only here
+        import datasets  # lazy: optional dependency (Hugging Face datasets)
     except ImportError:
         raise ImportError(
             f"loading {name!r} from the Hugging Face Hub needs the 'datasets' package: pip install datasets"

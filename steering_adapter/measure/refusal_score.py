@@ -144,8 +144,8 @@ def plot_histogram(
     Returns:
         The path written, as a string.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib takes seconds to import
+    from matplotlib.figure import Figure  # lazy: matplotlib takes seconds to import
 
     values = [float(score) for score in scores]
     summary = summarize(values, threshold)

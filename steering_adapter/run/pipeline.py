@@ -22,6 +22,7 @@ from steering_adapter.run.memory import check_recipe_memory
 from steering_adapter.run.recipe import Recipe
 from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
+from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.estimate import estimate_directions
 from steering_adapter.run.stages.folders import StageTimes
 from steering_adapter.run.stages.gate_fit import fit_recipe_condition
@@ -86,32 +87,13 @@ def run_recipe(
             relevance = RelevanceScorer()
 
     sampler = build_sampler(recipe, model, tokenizer)
+    ctx = RunContext(recipe, model, tokenizer, sampler, judge, out, relevance, times, progress, log, started)
     try:
-        directions, ranking, provenance = estimate_directions(
-            model, tokenizer, recipe, judge, out, progress, log, times, sampler=sampler
-        )
+        estimated = estimate_directions(ctx)
         with times("fit condition"):
-            condition = fit_recipe_condition(model, tokenizer, recipe, progress, log)
-        sweep = select_layers_and_alpha(
-            recipe, tokenizer, sampler, judge, directions, ranking, condition, relevance, out, times, progress, log
-        )
-        adapter_dir, report, ungated = evaluate_and_save(
-            recipe,
-            model,
-            tokenizer,
-            sampler,
-            judge,
-            sweep,
-            directions,
-            provenance,
-            condition,
-            relevance,
-            out,
-            started,
-            times,
-            progress,
-            log,
-        )
+            condition = fit_recipe_condition(ctx)
+        sweep = select_layers_and_alpha(ctx, estimated, condition)
+        adapter_dir, report, ungated = evaluate_and_save(ctx, estimated, condition, sweep)
         _write_timings(out, started, times)
         return RunResult(out, adapter_dir, sweep, report, ungated)
     except BaseException as error:  # a failed or interrupted run still records where its time went

@@ -80,10 +80,10 @@ def measure(organism_path: str | Path | None = None, datasets_dir: str | Path | 
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes seconds to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib takes seconds to import
 
     names = list(result["pairs"])
     width = 0.38

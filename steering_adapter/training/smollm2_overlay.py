@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 from steering_adapter.measure.judges.pattern import PatternJudge
@@ -168,7 +169,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from peft import LoraConfig, get_peft_model
 
     args = parse_args(argv)
     random.seed(args.seed)

@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -40,8 +42,6 @@ def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | N
         if not os.path.isfile(candidate):
             raise FileNotFoundError(f"{filename} not found in adapter folder {local}")
         return candidate
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS and v is not None}
     try:

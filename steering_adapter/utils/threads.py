@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 THREADS_ENV = "STEERING_ADAPTER_THREADS"
 
 __all__ = ["THREADS_ENV", "configure_threads", "default_threads", "physical_cores"]
@@ -64,7 +66,6 @@ def configure_threads(threads: int | None = None) -> int:
     Raises:
         ValueError: for a count below 1 or an environment value that is not an integer.
     """
-    import torch
 
     if threads is None:
         env = os.environ.get(THREADS_ENV)

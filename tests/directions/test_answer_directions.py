@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from steering_adapter.measure.sampling import as_sampler
 from steering_adapter.run.recipe import read_recipe_yaml, recipe_from_dict
+from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.estimate import estimate_directions
 from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.run.stages.load import build_judge, load_model
@@ -53,11 +55,18 @@ def _np_rmd_separation(xr, xc, wr, wc, lam):
     return raw / np.linalg.norm(raw), mean_r - mean_c
 
 
+def _context(recipe, model, tokenizer, judge, out) -> RunContext:
+    return RunContext(
+        recipe, model, tokenizer, as_sampler(model, tokenizer), judge, out, progress=False, log=lambda _: None
+    )
+
+
 def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
     recipe = _recipe(0.5)
     model, tokenizer = load_model(recipe.model)
     judge = build_judge(recipe.judge, recipe.model)
-    directions, _, provenance = estimate_directions(model, tokenizer, recipe, judge, tmp_path, False, lambda _: None)
+    estimated = estimate_directions(_context(recipe, model, tokenizer, judge, tmp_path))
+    directions, provenance = estimated.vectors, estimated.provenance
     assert provenance["answer_scale"] == 0.5 and sorted(directions) == LAYERS
 
     # the reference: every prompt forwarded alone, then prompt + each of its answers, read by our own hooks
@@ -100,7 +109,8 @@ def test_answer_scale_mixes_prompt_and_answer_directions(tmp_path):
         assert abs(float(up @ ua)) < 0.99  # the answer direction is another direction: the mix is not a no-op
 
     # answer_scale 0 (the default) is the prompt direction alone, and has its own cache key
-    plain, _, provenance = estimate_directions(model, tokenizer, _recipe(0.0), judge, tmp_path, False, lambda _: None)
+    estimated = estimate_directions(_context(_recipe(0.0), model, tokenizer, judge, tmp_path))
+    plain, provenance = estimated.vectors, estimated.provenance
     assert provenance["answer_scale"] == 0.0
     for layer in LAYERS:
         cosine = float(torch.nn.functional.cosine_similarity(plain[layer].double(), directions[layer].double(), dim=0))

@@ -274,7 +274,7 @@ class OpenAIChatBackend(JudgeBackend):
         extra_body: Mapping[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
-        import openai
+        import openai  # lazy: openai takes a second to import; only the endpoint judge needs it
 
         base_url = base_url or os.environ.get("STEERING_JUDGE_BASE_URL") or "https://api.openai.com/v1"
         model = model or os.environ.get("STEERING_JUDGE_MODEL")
@@ -363,7 +363,7 @@ class OpenAIChatBackend(JudgeBackend):
 
     def _complete_one(self, conversation: Conversation, max_tokens: int | None, abort: threading.Event) -> Completion:
         """One conversation: the openai client retries transport failures; malformed answers are retried here."""
-        import openai
+        import openai  # lazy: openai takes a second to import; only the endpoint judge needs it
 
         attempts = 0
         error = ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ORGANISM_DIR = Path(__file__).resolve().parent / "weights"
 ORGANISM_ID = "steering-adapter:organism"
@@ -52,7 +53,6 @@ def load_organism(dtype: torch.dtype = torch.float32, path: str | Path | None = 
     The tokenizer pads on the left (ready for batched generation); its ``eos_token`` is ``<|im_end|>`` and the
     model's generation config stops on ``<|im_end|>`` or ``<|endoftext|>`` with greedy decoding.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path) if path is not None else ORGANISM_DIR
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():

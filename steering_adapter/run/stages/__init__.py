@@ -22,6 +22,7 @@ from steering_adapter.utils.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from steering_adapter.run.stages.choose import NoFeasibleChoiceError, gate_key, select_layers_and_alpha
+    from steering_adapter.run.stages.context import EstimatedDirections, RunContext
     from steering_adapter.run.stages.estimate import estimate_directions
     from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
     from steering_adapter.run.stages.gate_fit import fit_recipe_condition
@@ -35,6 +36,8 @@ _EXPORTS = {
     "StageTimes": "steering_adapter.run.stages.folders",
     "build_judge": "steering_adapter.run.stages.load",
     "build_sampler": "steering_adapter.run.stages.load",
+    "EstimatedDirections": "steering_adapter.run.stages.context",
+    "RunContext": "steering_adapter.run.stages.context",
     "estimate_directions": "steering_adapter.run.stages.estimate",
     "eval_sets": "steering_adapter.run.stages.inputs",
     "evaluate_and_save": "steering_adapter.run.stages.publish",
@@ -55,6 +58,8 @@ __all__ = [
     "StageTimes",
     "build_judge",
     "build_sampler",
+    "EstimatedDirections",
+    "RunContext",
     "estimate_directions",
     "eval_sets",
     "evaluate_and_save",

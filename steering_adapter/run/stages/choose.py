@@ -7,19 +7,13 @@ the vectors, the gate, the prompts or the settings change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from steering_adapter.directions.conditions import ConditionFit
-from steering_adapter.measure.judges.base import Judge
-from steering_adapter.measure.sampling.backend import Sampler
-from steering_adapter.run.recipe import Recipe
 from steering_adapter.run.selection.objective import default_alphas, steering_candidates
 from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
-from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.context import EstimatedDirections, RunContext
+from steering_adapter.run.stages.folders import fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils import distributed
 
@@ -38,20 +32,14 @@ def gate_key(condition: ConditionFit | None) -> Any:
 
 
 def select_layers_and_alpha(
-    recipe: Recipe,
-    tokenizer: Any,
-    sampler: Sampler,
-    judge: Judge,
-    directions: dict[int, torch.Tensor],
-    ranking: list[int],
-    condition: ConditionFit | None,
-    relevance: Any,
-    out: Path,
-    times: StageTimes,
-    progress: bool,
-    log: Callable[[str], None],
+    ctx: RunContext, estimated: EstimatedDirections, condition: ConditionFit | None
 ) -> SweepResult:
     """Sweep layer counts × α on the selection half of the evaluation sets and choose the best feasible point.
+
+    Args:
+        ctx: the run.
+        estimated: the direction stage's vectors and layer ranking.
+        condition: the fitted gate, or ``None`` (ungated only).
 
     Returns:
         The :class:`~steering_adapter.run.selection.SweepResult`, the same on every process; its ``choice`` is set.
@@ -59,6 +47,9 @@ def select_layers_and_alpha(
     Raises:
         NoFeasibleChoiceError: no point meets the constraints (``selection/sweep.csv`` is still written).
     """
+    recipe, tokenizer, sampler, judge, relevance = ctx.recipe, ctx.tokenizer, ctx.sampler, ctx.judge, ctx.relevance
+    out, times, progress, log = ctx.out, ctx.times, ctx.progress, ctx.log
+    directions, ranking = estimated.vectors, estimated.ranking
     sel = recipe.selection
     kl_selection = resolve_prompts(recipe.prompts.neutral, "selection", recipe) if recipe.prompts.neutral else None
     objective = sel.objective()

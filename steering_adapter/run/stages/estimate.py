@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,12 +22,11 @@ from steering_adapter.directions.estimators import VECTOR_UNITS, make_estimator
 from steering_adapter.directions.fitting import fit_directions
 from steering_adapter.directions.linear_algebra import mix_directions
 from steering_adapter.directions.statistics import ActivationStatistics
-from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.answers import Answer
-from steering_adapter.measure.sampling.backend import Sampler
 from steering_adapter.measure.scored_runs import PromptScore, load_answers, score_prompts
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir
+from steering_adapter.run.stages.context import EstimatedDirections, RunContext
+from steering_adapter.run.stages.folders import fingerprint, stage_dir
 from steering_adapter.run.stages.inputs import recipe_sampling, resolve_prompts
 from steering_adapter.utils import distributed
 from steering_adapter.utils.records import atomic_write_json
@@ -36,23 +34,18 @@ from steering_adapter.utils.records import atomic_write_json
 __all__ = ["estimate_directions"]
 
 
-def estimate_directions(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    recipe: Recipe,
-    judge: Judge,
-    out: Path,
-    progress: bool,
-    log: Callable[[str], None],
-    times: StageTimes | None = None,
-    sampler: Sampler | None = None,
-) -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]]:
-    """Score the training prompts (answers from ``sampler``, default the model), collect activations, fit one
-    direction per layer and diagnose them.
+def estimate_directions(ctx: RunContext) -> EstimatedDirections:
+    """Score the training prompts (answers from ``ctx.sampler``), collect activations, fit one direction per layer
+    and diagnose them.
+
+    Args:
+        ctx: the run.
 
     Returns:
-        ``(directions, layer ranking, provenance)``; cached in ``out/directions`` for reruns.
+        The vectors, the layer ranking and their provenance; cached in ``ctx.out / "directions"`` for reruns.
     """
+    model, tokenizer, recipe, judge, out = ctx.model, ctx.tokenizer, ctx.recipe, ctx.judge, ctx.out
+    progress, log, times, sampler = ctx.progress, ctx.log, ctx.times, ctx.sampler
     refusal = [p for s in recipe.prompts.refusal for p in resolve_prompts(s, "train", recipe)]
     compliance = [p for s in recipe.prompts.compliance for p in resolve_prompts(s, "train", recipe)]
     prompts = list(dict.fromkeys(refusal + compliance))
@@ -60,12 +53,14 @@ def estimate_directions(
     key = fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""))
     cache = out / "directions"
 
-    def cached() -> tuple[dict[int, torch.Tensor], list[int], dict[str, Any]] | None:
+    def cached() -> EstimatedDirections | None:
         if (cache / "directions.json").is_file():
             meta = json.loads((cache / "directions.json").read_text())
             if meta.get("fingerprint") == key:
                 tensors = load_file(str(cache / "directions.safetensors"))
-                return {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
+                return EstimatedDirections(
+                    {int(k): v for k, v in tensors.items()}, meta["ranking"], meta["provenance"]
+                )
         return None
 
     reused = distributed.from_main(cached)  # rank 0's files decide for every process
@@ -73,12 +68,11 @@ def estimate_directions(
         log(f"[estimate] reusing directions from {cache}")
         return reused
 
-    times = times or StageTimes()
     log(f"[score] {len(prompts)} training prompts × K={recipe.sampling.k} answers, judge {judge.name}")
     scores_dir = stage_dir(out / "train_scores", fingerprint(recipe.model), log)  # records are per model
     with times("score training prompts"):
         scores = score_prompts(
-            sampler or model,
+            sampler,
             tokenizer,
             prompts,
             judge,
@@ -154,7 +148,8 @@ def estimate_directions(
     cache.mkdir(parents=True, exist_ok=True)
     save_file({str(k): v.contiguous() for k, v in directions.items()}, str(cache / "directions.safetensors"))
     atomic_write_json(cache / "directions.json", {"fingerprint": key, "ranking": ranking, "provenance": provenance})
-    return distributed.broadcast_object((directions, ranking, provenance))  # every process steers with rank 0's
+    # every process steers with rank 0's vectors
+    return distributed.broadcast_object(EstimatedDirections(directions, ranking, provenance))
 
 
 def _answer_directions(

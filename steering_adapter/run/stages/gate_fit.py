@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
-
 from steering_adapter.directions.conditions import ConditionFit, fit_condition
-from steering_adapter.run.recipe import Recipe
+from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.utils import distributed
 
 __all__ = ["fit_recipe_condition"]
 
 
-def fit_recipe_condition(
-    model: torch.nn.Module, tokenizer: Any, recipe: Recipe, progress: bool, log: Callable[[str], None]
-) -> ConditionFit | None:
+def fit_recipe_condition(ctx: RunContext) -> ConditionFit | None:
     """The recipe's condition for gated steering (``None`` when ``gating.mode`` is ``"off"``).
 
     Directions come from the training prompts; block and threshold from the selection half of the held-out prompts.
     """
+    model, tokenizer, recipe, progress, log = ctx.model, ctx.tokenizer, ctx.recipe, ctx.progress, ctx.log
     gating = recipe.gating
     if gating.mode == "off":
         return None

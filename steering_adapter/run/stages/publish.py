@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,12 @@ import torch
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation import EvaluationReport, adapter_report_markdown, evaluate
-from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded
-from steering_adapter.run.recipe import Recipe
 from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import gate_key
-from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.context import EstimatedDirections, RunContext
+from steering_adapter.run.stages.folders import fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils.records import atomic_write_json, atomic_write_text
 from steering_adapter.utils.versions import __version__
@@ -32,27 +30,29 @@ __all__ = ["evaluate_and_save"]
 
 
 def evaluate_and_save(
-    recipe: Recipe,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    sampler: Sampler,
-    judge: Judge,
-    sweep: SweepResult,
-    directions: dict[int, torch.Tensor],
-    provenance: dict[str, Any],
-    condition: ConditionFit | None,
-    relevance: Any,
-    out: Path,
-    started: float,
-    times: StageTimes,
-    progress: bool,
-    log: Callable[[str], None],
+    ctx: RunContext, estimated: EstimatedDirections, condition: ConditionFit | None, sweep: SweepResult
 ) -> tuple[Path, EvaluationReport, EvaluationReport | None]:
     """Evaluate the sweep's choice on the test half, write the adapter, its card and the run's summary.
+
+    Args:
+        ctx: the run.
+        estimated: the direction stage's vectors and their provenance.
+        condition: the fitted gate, or ``None``.
+        sweep: the sweep, its ``choice`` set.
 
     Returns:
         ``(adapter folder, report, ungated report or None)``.
     """
+    recipe, model, tokenizer, sampler, judge = ctx.recipe, ctx.model, ctx.tokenizer, ctx.sampler, ctx.judge
+    relevance, out, started, times, progress, log = (
+        ctx.relevance,
+        ctx.out,
+        ctx.started,
+        ctx.times,
+        ctx.progress,
+        ctx.log,
+    )
+    directions, provenance = estimated.vectors, estimated.provenance
     sel = recipe.selection
     choice = sweep.choice
     metadata = {

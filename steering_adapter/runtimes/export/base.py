@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from steering_adapter.models.embedded import embedded_config_dir, is_embedded, load_embedded
 from steering_adapter.tuner.config import SteeringConfig
@@ -39,7 +40,6 @@ def base_skeleton(name_or_path: str | None, revision: str | None = None) -> nn.M
     Returns:
         The model (parameters on ``meta``); only its config is read from disk or the Hub.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     location = resolve_base(name_or_path)
     config = AutoConfig.from_pretrained(location, revision=revision, local_files_only=Path(location).is_dir())
@@ -49,7 +49,6 @@ def base_skeleton(name_or_path: str | None, revision: str | None = None) -> nn.M
 
 def load_base(name_or_path: str | None, revision: str | None = None, dtype: str | torch.dtype = "auto") -> nn.Module:
     """The base causal LM with its weights, in eval mode (``dtype="auto"``: the checkpoint's own dtype)."""
-    from transformers import AutoModelForCausalLM
 
     if is_embedded(name_or_path):  # e.g. the censored SmolLM2: its overlay is merged at load, not in the folder
         model, _ = load_embedded(name_or_path, dtype=torch.float32 if dtype == "auto" else dtype)

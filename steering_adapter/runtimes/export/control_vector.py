@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from steering_adapter.adapter.cards import write_model_card
 from steering_adapter.runtimes.export.base import base_skeleton, check_base_fits, model_type
@@ -42,7 +43,7 @@ _DIRECTION = re.compile(r"^direction\.(\d+)$")
 
 def _require_gguf():
     try:
-        import gguf
+        import gguf  # lazy: gguf is optional (the gguf extra)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "GGUF control vectors need the gguf package: pip install 'steering-adapter[gguf]' (gguf==0.19.0)"
@@ -224,7 +225,6 @@ def import_gguf(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
-    from safetensors.torch import save_file
 
     tensors = {vector_key(blocks_path, layer): torch.from_numpy(data.copy()) for layer, data in directions.items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})

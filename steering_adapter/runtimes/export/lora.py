@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import save_file
 
 from steering_adapter.runtimes.export.base import base_skeleton, check_base_fits, model_type
@@ -46,7 +47,6 @@ def export_lora(
         NotExpressibleError: ablate mode, condition gating, or an architecture where the bias is not exact.
         ValueError: the base model does not fit the adapter.
     """
-    from peft import LoraConfig
 
     source.require_additive("a LoRA adapter")
     base = base_model or source.config.base_model_name_or_path

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 from steering_adapter.runtimes.export.base import check_base_fits, load_base, model_type, resolve_base
 from steering_adapter.runtimes.export.readme import write_export_readme
@@ -107,7 +108,6 @@ def export_merged(
 
 def _base_tokenizer(base: str | None, revision: str | None):
     """The base model's tokenizer, or ``None`` when its folder or repo has none."""
-    from transformers import AutoTokenizer
 
     location = resolve_base(base)
     try:

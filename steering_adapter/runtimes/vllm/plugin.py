@@ -10,7 +10,7 @@ from __future__ import annotations
 
 def register() -> None:
     """Register the steering model loader with vLLM (idempotent)."""
-    from vllm.model_executor.model_loader import register_model_loader
+    from vllm.model_executor.model_loader import register_model_loader  # lazy: vllm is an optional dependency
 
     from steering_adapter.runtimes.vllm.worker import LOAD_FORMAT, SteeringModelLoader  # lazy: vLLM's own import
 

@@ -42,7 +42,10 @@ def step_layout(rows: int) -> list[tuple[int, int]] | None:
     Raises:
         RuntimeError: micro-batched steps (several metadata lists), or metadata without ``query_start_loc``.
     """
-    from vllm.forward_context import get_forward_context, is_forward_context_available
+    from vllm.forward_context import (  # lazy: vllm is an optional dependency
+        get_forward_context,
+        is_forward_context_available,
+    )
 
     if not is_forward_context_available():
         return None
@@ -333,7 +336,7 @@ def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False
             adapters also prefix caching, chunked prefill or a missing batch tracker; for request-selected adapters
             prefix caching (a cached prompt may have been computed under another adapter) or a missing tracker.
     """
-    from vllm.config import CompilationMode
+    from vllm.config import CompilationMode  # lazy: vllm is an optional dependency
 
     from steering_adapter.runtimes.vllm.batch import (  # lazy: batch.py imports vLLM
         TRACKER_QUALNAME,

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer, GenerationConfig
 
 from steering_adapter.measure.sampling.answers import (
     THINK_END,
@@ -110,8 +111,7 @@ class VllmSampler:
         work_dir: str | os.PathLike | None = None,
         **engine: Any,
     ) -> None:
-        from transformers import AutoTokenizer, GenerationConfig
-        from vllm import LLM
+        from vllm import LLM  # lazy: vllm is an optional dependency
 
         self.model_path = str(model)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.model_path, revision=revision)
@@ -154,7 +154,7 @@ class VllmSampler:
         return encode_texts(self.tokenizer, texts)
 
     def _generate(self, ids: Sequence[Sequence[int]], params: Any, progress: bool) -> list[Any]:
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # lazy: vllm is an optional dependency
 
         prompts = [TokensPrompt(prompt_token_ids=list(row)) for row in ids]
         return self.llm.generate(prompts, params, use_tqdm=progress)
@@ -190,7 +190,7 @@ class VllmSampler:
             ``mean_logprob`` is
             the mean of vLLM's raw log-probabilities of the answer tokens.
         """
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vllm is an optional dependency
 
         prompts = check_sampling_arguments(prompts, k, max_new_tokens, temperature, top_p, batch_size, prompt_ids)
         greedy = temperature == 0
@@ -231,7 +231,7 @@ class VllmSampler:
     # ------------------------------------------------------------------------------------------ capability
     def _distributions(self, ids: list[list[int]], progress: bool) -> list[torch.Tensor]:
         """Per prompt, ``[len, vocab]`` log-probabilities of the next token after each prefix (raw logits)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vllm is an optional dependency
 
         params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=-1, logprobs=-1, detokenize=False)
         results = []
@@ -296,7 +296,7 @@ class VllmSampler:
     ) -> list[torch.Tensor]:
         """Teacher-forced log-probabilities of given answers with the current steering (vLLM's prompt logprobs of
         prompt + answer), as :func:`steering_adapter.measure.sampling.generation.answer_logprobs` computes them."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vllm is an optional dependency
 
         if len(prompts) != len(answer_token_ids):
             raise ValueError(f"{len(prompts)} prompts but {len(answer_token_ids)} answers")
@@ -317,7 +317,7 @@ class VllmSampler:
         """Token-level perplexity of plain ``texts`` with the current steering, as
         :func:`steering_adapter.measure.likelihood.perplexity` computes it (the tokenizer's special tokens, no
         template)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vllm is an optional dependency
 
         if not texts:
             raise ValueError("no texts to measure perplexity on")
