@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from peft import PeftModel
+from small_recipe import SMALL
 
 from steering_adapter.adapter.cards import read_front_matter
 from steering_adapter.cli import EXIT_OK, main
@@ -17,14 +18,6 @@ from steering_adapter.run.recipe import load_recipe
 pytestmark = pytest.mark.slow  # every test reads one run of the recipe from the CLI (minutes)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-SMALL = [
-    "sampling.k=1",
-    "sampling.max_new_tokens=32",
-    "prompts.max_train_per_set=48",
-    "prompts.max_eval_per_set=12",
-    "selection.max_prompts_per_set=8",
-    "selection.layer_counts=[3]",
-]
 
 
 @pytest.fixture(scope="module")

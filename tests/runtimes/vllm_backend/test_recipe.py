@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from peft import PeftModel
-from test_end_to_end import SMALL as END_TO_END_SMALL
+from small_recipe import SMALL as END_TO_END_SMALL
 
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.measure.sampling import sample_answers
