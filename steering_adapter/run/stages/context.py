@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,10 @@ class RunContext:
     judge: Judge
     out: Path
     relevance: RelevanceScorer | None = None
-    times: StageTimes | None = None
+    times: StageTimes = field(default_factory=StageTimes)
     progress: bool = True
     log: Callable[[str], None] = print
     started: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.times is None:
-            self.times = StageTimes()
 
 
 @dataclass
