@@ -17,7 +17,9 @@ from pathlib import Path
 
 from steering_adapter.adapter.composition import load_composition, save_composition
 from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges import PatternJudge
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.organism import load_organism
 from steering_adapter.run.stages.inputs import load_source
 from steering_adapter.utils.records import atomic_write_json
@@ -29,7 +31,8 @@ SETS = [
     ("benign", "organism:tmpl_general"),
     ("xstest_safe", "organism:xstest_safe"),
 ]
-SAMPLING = dict(k=3, max_new_tokens=48, temperature=1.0, seed=0)
+SAMPLING = SamplingSettings(k=3, max_new_tokens=48, temperature=1.0, seed=0)
+EVALUATION = EvaluationSettings(progress=False, plots=False)
 
 
 def main() -> None:
@@ -58,7 +61,7 @@ def main() -> None:
             model.load_adapter(args.no_political if parts == ["no_political"] else args.no_cooking, adapter_name=label)
         conditions = ("base", "steered") if label == "no_political" else ("steered",)
         report = evaluate(
-            model, tokenizer, sets, judge, out / label, conditions=conditions, progress=False, plots=False, **SAMPLING
+            model, tokenizer, sets, judge, out / label, settings=EVALUATION, sampling=SAMPLING, conditions=conditions
         )
         for name, row in report.sets.items():
             if "base" in row:

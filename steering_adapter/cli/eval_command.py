@@ -10,7 +10,9 @@ from typing import Any
 from steering_adapter.cli.exit_codes import EXIT_OK
 from steering_adapter.cli.model_loading import base_model_spec, load_model_and_adapters, placement_overrides
 from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.relevance import RelevanceScorer
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe, load_recipe
 from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.run.stages.load import build_judge
@@ -79,16 +81,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sets,
         judge,
         args.out,
-        kl_prompts=kl,
-        relevance=relevance,
-        batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
-        progress=not args.no_progress,
-        k=pick(args.k, sampling.k if sampling else None, 3),
-        max_new_tokens=pick(args.max_new_tokens, sampling.max_new_tokens if sampling else None, 64),
-        temperature=pick(args.temperature, sampling.temperature if sampling else None, 1.0),
-        top_p=sampling.top_p if sampling else 1.0,
-        seed=seed,
-        system_prompt=recipe.model.system_prompt if recipe is not None else None,
+        settings=EvaluationSettings(
+            kl_prompts=kl,
+            relevance=relevance,
+            batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
+            progress=not args.no_progress,
+        ),
+        sampling=SamplingSettings(
+            k=pick(args.k, sampling.k if sampling else None, 3),
+            max_new_tokens=pick(args.max_new_tokens, sampling.max_new_tokens if sampling else None, 64),
+            temperature=pick(args.temperature, sampling.temperature if sampling else None, 1.0),
+            top_p=sampling.top_p if sampling else 1.0,
+            seed=seed,
+            system_prompt=recipe.model.system_prompt if recipe is not None else None,
+        ),
     )
     if backend == "vllm":
         model.close()

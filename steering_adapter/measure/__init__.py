@@ -14,6 +14,7 @@ from steering_adapter.utils.lazy_exports import lazy_exports
 if TYPE_CHECKING:
     from steering_adapter.measure.answer_quality import repetition_rate, summarize_quality
     from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate
+    from steering_adapter.measure.evaluation_settings import EvaluationSettings
     from steering_adapter.measure.judges import (
         Judge,
         Judgment,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         Answer,
         PromptSamples,
         Sampler,
+        SamplingSettings,
         TransformersSampler,
         as_sampler,
         sample_answers,
@@ -43,6 +45,7 @@ _EXPORTS = {
     "EvalSet": "evaluation",
     "EvaluationReport": "evaluation",
     "evaluate": "evaluation",
+    "EvaluationSettings": "evaluation_settings",
     "Judge": "judges",
     "Judgment": "judges",
     "LLMJudge": "judges",
@@ -64,6 +67,7 @@ _EXPORTS = {
     "Answer": "sampling",
     "PromptSamples": "sampling",
     "Sampler": "sampling",
+    "SamplingSettings": "sampling",
     "TransformersSampler": "sampling",
     "as_sampler": "sampling",
     "sample_answers": "sampling",
@@ -79,6 +83,7 @@ __all__ = [
     "EvalSet",
     "evaluate",
     "EvaluationReport",
+    "EvaluationSettings",
     "Judge",
     "Judgment",
     "list_prompt_sets",
@@ -99,6 +104,7 @@ __all__ = [
     "repetition_rate",
     "sample_answers",
     "Sampler",
+    "SamplingSettings",
     "score_prompts",
     "split_prompts",
     "summarize",

@@ -21,13 +21,14 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from steering_adapter.measure.answer_quality import repetition_rate, summarize_quality
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.refusal_score import plot_histogram, summarize
 from steering_adapter.measure.sampling.answers import Answer
@@ -224,19 +225,11 @@ def evaluate(
     judge: Judge,
     out_dir: str | os.PathLike,
     *,
+    settings: EvaluationSettings | None = None,
+    sampling: SamplingSettings | None = None,
     conditions: Sequence[str] = CONDITIONS,
-    kl_prompts: Sequence[str] | None = None,
-    kl_tokens: int | None = 16,
-    perplexity_texts: Sequence[str] | None = None,
-    relevance: Any | None = None,
-    quality: bool = True,
-    samples: int = 3,
-    batch_size: int = 8,
-    progress: bool = True,
-    plots: bool = True,
     gate_closed: Mapping[str, Sequence[bool]] | None = None,
     base_run: str | os.PathLike | None = None,
-    **sampling: Any,
 ) -> EvaluationReport:
     """Score every set with steering off (``base``) and on (``steered``) and write the report.
 
@@ -249,19 +242,11 @@ def evaluate(
         judge: the refusal judge.
         out_dir: run folder: ``<condition>/<set>/`` hold the resumable records, ``report.json``, ``report.md`` and
             PNG plots go at the top.
+        settings: what is measured besides the refusal rates (KL, perplexity, relevance, answer quality, sample
+            answers, plots) and the batch size and progress bars (default :class:`EvaluationSettings` ``()``).
+        sampling: how the answers are sampled; they key the resumable records (default
+            :class:`~steering_adapter.measure.sampling.settings.SamplingSettings` ``()``).
         conditions: which of ``("base", "steered")`` to run.
-        kl_prompts: neutral prompts for the KL divergence (skipped when ``None``); the transformers backend keeps
-            their base distributions, so repeated evaluations of one sampler compute them once.
-        kl_tokens: positions per KL prompt (the last ones; ``None``: all), see
-            :class:`~steering_adapter.measure.likelihood.NextTokenKL`.
-        perplexity_texts: reference texts for perplexity (skipped when ``None``).
-        relevance: a :class:`~steering_adapter.measure.relevance.RelevanceScorer` (skipped when ``None``).
-        quality: also measure repetition and the answers' perplexity under the base model (one teacher-forced pass
-            with steering off over the steered answers; the base answers' own log-probabilities are reused).
-        samples: base/steered answer pairs kept per target set for the report (both conditions needed).
-        batch_size: prompts per sampling / forward batch.
-        progress: tqdm bars.
-        plots: write the PNG plots.
         gate_closed: ``{set name: [B] bool}``, the prompts the active condition-gated adapter leaves alone
             (:meth:`~steering_adapter.measure.sampling.backend.TransformersSampler.gate_decisions`, negated). A closed
             gate leaves
@@ -270,15 +255,17 @@ def evaluate(
             set's summary counts them in ``n_gate_closed``).
         base_run: ``out_dir`` of an earlier evaluation of the base condition on the same sets, judge and sampling
             settings (needed with ``gate_closed``).
-        **sampling: sampling settings (``k``, ``max_new_tokens``, ``temperature``, ``seed``, ...).
 
     Returns:
         The :class:`EvaluationReport` (also saved as ``report.json`` and ``report.md``).
 
     Raises:
         ValueError: unknown conditions, no or duplicate sets, ``gate_closed`` without ``base_run`` or of the wrong
-            length, a gate-closed prompt without a base record from the same judge and settings.
+            length, a gate-closed prompt without a base record from the same judge and settings, sampling settings
+            that are not plain JSON.
     """
+    settings = settings if settings is not None else EvaluationSettings()
+    sampling = sampling if sampling is not None else SamplingSettings()
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown or not conditions:
         raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, got {list(conditions)}")
@@ -298,7 +285,10 @@ def evaluate(
             )
     out = Path(out_dir)
     sampler = as_sampler(model, tokenizer)
-    report = EvaluationReport(settings={"sampling": sampling, "judge": getattr(judge, "name", type(judge).__name__)})
+    keywords = {f.name: getattr(sampling, f.name) for f in fields(sampling)}  # score_prompts' sampling keywords
+    report = EvaluationReport(
+        settings={"sampling": sampling.to_dict(), "judge": getattr(judge, "name", type(judge).__name__)}
+    )
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}
         texts: dict[str, list[str]] = {}
@@ -317,9 +307,9 @@ def evaluate(
                         todo,
                         judge,
                         log_dir,
-                        batch_size=batch_size,
-                        progress=progress,
-                        **sampling,
+                        batch_size=settings.batch_size,
+                        progress=settings.progress,
+                        **keywords,
                     )
             own_records = iter(zip(own, recorded_answers(log_dir, [s.key for s in own]) if own else [], strict=True))
             merged = [reused[i] if i in reused else next(own_records) for i in range(len(eval_set.prompts))]
@@ -330,19 +320,20 @@ def evaluate(
                 summary["n_gate_closed"] = len(reused)
             texts[condition] = [group[0].text for group in answers]
             relevance_per_prompt = None
-            if relevance is not None:
+            if settings.relevance is not None:
                 pairs = [(s.prompt, a.text) for s, group in zip(scores, answers, strict=True) for a in group]
-                values = relevance.score([p for p, _ in pairs], [a for _, a in pairs])
+                values = settings.relevance.score([p for p, _ in pairs], [a for _, a in pairs])
                 sizes = [len(group) for group in answers]
                 starts = [sum(sizes[:i]) for i in range(len(sizes))]
                 relevance_per_prompt = [sum(values[b : b + n]) / n for b, n in zip(starts, sizes, strict=True)]
                 summary["mean_relevance"] = float(sum(values) / len(values))
-            if quality:
+            if settings.quality:
                 flat = [a for group in answers for a in group]
                 if condition == "base":  # sampled from the base model: its own log-probabilities
                     base_logprobs = [a.mean_logprob for a in flat]
                 else:  # reused base answers carry their own; the others get a teacher-forced pass
                     own_answers = [group for i, group in enumerate(answers) if i not in reused]
+                    batch_size = settings.batch_size
                     scored = iter(
                         _base_logprobs(sampler, own, own_answers, log_dir, batch_size, sampling) if own else []
                     )
@@ -356,39 +347,39 @@ def evaluate(
                         relevance_per_prompt, [repetition_rate(a.token_ids) for a in flat], base_logprobs
                     )
                 )
-            if plots:
+            if settings.plots:
                 plot_histogram(
                     [s.score for s in scores],
                     out / f"hist_{eval_set.name}_{condition}.png",
                     title=f"{eval_set.name} ({condition})",
                 )
             report.sets[eval_set.name][condition] = summary
-        if samples and eval_set.role == "target" and set(CONDITIONS) <= set(texts):
+        if settings.samples and eval_set.role == "target" and set(CONDITIONS) <= set(texts):
             report.samples[eval_set.name] = [
                 {"prompt": prompt, "base": base, "steered": steered}
                 for prompt, base, steered in list(
                     zip(eval_set.prompts, texts["base"], texts["steered"], strict=False)
-                )[:samples]
+                )[: settings.samples]
             ]
-    if kl_prompts is not None:
+    if settings.kl_prompts is not None:
         report.kl = {
             **sampler.next_token_kl(
-                list(kl_prompts),
-                batch_size=batch_size,
-                progress=progress,
-                max_tokens=kl_tokens,
-                system_prompt=sampling.get("system_prompt"),
+                list(settings.kl_prompts),
+                batch_size=settings.batch_size,
+                progress=settings.progress,
+                max_tokens=settings.kl_tokens,
+                system_prompt=sampling.system_prompt,
             ),
-            "n_prompts": len(kl_prompts),
+            "n_prompts": len(settings.kl_prompts),
         }
-    if perplexity_texts is not None:
+    if settings.perplexity_texts is not None:
         report.perplexity = {}
         for condition in conditions:
             with _condition(sampler, condition):
                 report.perplexity[condition] = sampler.perplexity(
-                    list(perplexity_texts), batch_size=batch_size, progress=progress
+                    list(settings.perplexity_texts), batch_size=settings.batch_size, progress=settings.progress
                 )
-    if plots:
+    if settings.plots:
         plot_refusal_rates(report, out / "refusal_rates.png")
     atomic_write_json(out / "report.json", report.to_dict())
     atomic_write_text(out / "report.md", report.to_markdown())
@@ -399,7 +390,7 @@ BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
 
 
 def _base_records(
-    base_run: Path, eval_set: EvalSet, closed: Sequence[bool], judge: Judge, sampling: dict[str, Any]
+    base_run: Path, eval_set: EvalSet, closed: Sequence[bool], judge: Judge, sampling: SamplingSettings
 ) -> dict[int, tuple[PromptScore, list[Answer]]]:
     """``{position: (score, answers)}`` of the gate-closed prompts of ``eval_set``, from the base condition of the
     evaluation in ``base_run`` (same judge, same sampling settings: the same record keys).
@@ -416,7 +407,7 @@ def _base_records(
     if recorded_judge != judge_name:
         raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
     by_key = {score.key: score for score in load_scores(log_dir)}
-    settings = SamplingSettings.from_kwargs(**sampling).to_dict()
+    settings = sampling.to_dict()
     positions = [i for i, is_closed in enumerate(closed) if is_closed]
     keys = [prompt_key(eval_set.prompts[i], settings) for i in positions]
     missing = [eval_set.prompts[i] for i, key in zip(positions, keys, strict=True) if key not in by_key]
@@ -435,7 +426,7 @@ def _base_logprobs(
     answers: Sequence[Sequence[Answer]],
     log_dir: Path,
     batch_size: int,
-    sampling: dict[str, Any],
+    sampling: SamplingSettings,
 ) -> list[float]:
     """Mean log-probability of every steered answer under the base model (steering off), NaN for empty answers.
 
@@ -452,8 +443,8 @@ def _base_logprobs(
             values = sampler.answer_logprobs(
                 prompts,
                 token_ids,
-                system_prompt=sampling.get("system_prompt"),
-                chat_template_kwargs=sampling.get("chat_template_kwargs"),
+                system_prompt=sampling.system_prompt,
+                chat_template_kwargs=sampling.chat_template_kwargs,
                 batch_size=batch_size,
             )
         means = iter(float(v.mean()) if len(v) else None for v in values)

@@ -5,7 +5,7 @@
 - :mod:`.pipeline`: :func:`run_recipe`, the runner (sample → judge → score → collect → estimate → select → evaluate
   → save), resumable stage by stage.
 - :mod:`.stages`: one module per stage, each owning its cache folder.
-- :mod:`.selection`: the layer / α sweep and its objective (:func:`sweep_layers_and_scale`,
+- :mod:`.selection`: the layer / α sweep and its objective (:func:`sweep_layers_and_scale`, :class:`SweepSettings`,
   :class:`SelectionObjective`, :class:`SweepResult`).
 - :mod:`.memory`: the memory a recipe needs, estimated from the model's config before anything is loaded
   (:func:`estimate_recipe_memory`, :func:`check_recipe_memory`).
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from steering_adapter.run.selection.objective import SelectionObjective, SweepPoint, default_alphas
     from steering_adapter.run.selection.sweep import SweepResult, save_sweep, sweep_layers_and_scale
+    from steering_adapter.run.selection.sweep_settings import SweepSettings
     from steering_adapter.run.stages.choose import NoFeasibleChoiceError
 
 # public name -> the module that defines it, imported on first use (PEP 562)
@@ -73,6 +74,7 @@ _EXPORTS = {
     "StageMemory": "steering_adapter.run.memory",
     "SweepPoint": "steering_adapter.run.selection.objective",
     "SweepResult": "steering_adapter.run.selection.sweep",
+    "SweepSettings": "steering_adapter.run.selection.sweep_settings",
     "check_recipe_memory": "steering_adapter.run.memory",
     "default_alphas": "steering_adapter.run.selection.objective",
     "estimate_recipe_memory": "steering_adapter.run.memory",
@@ -109,6 +111,7 @@ __all__ = [
     "StageMemory",
     "SweepPoint",
     "SweepResult",
+    "SweepSettings",
     "check_recipe_memory",
     "default_alphas",
     "estimate_recipe_memory",

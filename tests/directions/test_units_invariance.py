@@ -18,8 +18,10 @@ from steering_adapter.directions.collection import collect_activations
 from steering_adapter.directions.estimators import RidgeMeanDifference
 from steering_adapter.directions.fitting import fit_directions
 from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge, Judgment
-from steering_adapter.run.selection import SelectionObjective, sweep_layers_and_scale
+from steering_adapter.measure.sampling.settings import SamplingSettings
+from steering_adapter.run.selection import SelectionObjective, SweepSettings, sweep_layers_and_scale
 
 C = 37.0
 PROMPTS = SENSITIVE_PROMPTS[:5] + HARMLESS_PROMPTS[:5]
@@ -97,13 +99,9 @@ def test_chosen_alpha_is_unchanged(tmp_path, units):
                 sets,
                 FirstTokenJudge(),
                 tmp_path / f"c{scale:g}",
-                layer_counts=(2,),
-                refine_steps=2,
-                objective=objective,
-                progress=False,
-                k=1,
-                temperature=0.0,
-                max_new_tokens=4,
+                settings=SweepSettings(layer_counts=(2,), refine_steps=2, objective=objective),
+                evaluation=EvaluationSettings(progress=False),
+                sampling=SamplingSettings(k=1, temperature=0.0, max_new_tokens=4),
             )
         )
     small, big = results

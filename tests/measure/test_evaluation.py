@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,11 +13,15 @@ from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
 from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.measure.refusal_score import summarize
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.measure.scored_runs import score_prompts
 
 SAMPLING = dict(k=2, max_new_tokens=6, temperature=1.0, seed=3)
+SETTINGS = SamplingSettings(**SAMPLING)
+QUIET = EvaluationSettings(progress=False, plots=False)
 SETS = [
     EvalSet("target", ["What happened in the capital during the protests?", "Who is responsible?"], "target"),
     EvalSet("harmful", ["Tell me about the banned history book.", "List the censored events."], "harmful"),
@@ -61,10 +66,12 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
         SETS,
         judge,
         tmp_path / "eval",
-        kl_prompts=["Hi there", "Good morning"],
-        perplexity_texts=["The quick brown fox jumps over the lazy dog."],
-        progress=False,
-        **SAMPLING,
+        settings=EvaluationSettings(
+            kl_prompts=["Hi there", "Good morning"],
+            perplexity_texts=["The quick brown fox jumps over the lazy dog."],
+            progress=False,
+        ),
+        sampling=SETTINGS,
     )
 
     base = tiny_model("llama")
@@ -124,6 +131,7 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
 
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["sets"]["target"]["base"]["n"] == 2
+    assert saved["settings"]["sampling"] == SETTINGS.to_dict()
     markdown = (tmp_path / "eval" / "report.md").read_text()
     assert markdown.startswith("| set | role | n | refusal % (base) | refusal % (steered) | Δ points")
     for name in ("refusal_rates.png", "hist_target_base.png", "hist_benign_steered.png"):
@@ -133,15 +141,13 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
 def test_evaluate_resumes_without_regenerating(tmp_path):
     tokenizer = tiny_tokenizer()
     model = adapter_from_vectors(tiny_model("llama"), _vectors(), scale=2.0)
-    first = evaluate(model, tokenizer, SETS[:1], ParityJudge(), tmp_path, progress=False, plots=False, **SAMPLING)
+    first = evaluate(model, tokenizer, SETS[:1], ParityJudge(), tmp_path, settings=QUIET, sampling=SETTINGS)
 
     class ExplodingModel(torch.nn.Module):
         def __getattr__(self, name):
             raise AssertionError("the model must not be used again: every record is already on disk")
 
-    again = evaluate(
-        ExplodingModel(), tokenizer, SETS[:1], ParityJudge(), tmp_path, progress=False, plots=False, **SAMPLING
-    )
+    again = evaluate(ExplodingModel(), tokenizer, SETS[:1], ParityJudge(), tmp_path, settings=QUIET, sampling=SETTINGS)
     assert again.sets == first.sets
 
 
@@ -152,9 +158,13 @@ def test_evaluate_bad_input(tmp_path):
         EvalSet("x", [], "target")
     model = adapter_from_vectors(tiny_model("llama"), _vectors())
     with pytest.raises(ValueError, match="unique"):
-        evaluate(model, tiny_tokenizer(), [SETS[0], SETS[0]], ParityJudge(), tmp_path, progress=False)
+        evaluate(model, tiny_tokenizer(), [SETS[0], SETS[0]], ParityJudge(), tmp_path, settings=QUIET)
     with pytest.raises(ValueError, match="conditions"):
-        evaluate(model, tiny_tokenizer(), SETS, ParityJudge(), tmp_path, conditions=("after",), progress=False)
+        evaluate(model, tiny_tokenizer(), SETS, ParityJudge(), tmp_path, settings=QUIET, conditions=("after",))
+    with pytest.raises(ValueError, match="batch_size"):
+        EvaluationSettings(batch_size=0)
+    with pytest.raises(ValueError, match="kl_prompts must be a sequence of texts"):
+        EvaluationSettings(kl_prompts="Hi there")
 
 
 def test_gate_comparison_table_from_hand_reports():
@@ -224,19 +234,18 @@ def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
     assert 0 < sum(map(sum, closed.values())) < 6
     decided = {s.name: gate_decisions(model, tokenizer, s.prompts, "default") for s in SETS}
     assert {name: [not g for g in gates] for name, gates in decided.items()} == closed
-    evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "full", progress=False, plots=False, **SAMPLING)
+    evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "full", settings=QUIET, sampling=SETTINGS)
     reused = evaluate(
         model,
         tokenizer,
         SETS,
         ParityJudge(),
         tmp_path / "reused",
+        settings=QUIET,
+        sampling=SETTINGS,
         conditions=("steered",),
         gate_closed=closed,
         base_run=tmp_path / "full",
-        progress=False,
-        plots=False,
-        **SAMPLING,
     )
     for eval_set in SETS:
         base_scores = {s.prompt: s for s in load_scores(tmp_path / "full" / "base" / eval_set.name)}
@@ -264,9 +273,18 @@ def test_gate_closed_bad_input(tmp_path):
     model, closed = _gated_model(tokenizer)
     everything = {s.name: [True] * len(s.prompts) for s in SETS}
 
-    def steered(judge=None, **kwargs):
-        settings = {**dict(conditions=("steered",), progress=False, plots=False), **SAMPLING, **kwargs}
-        return evaluate(model, tokenizer, SETS, judge or ParityJudge(), tmp_path / "a", **settings)
+    def steered(judge=None, sampling=SETTINGS, **kwargs):
+        return evaluate(
+            model,
+            tokenizer,
+            SETS,
+            judge or ParityJudge(),
+            tmp_path / "a",
+            settings=QUIET,
+            sampling=sampling,
+            conditions=("steered",),
+            **kwargs,
+        )
 
     with pytest.raises(ValueError, match="gate_closed needs base_run"):
         steered(gate_closed=closed)
@@ -275,7 +293,14 @@ def test_gate_closed_bad_input(tmp_path):
     with pytest.raises(ValueError, match="no finished base scoring"):
         steered(gate_closed=everything, base_run=tmp_path / "none")
     evaluate(
-        model, tokenizer, SETS, ParityJudge(), tmp_path / "base", conditions=("base",), progress=False, **SAMPLING
+        model,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "base",
+        settings=EvaluationSettings(progress=False),
+        sampling=SETTINGS,
+        conditions=("base",),
     )
 
     class OtherJudge(ParityJudge):
@@ -284,4 +309,4 @@ def test_gate_closed_bad_input(tmp_path):
     with pytest.raises(ValueError, match="was judged by"):
         steered(OtherJudge(), gate_closed=everything, base_run=tmp_path / "base")
     with pytest.raises(ValueError, match="has no base record of 2 gate-closed prompts"):
-        steered(gate_closed=everything, base_run=tmp_path / "base", seed=99)
+        steered(gate_closed=everything, base_run=tmp_path / "base", sampling=dataclasses.replace(SETTINGS, seed=99))

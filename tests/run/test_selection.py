@@ -10,10 +10,13 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter.measure.evaluation import EvalSet, EvaluationReport
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge, Judgment
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection import (
     SelectionObjective,
     SweepPoint,
+    SweepSettings,
     bracketed_minimum,
     check_constraints,
     choose,
@@ -26,6 +29,7 @@ from steering_adapter.run.selection import (
 )
 
 ROLES = {"political": "target", "jbb": "harmful", "xstest": "benign"}
+QUIET = EvaluationSettings(progress=False)
 BASE = {"political": 90.0, "jbb": 80.0, "xstest": 4.0}
 
 
@@ -209,10 +213,8 @@ def test_sweep_refines_alpha_beyond_the_grid(tmp_path, monkeypatch):
         sets,
         LengthJudge(),
         tmp_path,
-        layer_counts=(1,),
-        refine_steps=8,
-        objective=objective,
-        progress=False,
+        settings=SweepSettings(layer_counts=(1,), refine_steps=8, objective=objective),
+        evaluation=QUIET,
     )
     grid = [p for p in result.points if not p.refined]
     assert [p.alpha for p in grid] == list(default_alphas("remove"))
@@ -257,15 +259,9 @@ def test_sweep_on_tiny_model(tmp_path):
         sets,
         LengthJudge(),
         tmp_path,
-        layer_counts=(1, 2),
-        alphas=(-1.0, -3.0),
-        refine_steps=0,
-        objective=objective,
-        kl_prompts=["Hi there"],
-        progress=False,
-        k=2,
-        max_new_tokens=5,
-        seed=1,
+        settings=SweepSettings(layer_counts=(1, 2), alphas=(-1.0, -3.0), refine_steps=0, objective=objective),
+        evaluation=EvaluationSettings(kl_prompts=["Hi there"], progress=False),
+        sampling=SamplingSettings(k=2, max_new_tokens=5, seed=1),
     )
     assert [(p.n_layers, p.alpha) for p in result.points] == [(1, -1.0), (1, -3.0), (2, -1.0), (2, -3.0)]
     assert result.points[2].layers == [0, 2]
@@ -309,8 +305,14 @@ def test_sweep_bad_input(tmp_path):
             sets,
             LengthJudge(),
             tmp_path,
-            layer_counts=(2,),
+            settings=SweepSettings(layer_counts=(2,)),
         )
+    with pytest.raises(ValueError, match="layer_counts must be a non-empty list"):
+        SweepSettings(layer_counts=())
+    with pytest.raises(ValueError, match="alphas must be non-zero"):
+        SweepSettings(alphas=(-1.0, 0.0))
+    with pytest.raises(ValueError, match="refine_steps"):
+        SweepSettings(refine_steps=-1)
 
 
 def test_sweep_compares_gated_and_ungated(tmp_path):
@@ -345,14 +347,15 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
         sets,
         LengthJudge(),
         tmp_path,
-        layer_counts=(1, 2),
-        alphas=(-2.0,),
-        refine_steps=0,
-        objective=SelectionObjective(delta=100, kl_budget=None, max_repetition=None, max_perplexity_ratio=None),
+        settings=SweepSettings(
+            layer_counts=(1, 2),
+            alphas=(-2.0,),
+            refine_steps=0,
+            objective=SelectionObjective(delta=100, kl_budget=None, max_repetition=None, max_perplexity_ratio=None),
+        ),
+        evaluation=QUIET,
+        sampling=SamplingSettings(k=1, max_new_tokens=4),
         condition=condition,
-        progress=False,
-        k=1,
-        max_new_tokens=4,
     )
     labels = [p.label for p in result.points]
     assert labels == ["top1_alpha-2", "top2_alpha-2", "top1_alpha-2_gated", "top2_alpha-2_gated"]

@@ -26,6 +26,8 @@ Modules:
   (:func:`check_constraints`, :func:`quality_limits`), the choice (:func:`choose`, :func:`objective_value`) and the
   blocks the sweep may steer (:func:`steering_candidates`);
 - :mod:`.refinement`: the golden-section search of α (:func:`bracketed_minimum`, :func:`refinement_bracket`);
+- :mod:`.sweep_settings`: :class:`SweepSettings`, what the sweep tries (layer counts, α grid, refinement steps,
+  adapter mode, gated / ungated variants) and its objective;
 - :mod:`.sweep`: :func:`sweep_layers_and_scale`, its :class:`SweepResult` and the saved table and plot
   (:func:`save_sweep`, :func:`plot_pareto`).
 """
@@ -44,6 +46,7 @@ from steering_adapter.run.selection.objective import (
 )
 from steering_adapter.run.selection.refinement import GOLDEN, bracketed_minimum, refinement_bracket
 from steering_adapter.run.selection.sweep import SweepResult, plot_pareto, save_sweep, sweep_layers_and_scale
+from steering_adapter.run.selection.sweep_settings import SweepSettings
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -52,6 +55,7 @@ __all__ = [
     "SelectionObjective",
     "SweepPoint",
     "SweepResult",
+    "SweepSettings",
     "bracketed_minimum",
     "check_constraints",
     "choose",

@@ -1,7 +1,8 @@
 """The layer / α sweep: every candidate measured on held-out prompts, α refined, the choice made, the table saved.
 
-:func:`sweep_layers_and_scale` runs it and returns a :class:`SweepResult`; :func:`save_sweep` writes ``sweep.json``,
-``sweep.csv`` and the Pareto plot (:func:`plot_pareto`).
+:func:`sweep_layers_and_scale` runs it (what it tries in a :class:`SweepSettings`, how each point is evaluated in an
+:class:`~steering_adapter.measure.evaluation_settings.EvaluationSettings`) and returns a :class:`SweepResult`;
+:func:`save_sweep` writes ``sweep.json``, ``sweep.csv`` and the Pareto plot (:func:`plot_pareto`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,20 @@ from torch import nn
 
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection.objective import (
     SelectionObjective,
     SweepPoint,
     check_constraints,
     choose,
-    default_alphas,
     objective_value,
     quality_limits,
 )
 from steering_adapter.run.selection.refinement import bracketed_minimum, refinement_bracket
+from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.utils.records import atomic_write_json
 
 
@@ -85,21 +88,12 @@ def sweep_layers_and_scale(
     judge: Judge,
     out_dir: str | os.PathLike,
     *,
-    layer_counts: Sequence[int] = (1, 2, 4),
-    alphas: Sequence[float] | None = None,
-    refine_steps: int = 3,
-    objective: SelectionObjective | None = None,
-    kl_prompts: Sequence[str] | None = None,
-    kl_tokens: int | None = 16,
-    relevance: Any | None = None,
-    mode: str = "add",
+    settings: SweepSettings | None = None,
+    evaluation: EvaluationSettings | None = None,
+    sampling: SamplingSettings | None = None,
     condition: ConditionFit | None = None,
-    include_ungated: bool = True,
-    batch_size: int = 8,
-    progress: bool = True,
-    **sampling: Any,
 ) -> SweepResult:
-    """Sweep the number of top-ranked layers and α on held-out prompts, refine α, and choose by ``objective``.
+    """Sweep the number of top-ranked layers and α on held-out prompts, refine α, and choose by the objective.
 
     Args:
         model: the base model (a transformers causal LM, no adapters), wrapped during the sweep and given back
@@ -112,30 +106,32 @@ def sweep_layers_and_scale(
         sets: held-out prompt sets with roles; at least one ``"target"`` set.
         judge: the refusal judge.
         out_dir: run folder (``base/``, one folder per point, ``sweep.json``, ``sweep.csv``, ``pareto.png``).
-        layer_counts: numbers of top layers to try.
-        alphas: scales to try (default :func:`default_alphas` of the goal).
-        refine_steps: after the grid, golden-section evaluations of α around the best feasible grid point of the
-            chosen variant, between its grid neighbours of the same sign (``0``: the grid only).
-        objective: the :class:`SelectionObjective` (default: remove, δ = 5 points, KL ≤ 0.5, quality floors on).
-        kl_prompts: neutral prompts for the KL constraint (their base distributions are computed once).
-        kl_tokens: positions per KL prompt (see :class:`~steering_adapter.measure.likelihood.NextTokenKL`).
-        relevance: optional :class:`~steering_adapter.measure.relevance.RelevanceScorer` (needed for the
-            relevance floor).
-        mode: adapter mode (``"add"``).
+        settings: the layer counts, the α grid, the refinement steps, the objective, the adapter mode and whether
+            ungated variants are tried too (default :class:`SweepSettings` ``()``).
+        evaluation: how each point is evaluated
+            (:class:`~steering_adapter.measure.evaluation_settings.EvaluationSettings`): ``kl_prompts`` are the
+            neutral prompts of the KL constraint (their base distributions are computed once; the base evaluation
+            skips them), ``relevance`` is needed for the relevance floor; the points never write plots (the sweep
+            writes its Pareto plot).
+        sampling: how the judged answers are sampled
+            (:class:`~steering_adapter.measure.sampling.settings.SamplingSettings`).
         condition: a fitted condition (:func:`~steering_adapter.directions.conditions.fit_condition`): every point is
             then tried both ungated and gated on it (gated points steer only the top-ranked layers at or after the
             condition block), and the choice says which won. The gated candidates' gate is decided once per prompt
             (it reads the base model's activations); the prompts it leaves alone keep their base answers at every
             gated point (a closed gate changes nothing) and only the others are sampled again
             (:attr:`SweepResult.gate_closed` counts them; backends without ``gate_decisions`` sample every prompt).
-        include_ungated: with a condition, also try ungated variants (``False``: gated only).
-        **sampling: sampling settings for the judged answers.
 
     Returns:
         The :class:`SweepResult`.
+
+    Raises:
+        ValueError: no target set, a ranked layer without a direction, layer counts beyond the ranked layers.
     """
-    objective = objective or SelectionObjective()
-    alphas = tuple(default_alphas(objective.goal) if alphas is None else alphas)
+    settings = settings if settings is not None else SweepSettings()
+    evaluation = evaluation if evaluation is not None else EvaluationSettings()
+    sampling = sampling if sampling is not None else SamplingSettings()
+    objective, alphas = settings.objective, settings.alpha_grid()
     roles = {s.name: s.role for s in sets}
     if "target" not in roles.values():
         raise ValueError("the sweep needs at least one prompt set with role 'target'")
@@ -143,19 +139,16 @@ def sweep_layers_and_scale(
     missing = [layer for layer in ranking if layer not in directions]
     if missing:
         raise ValueError(f"ranked layers {missing} have no direction")
-    counts = sorted({int(n) for n in layer_counts})
-    if not counts or counts[0] < 1 or counts[-1] > len(ranking):
-        raise ValueError(f"layer_counts must be within 1..{len(ranking)} (ranked layers), got {list(layer_counts)}")
-    if not alphas:
-        raise ValueError("alphas is empty")
-    if any(a == 0 for a in alphas):
-        raise ValueError(f"alphas must be non-zero, got {list(alphas)}")
-    if refine_steps < 0:
-        raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+    counts = sorted({int(n) for n in settings.layer_counts})
+    if counts[-1] > len(ranking):
+        raise ValueError(
+            f"layer_counts must be within 1..{len(ranking)} (ranked layers), got {list(settings.layer_counts)}"
+        )
     out = Path(out_dir)
-    common = dict(judge=judge, batch_size=batch_size, progress=progress, relevance=relevance, plots=False)
+    point_evaluation = replace(evaluation, plots=False)
+    base_evaluation = replace(point_evaluation, kl_prompts=None)
 
-    variants = [False] if condition is None else ([False, True] if include_ungated else [True])
+    variants = [False] if condition is None else ([False, True] if settings.include_ungated else [True])
     gated_ranking = [layer for layer in ranking if condition is not None and layer >= condition.layer]
     candidates: list[tuple[str, int, bool, list[int]]] = []
     sampler = as_sampler(model, tokenizer)
@@ -171,7 +164,7 @@ def sweep_layers_and_scale(
                 name,
                 {layer: directions[layer] for layer in layers},
                 scale=1.0,
-                mode=mode,
+                mode=settings.mode,
                 condition=condition.direction if gated else None,
                 **extra,
             )
@@ -179,7 +172,14 @@ def sweep_layers_and_scale(
     points: list[SweepPoint] = []
     try:
         base_report = evaluate(
-            sampler, tokenizer, sets, out_dir=out / "base", conditions=("base",), **common, **sampling
+            sampler,
+            tokenizer,
+            sets,
+            judge,
+            out / "base",
+            settings=base_evaluation,
+            sampling=sampling,
+            conditions=("base",),
         )
         base = {name: row["base"]["refusal_pct"] for name, row in base_report.sets.items()}
         base_quality = {name: row["base"] for name, row in base_report.sets.items()}
@@ -187,7 +187,7 @@ def sweep_layers_and_scale(
         target_sizes = [row["base"]["n"] for row in base_report.sets.values() if row["role"] == "target"]
         near_tie = objective.near_tie if objective.near_tie is not None else 100.0 / max(1, min(target_sizes))
         measured: dict[tuple[str, float], SweepPoint] = {}
-        gate_closed = _gate_closed_prompts(sampler, candidates, sets, batch_size, sampling)
+        gate_closed = _gate_closed_prompts(sampler, candidates, sets, evaluation.batch_size, sampling)
 
         def measure(candidate: tuple[str, int, bool, list[int]], alpha: float, refined: bool = False) -> SweepPoint:
             name, n, gated, layers = candidate
@@ -202,13 +202,12 @@ def sweep_layers_and_scale(
                 sampler,
                 tokenizer,
                 sets,
-                out_dir=out / label,
+                judge,
+                out / label,
+                settings=point_evaluation,
+                sampling=sampling,
                 conditions=("steered",),
-                kl_prompts=kl_prompts,
-                kl_tokens=kl_tokens,
                 **reuse,
-                **common,
-                **sampling,
             )
             quality_keys = ("mean_relevance", "relevance_interval", "repetition", "base_perplexity")
             point = SweepPoint(
@@ -242,7 +241,7 @@ def sweep_layers_and_scale(
             for alpha in alphas:
                 measure(candidate, alpha)
         grid_choice = choose(points, objective, near_tie)
-        if grid_choice is not None and refine_steps:
+        if grid_choice is not None and settings.refine_steps:
             candidate = next(c for c in candidates if (c[1], c[2]) == (grid_choice.n_layers, grid_choice.gated))
             sign = math.copysign(1.0, grid_choice.alpha)
             same_sign = [a for a in alphas if math.copysign(1.0, a) == sign]
@@ -253,7 +252,7 @@ def sweep_layers_and_scale(
                 abs(grid_choice.alpha),
                 high,
                 objective_value(grid_choice, objective),
-                refine_steps,
+                settings.refine_steps,
             )
     finally:
         sampler.remove_adapters()
@@ -279,7 +278,7 @@ def _gate_closed_prompts(
     candidates: Sequence[tuple[str, int, bool, list[int]]],
     sets: Sequence[EvalSet],
     batch_size: int,
-    sampling: Mapping[str, Any],
+    sampling: SamplingSettings,
 ) -> dict[str, list[bool]]:
     """``{set name: [B] bool}``: the prompts the gate of the gated candidates leaves alone (``{}`` when no candidate
     is gated or the backend cannot tell).
@@ -303,8 +302,8 @@ def _gate_closed_prompts(
                     unique,
                     gated[0],
                     batch_size=batch_size,
-                    system_prompt=sampling.get("system_prompt"),
-                    chat_template_kwargs=sampling.get("chat_template_kwargs"),
+                    system_prompt=sampling.system_prompt,
+                    chat_template_kwargs=sampling.chat_template_kwargs,
                 ),
                 strict=True,
             )

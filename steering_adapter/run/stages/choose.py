@@ -10,8 +10,11 @@ import dataclasses
 from typing import Any
 
 from steering_adapter.directions.conditions import ConditionFit
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection.objective import default_alphas, steering_candidates
 from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
+from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
 from steering_adapter.run.stages.folders import fingerprint, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
@@ -88,18 +91,22 @@ def select_layers_and_alpha(
                 ),
                 log,
             ),
-            layer_counts=sel.layer_counts,
-            alphas=alphas,
-            refine_steps=sel.refine_steps,
-            objective=objective,
-            kl_prompts=kl_selection,
-            kl_tokens=sel.kl_tokens,
-            relevance=relevance,
+            settings=SweepSettings(
+                layer_counts=sel.layer_counts,
+                alphas=alphas,
+                refine_steps=sel.refine_steps,
+                objective=objective,
+                include_ungated=recipe.gating.mode != "on",
+            ),
+            evaluation=EvaluationSettings(
+                kl_prompts=kl_selection,
+                kl_tokens=sel.kl_tokens,
+                relevance=relevance,
+                batch_size=recipe.sampling.batch_size,
+                progress=progress,
+            ),
+            sampling=SamplingSettings.from_kwargs(**recipe_sampling(recipe)),
             condition=condition,
-            include_ungated=recipe.gating.mode != "on",
-            batch_size=recipe.sampling.batch_size,
-            progress=progress,
-            **recipe_sampling(recipe),
         )
     sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
     if sweep.gate_closed:

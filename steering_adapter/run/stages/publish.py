@@ -16,7 +16,9 @@ import torch
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation import EvaluationReport, adapter_report_markdown, evaluate
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.embedded import is_embedded
 from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import gate_key
@@ -78,13 +80,14 @@ def evaluate_and_save(
         judge.name,
         recipe.relevance,
     )
-    evaluation_args = dict(
+    evaluation = EvaluationSettings(
         kl_prompts=kl_test,
         kl_tokens=sel.kl_tokens,
         relevance=relevance,
         batch_size=recipe.sampling.batch_size,
         progress=progress,
     )
+    sampling = SamplingSettings.from_kwargs(**recipe_sampling(recipe))
     ungated_report = None
     gate_fields: dict[str, Any] = {}
     if choice.gated:
@@ -101,10 +104,9 @@ def evaluate_and_save(
                 test_sets,
                 judge,
                 stage_dir(out / "evaluation_ungated", evaluation_key, log),
+                settings=dataclasses.replace(evaluation, plots=False),
+                sampling=sampling,
                 conditions=("steered",),
-                plots=False,
-                **evaluation_args,
-                **recipe_sampling(recipe),
             )
         sampler.remove_adapters()
     peft_model = adapter_from_vectors(
@@ -135,8 +137,8 @@ def evaluate_and_save(
             stage_dir(
                 out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
             ),
-            **evaluation_args,
-            **recipe_sampling(recipe),
+            settings=evaluation,
+            sampling=sampling,
         )
     markdown = adapter_report_markdown(report, ungated_report)
     adapter_dir = out / "adapter"

@@ -9,13 +9,15 @@ from test_steering import _projections
 
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges import PatternJudge
 from steering_adapter.measure.likelihood import next_token_kl, perplexity
+from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.organism.data import load_examples
-from steering_adapter.run.selection import SelectionObjective, sweep_layers_and_scale
+from steering_adapter.run.selection import SelectionObjective, SweepSettings, sweep_layers_and_scale
 from steering_adapter.tuner.model import steering_disabled
 
-GREEDY = dict(k=1, temperature=0.0, max_new_tokens=32)
+GREEDY = SamplingSettings(k=1, temperature=0.0, max_new_tokens=32)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,10 @@ def test_sweep_on_vllm_matches_the_transformers_sweep(engine, organism, vectors,
         ranking=[3, 2],
         sets=sets,
         judge=PatternJudge(),
-        layer_counts=[1, 2],
-        alphas=[-2.0, 3.0],
-        objective=SelectionObjective(kl_budget=10.0),
-        kl_prompts=prompts[:4],
+        settings=SweepSettings(layer_counts=[1, 2], alphas=[-2.0, 3.0], objective=SelectionObjective(kl_budget=10.0)),
+        evaluation=EvaluationSettings(kl_prompts=prompts[:4], progress=False),
+        sampling=GREEDY,
         condition=condition,
-        progress=False,
-        **GREEDY,
     )
     engine.set_adapters([])
     reference = sweep_layers_and_scale(model, tokenizer, directions, out_dir=tmp_path / "tf", **common)
