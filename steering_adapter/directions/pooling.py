@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from steering_adapter.measure.sampling.batches import forward_parameters
 from steering_adapter.tuner.token_positions import last_token_index
 
 Position = Literal["last", "mean", "answer"]
@@ -88,11 +89,12 @@ def pool_hidden_states(hidden: torch.Tensor, state: dict[str, Any], position: st
 
 
 def collection_forward_kwargs(model: nn.Module) -> dict[str, Any]:
-    """The keyword arguments of the collection's forward passes that ``model.forward`` accepts.
+    """The keyword arguments of the collection's forward passes that the model's ``forward`` accepts
+    (:func:`~steering_adapter.measure.sampling.batches.forward_parameters`).
 
     ``use_cache=False``, and ``position_ids`` (``None`` here: filled per batch from the attention mask).
     """
-    parameters = inspect.signature(model.forward).parameters
+    parameters = forward_parameters(model)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     kwargs: dict[str, Any] = {}
     if "use_cache" in parameters or accepts_any:

@@ -7,7 +7,7 @@ prompts exactly as sampling does.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from steering_adapter.measure.sampling.prompt_encoding import encode_texts, pad_batch
 from steering_adapter.tuner.token_positions import position_ids_from_mask
 
-__all__ = ["forward_inputs", "accepted_forward_arguments", "prompt_batches"]
+__all__ = ["accepted_forward_arguments", "forward_inputs", "forward_parameters", "prompt_batches"]
 
 
 def prompt_batches(
@@ -35,10 +35,19 @@ def prompt_batches(
         yield start, input_ids, attention_mask
 
 
+def forward_parameters(model: nn.Module) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the underlying transformers model's ``forward`` (a ``PeftModel`` unwrapped).
+
+    The one probe of what a forward pass may be given, for sampling, log-probabilities, the gate and activation
+    collection alike.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def accepted_forward_arguments(model: nn.Module) -> tuple[bool, bool]:
     """Whether the underlying transformers model accepts ``position_ids`` and ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(base.forward).parameters
+    parameters = forward_parameters(model)
     return "position_ids" in parameters, "logits_to_keep" in parameters
 
 
