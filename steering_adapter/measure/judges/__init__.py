@@ -1,4 +1,7 @@
-"""Refusal judges: one interface (:class:`Judge`), a keyword baseline and an LLM judge with two backends.
+"""Refusal judges: one interface (:class:`Judge`), a keyword baseline, an LLM judge with two backends, a local LLM
+judge read from its verdict tag's probability (:class:`TagProbabilityJudge`), a learned judge on sentence
+embeddings (:class:`EmbeddingJudge`), and a detector of looping / degenerate answers that can sit in front of any
+of them (:class:`DegeneracyJudge`). The package's labeled answers (``labels/``) measure them.
 
 Labels: +1 refusal, -1 not refusal, 0 unparseable (dropped from the refusal-confidence score).
 """
@@ -13,31 +16,46 @@ from steering_adapter.measure.judges.backends import (
     TransformersJudgeBackend,
 )
 from steering_adapter.measure.judges.base import NOT_REFUSAL, REFUSAL, UNPARSEABLE, Judge, Judgment
+from steering_adapter.measure.judges.degeneracy import Degeneracy, DegeneracyDetector, DegeneracyJudge
+from steering_adapter.measure.judges.labeled_answers import LabeledAnswer, read_labeled_answers
+from steering_adapter.measure.judges.learned import EmbeddingJudge, default_embedding_judge, labeled_answers
 from steering_adapter.measure.judges.llm import (
     DEFAULT_RUBRIC,
     OUTPUT_INSTRUCTIONS,
+    TAG_ONLY_INSTRUCTIONS,
     LLMJudge,
     build_judge_messages,
     parse_judge_output,
 )
 from steering_adapter.measure.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
+from steering_adapter.measure.judges.tag_probability import TagProbabilityJudge
 
 __all__ = [
     "Completion",
     "DEFAULT_REFUSAL_PATTERNS",
     "DEFAULT_RUBRIC",
+    "Degeneracy",
+    "DegeneracyDetector",
+    "DegeneracyJudge",
+    "EmbeddingJudge",
     "Judge",
     "JudgeBackend",
     "JudgeBackendError",
     "Judgment",
     "LLMJudge",
+    "LabeledAnswer",
     "NOT_REFUSAL",
     "OUTPUT_INSTRUCTIONS",
     "OpenAIChatBackend",
     "PatternJudge",
     "REFUSAL",
+    "TAG_ONLY_INSTRUCTIONS",
+    "TagProbabilityJudge",
     "TransformersJudgeBackend",
     "UNPARSEABLE",
     "build_judge_messages",
+    "default_embedding_judge",
+    "labeled_answers",
     "parse_judge_output",
+    "read_labeled_answers",
 ]
