@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     )
     from steering_adapter.directions.fitting import compute_direction, fit_directions
     from steering_adapter.directions.statistics import ActivationStatistics
-    from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate
+    from steering_adapter.measure.evaluation import EvalSet, evaluate
+    from steering_adapter.measure.evaluation_report import EvaluationReport
     from steering_adapter.measure.judges import (
         Judge,
         Judgment,
@@ -119,7 +120,7 @@ _LAZY = {
     "list_prompt_sets": "measure.prompt_sets",
     # evaluation and selection
     "EvalSet": "measure.evaluation",
-    "EvaluationReport": "measure.evaluation",
+    "EvaluationReport": "measure.evaluation_report",
     "evaluate": "measure.evaluation",
     "next_token_kl": "measure.likelihood",
     "perplexity": "measure.likelihood",

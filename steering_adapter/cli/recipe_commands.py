@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 from steering_adapter.cli.exit_codes import EXIT_INFEASIBLE, EXIT_OK
 from steering_adapter.cli.overrides import apply_overrides
-from steering_adapter.measure.evaluation import adapter_report_markdown
+from steering_adapter.measure.evaluation_report import adapter_report_markdown
 from steering_adapter.run.memory import estimate_recipe_memory, free_memory, model_config
 from steering_adapter.run.pipeline import NoFeasibleChoiceError, run_recipe
 from steering_adapter.run.recipe import read_recipe_yaml, recipe_from_dict, recipe_sources

@@ -13,7 +13,8 @@ from steering_adapter.utils.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from steering_adapter.measure.answer_quality import repetition_rate, summarize_quality
-    from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate
+    from steering_adapter.measure.evaluation import EvalSet, evaluate
+    from steering_adapter.measure.evaluation_report import EvaluationReport
     from steering_adapter.measure.evaluation_settings import EvaluationSettings
     from steering_adapter.measure.judges import (
         Judge,
@@ -43,7 +44,7 @@ _EXPORTS = {
     "repetition_rate": "answer_quality",
     "summarize_quality": "answer_quality",
     "EvalSet": "evaluation",
-    "EvaluationReport": "evaluation",
+    "EvaluationReport": "evaluation_report",
     "evaluate": "evaluation",
     "EvaluationSettings": "evaluation_settings",
     "Judge": "judges",

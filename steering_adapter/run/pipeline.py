@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from steering_adapter.measure.evaluation import EvaluationReport
+from steering_adapter.measure.evaluation_report import EvaluationReport
 from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.run.memory import check_recipe_memory
 from steering_adapter.run.recipe import Recipe

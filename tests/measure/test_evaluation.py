@@ -12,8 +12,10 @@ from reference import contract_hooks
 from tiny import tiny_model, tiny_tokenizer
 
 from steering_adapter import adapter_from_vectors
-from steering_adapter.measure.evaluation import EvalSet, EvaluationReport, evaluate, gate_comparison_markdown
+from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.evaluation_report import EvaluationReport, gate_comparison_markdown, sample_pairs
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.judges import DegeneracyDetector
 from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.measure.refusal_score import summarize
 from steering_adapter.measure.sampling.settings import SamplingSettings
@@ -113,6 +115,11 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
                 for a in r["answers"]
             ]
             assert row[condition]["base_perplexity"] == pytest.approx(float(np.median(np.exp(nll))), rel=1e-3)
+            loops = sum(DegeneracyDetector().find(a["text"]) is not None for a in answers)
+            assert (row[condition]["degenerate"], row[condition]["degenerate_pct"]) == (
+                loops,
+                100 * loops / len(answers),
+            )
         if eval_set.role == "target":
             first = {
                 folder: {
@@ -310,3 +317,17 @@ def test_gate_closed_bad_input(tmp_path):
         steered(OtherJudge(), gate_closed=everything, base_run=tmp_path / "base")
     with pytest.raises(ValueError, match="has no base record of 2 gate-closed prompts"):
         steered(gate_closed=everything, base_run=tmp_path / "base", sampling=dataclasses.replace(SETTINGS, seed=99))
+
+
+def test_sample_answers_are_a_seeded_random_sample_in_prompt_order():
+    prompts = [f"p{i}" for i in range(20)]
+    base, steered = [f"b{i}" for i in range(20)], [f"s{i}" for i in range(20)]
+    picked = sample_pairs(prompts, base, steered, 3, seed=7)
+    index = [int(pair["prompt"][1:]) for pair in picked]
+    assert index == sorted(index) and len(set(index)) == 3 and index != [0, 1, 2]
+    assert all(
+        pair == {"prompt": f"p{i}", "base": f"b{i}", "steered": f"s{i}"} for i, pair in zip(index, picked, strict=True)
+    )
+    assert sample_pairs(prompts, base, steered, 3, seed=7) == picked
+    assert sample_pairs(prompts, base, steered, 3, seed=8) != picked
+    assert len(sample_pairs(prompts[:2], base[:2], steered[:2], 3, seed=0)) == 2

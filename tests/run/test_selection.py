@@ -9,7 +9,8 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-from steering_adapter.measure.evaluation import EvalSet, EvaluationReport
+from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.evaluation_report import EvaluationReport
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge, Judgment
 from steering_adapter.measure.sampling.settings import SamplingSettings
@@ -89,6 +90,18 @@ def test_choose_prefers_objective_then_kl_then_alpha_then_layers():
     induce = SelectionObjective(goal="induce")
     assert choose(candidates, induce).target_refusal_pct == 10
     assert choose([point(0, 0, 90)], objective) is None  # nothing feasible (feasible flag unset)
+
+
+def test_choose_near_ties_prefer_fewer_degenerate_answers_on_the_quality_sets():
+    objective = SelectionObjective()
+    looping, clean = point(0, 80, 4, alpha=-1.0, kl=0.1), point(3, 80, 4, alpha=-3.0, kl=0.3)
+    looping.quality = {"political": {"degenerate_pct": 25.0}, "jbb": {"degenerate_pct": 0.0}}
+    clean.quality = {"political": {"degenerate_pct": 0.0}, "jbb": {"degenerate_pct": 50.0}}
+    for p in (looping, clean):
+        p.feasible = True
+    # tied within 5 points: the target set's (political) degenerate answers decide, not the harmful set's
+    assert choose([looping, clean], objective, near_tie=5.0, roles=ROLES) is clean
+    assert choose([looping, clean], objective, near_tie=2.0, roles=ROLES) is looping  # not tied: the lower rate
 
 
 def test_choose_near_ties_prefer_the_smaller_alpha():

@@ -241,13 +241,20 @@ def check_constraints(
     return violations
 
 
-def choose(points: Sequence[SweepPoint], objective: SelectionObjective, near_tie: float = 0.0) -> SweepPoint | None:
+def choose(
+    points: Sequence[SweepPoint],
+    objective: SelectionObjective,
+    near_tie: float = 0.0,
+    roles: Mapping[str, str] | None = None,
+) -> SweepPoint | None:
     """The best feasible point, or ``None``.
 
     The best target refusal rate (lowest for ``remove``, highest for ``induce``) wins; every feasible point within
-    ``near_tie`` percentage points of it counts as tied, and among those the smallest |α|, then the lowest KL, then the
-    fewest layers wins.
+    ``near_tie`` percentage points of it counts as tied, and among those the fewest degenerate answers on the quality
+    sets (:meth:`SelectionObjective.quality_sets` of ``roles``; every set when ``roles`` is ``None``,
+    :func:`degenerate_pct`), then the smallest |α|, then the lowest KL, then the fewest layers wins.
     """
+    quality_sets = objective.quality_sets(roles) if roles is not None else None
     feasible = [point for point in points if point.feasible and not math.isnan(point.target_refusal_pct)]
     if not feasible:
         return None
@@ -255,11 +262,25 @@ def choose(points: Sequence[SweepPoint], objective: SelectionObjective, near_tie
     best = min(sign * point.target_refusal_pct for point in feasible)
     tied = [point for point in feasible if sign * point.target_refusal_pct <= best + near_tie + 1e-9]
 
-    def key(point: SweepPoint) -> tuple[float, float, int, float]:
+    def key(point: SweepPoint) -> tuple[float, float, float, int, float]:
         kl = point.kl if point.kl is not None else 0.0
-        return (abs(point.alpha), kl, point.n_layers, sign * point.target_refusal_pct)
+        degenerate = degenerate_pct(point, quality_sets)
+        return (degenerate, abs(point.alpha), kl, point.n_layers, sign * point.target_refusal_pct)
 
     return min(tied, key=key)
+
+
+def degenerate_pct(point: SweepPoint, quality_sets: Sequence[str] | None = None) -> float:
+    """The mean share (%) of looping / degenerate answers over ``quality_sets`` of the point (all its sets when
+    ``None``; ``0`` where not measured)."""
+    values = [
+        entry["degenerate_pct"]
+        for name, entry in point.quality.items()
+        if (quality_sets is None or name in quality_sets)
+        and isinstance(entry.get("degenerate_pct"), (int, float))
+        and math.isfinite(entry["degenerate_pct"])
+    ]
+    return sum(values) / len(values) if values else 0.0
 
 
 def objective_value(point: SweepPoint, objective: SelectionObjective) -> float:

@@ -209,7 +209,7 @@ def sweep_layers_and_scale(
                 conditions=("steered",),
                 **reuse,
             )
-            quality_keys = ("mean_relevance", "relevance_interval", "repetition", "base_perplexity")
+            quality_keys = ("mean_relevance", "relevance_interval", "repetition", "degenerate_pct", "base_perplexity")
             point = SweepPoint(
                 n_layers=n,
                 layers=layers,
@@ -240,7 +240,7 @@ def sweep_layers_and_scale(
         for candidate in candidates:
             for alpha in alphas:
                 measure(candidate, alpha)
-        grid_choice = choose(points, objective, near_tie)
+        grid_choice = choose(points, objective, near_tie, roles)
         if grid_choice is not None and settings.refine_steps:
             candidate = next(c for c in candidates if (c[1], c[2]) == (grid_choice.n_layers, grid_choice.gated))
             sign = math.copysign(1.0, grid_choice.alpha)
@@ -261,7 +261,7 @@ def sweep_layers_and_scale(
         base,
         roles,
         points,
-        choose(points, objective, near_tie),
+        choose(points, objective, near_tie, roles),
         ranking,
         condition=condition.metadata() if condition is not None else None,
         quality_limits=limits,

@@ -15,7 +15,8 @@ import torch
 
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
 from steering_adapter.directions.conditions import ConditionFit
-from steering_adapter.measure.evaluation import EvaluationReport, adapter_report_markdown, evaluate
+from steering_adapter.measure.evaluation import evaluate
+from steering_adapter.measure.evaluation_report import EvaluationReport, adapter_report_markdown
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
