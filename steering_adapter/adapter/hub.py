@@ -7,8 +7,8 @@ import os
 from huggingface_hub import HfApi, constants
 
 from steering_adapter.adapter.cards import set_card_repo_id
-from steering_adapter.tuner.config import SteeringConfig
-from steering_adapter.tuner.files import CONFIG_NAME, WEIGHTS_NAME, read_config_dict
+from steering_adapter.tuner.files import CONFIG_NAME, WEIGHTS_NAME
+from steering_adapter.tuner.validation import validate_adapter_folder
 
 
 class HubUnreachableError(ConnectionError):
@@ -24,6 +24,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return (TransportError, ConnectionError, TimeoutError)
 
 
+def hub_unreachable_reason(timeout: float = 5.0) -> str | None:
+    """Why the Hub endpoint (``HF_ENDPOINT``) cannot be reached, or ``None`` when it answers: one ``HEAD`` request,
+    no retries, through huggingface_hub's own HTTP client (its proxies and certificates).
+
+    Any HTTP answer counts as reachable except 502, 503 and 504 (a gateway or an overloaded Hub); a connection error
+    or no answer within ``timeout`` seconds does not. huggingface_hub and transformers retry such errors for tens of
+    seconds per file before failing.
+    """
+    from huggingface_hub.utils import get_session  # lazy: the shared client is built on first use
+
+    try:
+        status = get_session().head(constants.ENDPOINT, timeout=timeout).status_code
+    except _transport_errors() as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no answer'}"
+    return f"HTTP {status}" if status in (502, 503, 504) else None
+
+
 def push_adapter(
     adapter_dir: str | os.PathLike,
     repo_id: str,
@@ -35,9 +52,11 @@ def push_adapter(
 ) -> str:
     """Upload a saved steering adapter folder to a Hub model repo (created if needed).
 
-    The folder is checked first: it must hold ``adapter_config.json`` (a valid ``STEERING`` config) and
-    ``adapter_model.safetensors``. The card's usage code is pointed at ``repo_id`` (a card is written from the
-    config when ``README.md`` is missing).
+    The folder is checked first, before any network call, by the check every loader runs
+    (:func:`~steering_adapter.tuner.validation.validate_adapter_folder`: ``adapter_config.json`` and
+    ``adapter_model.safetensors``), so nothing a loader would refuse (a NaN vector, an extra tensor, a misspelt key)
+    is uploaded. The card's usage code is pointed at ``repo_id`` (a card is written from the config when
+    ``README.md`` is missing).
 
     Args:
         adapter_dir: folder written by :func:`steering_adapter.save_adapter` or ``PeftModel.save_pretrained``.
@@ -51,21 +70,20 @@ def push_adapter(
         The URL of the commit.
 
     Raises:
-        ValueError: not a valid steering adapter folder.
+        ValueError: not a folder, or not a valid steering adapter folder (the message names the file and problem).
         HubUnreachableError: the Hub endpoint could not be reached (the message names it and ``HF_ENDPOINT``).
     """
 
     adapter_dir = os.fspath(adapter_dir)
+    if not os.path.isdir(adapter_dir):  # checked first: a missing folder must not be looked up as a Hub repo id
+        raise ValueError(f"{adapter_dir} is not a folder: push uploads a saved steering adapter folder")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not os.path.isfile(os.path.join(adapter_dir, name)):
             raise ValueError(f"{adapter_dir} is not a steering adapter folder: {name} is missing")
-    config = read_config_dict(adapter_dir)
-    if config.get("peft_type") != "STEERING":
-        raise ValueError(f"{adapter_dir} holds a {config.get('peft_type')!r} adapter, not a STEERING adapter")
-    SteeringConfig.from_peft_type(**config)  # validates every field
+    config = validate_adapter_folder(adapter_dir)
     set_card_repo_id(adapter_dir, repo_id)
     api = HfApi(token=token)
-    message = commit_message or f"steering adapter: layers {config['layers']}, scale {config['scale']}"
+    message = commit_message or f"steering adapter: layers {list(config.layers)}, scale {config.scale}"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(

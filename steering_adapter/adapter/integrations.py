@@ -18,7 +18,8 @@ non-steering adapter to the original code:
   up on
   the Hub;
 - ``peft.config.PeftConfigMixin.from_json_file``: a malformed ``adapter_config.json`` names its path (PEFT's own
-  message does not);
+  message does not), and a steering config with an unknown key (a misspelt ``"scael"``) is refused, naming the key
+  and the nearest known one (PEFT would drop it with a generic warning);
 - ``peft.PeftModel.create_or_update_model_card``: ``save_pretrained`` of a steering adapter writes this package's
   card (not PEFT's blank template) and keeps its front matter (PEFT would replace the tags and set ``base_model`` to
   a local folder).
@@ -44,17 +45,17 @@ from peft.config import PeftConfigMixin
 
 from steering_adapter.adapter.cards import merge_card_after_peft, write_model_card_from_config
 from steering_adapter.models.embedded import embedded_folder, is_embedded
-from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
+from steering_adapter.tuner.config import SteeringConfig, check_adapter_name, config_from_dict
 from steering_adapter.tuner.files import (
     CONFIG_NAME,
     HUB_KWARGS,
-    check_adapter_weights,
     read_json_file,
     resolve_adapter_file,
     validate_vectors,
 )
 from steering_adapter.tuner.layer import SteeringLayer
 from steering_adapter.tuner.model import check_model_fits
+from steering_adapter.tuner.validation import validate_adapter_folder
 
 __all__ = ["check_steering_adapter", "install"]
 
@@ -79,31 +80,18 @@ def check_steering_adapter(model: Any, path_or_repo_id: str, **hub_kwargs: Any) 
         method (not ours to check).
 
     Raises:
-        ValueError: naming the file and the problem (invalid JSON, invalid config field, pickle-only weights, a
-            missing / extra / unexpected tensor, wrong shape or dtype, NaN/Inf, hidden size or depth of another
-            model, layers out of range, a condition tensor without condition fields or the reverse).
+        ValueError: naming the file and the problem (see
+            :func:`~steering_adapter.tuner.validation.validate_adapter_folder`, which runs the checks: invalid JSON,
+            an unknown key, an invalid config field, pickle-only weights, a missing / extra / unexpected tensor, wrong
+            shape or dtype, NaN/Inf, a zero vector to ablate, hidden size or depth of another model, layers out of
+            range, a condition tensor without condition fields or the reverse).
     """
 
     subfolder = hub_kwargs.pop("subfolder", None) or None
     config_file = resolve_adapter_file(path_or_repo_id, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
     if read_json_file(config_file).get("peft_type") != "STEERING":
         return None
-    config = SteeringConfig.from_pretrained(path_or_repo_id, subfolder=subfolder, **hub_kwargs)
-    fitted = copy.deepcopy(config)
-    try:
-        blocks_path, _ = check_model_fits(fitted, model)
-    except ValueError as exc:
-        raise ValueError(f"{config_file}: {exc}") from None
-    check_adapter_weights(
-        fitted.layers,
-        fitted.hidden_size,
-        fitted.condition_layer,
-        path_or_repo_id,
-        subfolder=subfolder,
-        blocks_path=blocks_path,
-        **hub_kwargs,
-    )
-    return config
+    return validate_adapter_folder(path_or_repo_id, model=model, subfolder=subfolder, **hub_kwargs)
 
 
 def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> bool:
@@ -116,13 +104,19 @@ def _check_state_dict(model: Any, peft_config: Any, state_dict: dict) -> bool:
     if isinstance(peft_config, dict):
         if peft_config.get("peft_type") != "STEERING":
             return False
-        peft_config = SteeringConfig.from_peft_type(**peft_config)
+        peft_config = config_from_dict(peft_config, "peft_config")
     if not isinstance(peft_config, SteeringConfig):
         return False
     fitted = copy.deepcopy(peft_config)
     blocks_path, _ = check_model_fits(fitted, model)
     validate_vectors(
-        state_dict, fitted.layers, blocks_path, fitted.hidden_size, "adapter_state_dict", fitted.condition_layer
+        state_dict,
+        fitted.layers,
+        blocks_path,
+        fitted.hidden_size,
+        "adapter_state_dict",
+        fitted.condition_layer,
+        fitted.mode,
     )
     return True
 
@@ -231,12 +225,10 @@ def _named_from_json_file(original: Callable) -> Callable:
 
 
 def _check_config_fields(path: str, data: dict[str, Any]) -> None:
-    """Every field of a steering adapter's config, with the file named (PEFT builds the config without it)."""
+    """Every key and field of a steering adapter's config, with the file named (PEFT builds the config without it,
+    and would drop an unknown key with a generic warning)."""
 
-    try:
-        SteeringConfig.from_peft_type(**data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    config_from_dict(data, path)
 
 
 def _steering_model_card(original: Callable) -> Callable:

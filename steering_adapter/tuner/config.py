@@ -7,9 +7,10 @@ The required fields follow the on-disk contract (format v1): ``layers``, ``scale
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from peft.config import PeftConfig
@@ -17,7 +18,7 @@ from peft.utils import PeftType
 
 from steering_adapter.models.embedded import embedded_id, is_embedded, resolve_embedded
 from steering_adapter.tuner.constants import PEFT_TYPE_NAME, PREFIX
-from steering_adapter.tuner.files import CONFIG_NAME, check_adapter_weights
+from steering_adapter.tuner.files import CONFIG_NAME, check_adapter_weights, read_config_dict
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
@@ -229,25 +230,28 @@ class SteeringConfig(PeftConfig):
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
         """Load the config and check the adapter's weights file against it before anything is attached.
 
-        Refuses adapters that carry no safetensors weights (pickle files are never read) and weights that do not fit
-        the config (see :func:`steering_adapter.tuner.files.validate_vectors`); errors name the file.
+        Refuses unknown keys (:func:`check_config_keys`), adapters that carry no safetensors weights (pickle files
+        are never read) and weights that do not fit the config (see
+        :func:`steering_adapter.tuner.files.validate_vectors`); errors name the file. This is the check every loader
+        runs; :func:`steering_adapter.tuner.validation.validate_adapter_folder` is its public entry point.
         """
 
+        where = "/".join(part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part)
         try:
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (TypeError, ValueError) as exc:
-            where = "/".join(part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part)
             message = str(exc)
             raise ValueError(message if CONFIG_NAME in message else f"{where}: {message}") from None
-        config._steering_config_file = "/".join(
-            part for part in (str(pretrained_model_name_or_path), subfolder, CONFIG_NAME) if part
-        )
+        # PEFT drops unknown keys with a generic warning and uses the defaults: refuse them (the file is local now)
+        check_config_keys(read_config_dict(pretrained_model_name_or_path, subfolder=subfolder, **kwargs), where)
+        config._steering_config_file = where
         config._steering_weights_file = check_adapter_weights(
             config.layers,
             config.hidden_size,
             config.condition_layer,
             pretrained_model_name_or_path,
             subfolder=subfolder,
+            mode=config.mode,
             **kwargs,
         )
         return config
@@ -258,3 +262,59 @@ class SteeringConfig(PeftConfig):
         if is_embedded(data.get("base_model_name_or_path")):
             data["base_model_name_or_path"] = embedded_id(data["base_model_name_or_path"])
         return data
+
+
+def config_keys() -> frozenset[str]:
+    """Every key ``adapter_config.json`` of a steering adapter may hold: the dataclass fields of
+    :class:`SteeringConfig`, which include those PEFT writes for any ``PeftConfig`` (``peft_type``, ``task_type``,
+    ``base_model_name_or_path``, ``revision``, ``inference_mode``, ``auto_mapping``, ``peft_version``, ...)."""
+    return frozenset(item.name for item in fields(SteeringConfig))
+
+
+def check_config_keys(data: dict[str, Any], source: str) -> None:
+    """Refuse keys that are not fields of :class:`SteeringConfig` (a misspelt ``"scael"`` would otherwise be dropped
+    with PEFT's generic warning, and the default used).
+
+    A config of a newer format (``format_version`` above this library's) is left to
+    :meth:`SteeringConfig.validate`, which asks for an upgrade: its new keys are expected.
+
+    Args:
+        data: the raw ``adapter_config.json``.
+        source: what the message names (the file).
+
+    Raises:
+        ValueError: ``<source>: unknown key 'scael' (did you mean 'scale'?)``.
+    """
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return
+    known = config_keys()
+    unknown = sorted(str(key) for key in data if key not in known)
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    what = "unknown key" if len(unknown) == 1 else "unknown keys"
+    raise ValueError(
+        f"{source}: {what} {', '.join(named)}; a steering adapter config holds only SteeringConfig's fields "
+        "(provenance goes under steering_metadata)"
+    )
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> SteeringConfig:
+    """A :class:`SteeringConfig` from an ``adapter_config.json`` dict: unknown keys refused, every field checked.
+
+    Args:
+        data: the dict (``peft_type`` may be present).
+        source: what the messages name (the file).
+
+    Raises:
+        ValueError: ``<source>: <problem>`` (an unknown key, an invalid field).
+    """
+    check_config_keys(data, source)
+    try:
+        return SteeringConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None

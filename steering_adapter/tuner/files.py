@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any
@@ -110,6 +111,37 @@ def _check_float_vector(tensor: Any, what: str, hidden_size: int | None, source:
         raise ValueError(f"{source}: {what} contains NaN or Inf")
 
 
+def min_direction_norm(hidden_size: int) -> float:
+    """The smallest L2 norm a vector needs for its direction ``v / ||v||`` to be computed in float32.
+
+    Ablation (``h - (h.u) u`` with ``u = v / ||v||``) and the condition gate (projection on ``c / ||c||``) normalise
+    their vector in float32. A squared entry below float32's smallest normal number ``tiny`` underflows, and all of
+    them together are at most ``hidden_size * tiny`` of ``||v||^2``; requiring ``||v||^2 > hidden_size * tiny / eps``
+    (``eps``: float32's machine epsilon) keeps that loss below float32's own rounding, so ``u`` is a unit vector to
+    float32 precision. The floor is about ``2.5e-15`` for ``hidden_size=64`` and ``2e-14`` for ``4096``: no direction
+    estimated from activations comes near it, while a zero vector, or one like ``1e-30`` whose squares underflow to a
+    float32 norm of 0, falls below it.
+
+    Args:
+        hidden_size: the vector's length.
+
+    Returns:
+        The floor; a vector whose norm (computed in float64) is at or below it defines no usable direction.
+    """
+    info = torch.finfo(torch.float32)
+    return math.sqrt(max(int(hidden_size), 1) * info.tiny / info.eps)
+
+
+def direction_problem(vector: torch.Tensor) -> str | None:
+    """Why ``vector`` defines no direction (``None`` when it does): zero, or a norm at or below
+    :func:`min_direction_norm`."""
+    norm = float(torch.linalg.vector_norm(vector.detach().double()))
+    floor = min_direction_norm(vector.numel())
+    if norm > floor:
+        return None
+    return f"is zero or too small to define a direction (norm {norm:.3g} <= {floor:.2g})"
+
+
 def validate_vectors(
     state_dict: dict[str, torch.Tensor],
     layers: list[int],
@@ -117,13 +149,15 @@ def validate_vectors(
     hidden_size: int | None,
     source: str,
     condition_layer: int | None = None,
+    mode: str = "add",
 ) -> dict[int, torch.Tensor]:
     """Check a saved state dict against the config and return ``{layer: vector}``.
 
     Every configured layer must have exactly one finite float vector of shape ``[hidden_size]``; keys for blocks that
     are not in ``layers`` are an error too (they would be silently ignored otherwise), and so is any tensor that is not
     a steering vector or condition. A gated adapter (``condition_layer`` set) needs its finite, non-zero float
-    condition vector ``...<condition_layer>.steering_condition``; an ungated one must not have one.
+    condition vector ``...<condition_layer>.steering_condition``; an ungated one must not have one. In ``ablate``
+    mode every vector must define a direction (norm above :func:`min_direction_norm`), and so must a condition.
 
     Args:
         state_dict: the tensors of ``adapter_model.safetensors`` (keys as saved).
@@ -133,10 +167,14 @@ def validate_vectors(
         hidden_size: the config's ``hidden_size`` (``None``: not checked).
         source: what the error messages name (the file).
         condition_layer: the config's ``condition_layer``.
+        mode: the config's ``mode``.
+
+    Returns:
+        ``{layer: vector}`` as stored.
 
     Raises:
-        ValueError: ``<source>: <problem>``, naming the missing / extra / unexpected key, the bad shape or dtype, or
-            the non-finite layer.
+        ValueError: ``<source>: <problem>``, naming the missing / extra / unexpected key, the bad shape or dtype, the
+            non-finite layer, or the zero / near-zero vector of an ``ablate`` adapter or of a condition.
     """
     parsed = {}
     for key in state_dict:
@@ -166,8 +204,9 @@ def validate_vectors(
         raise ValueError(f"{source}: {problem} (expected {sorted(expected_condition) or 'no condition tensor'})")
     for key in expected_condition:
         _check_float_vector(state_dict[key], f"condition vector {key!r}", hidden_size, source)
-        if not torch.any(state_dict[key] != 0):
-            raise ValueError(f"{source}: condition vector {key!r} is zero")
+        problem = direction_problem(state_dict[key])
+        if problem is not None:
+            raise ValueError(f"{source}: condition vector {key!r} {problem}: the gate projects on its direction")
     expected = {vector_key(blocks_path, layer): layer for layer in layers}
     vector_keys = {k for k, match in parsed.items() if match["kind"] == VECTOR_PARAM}
     extra = sorted(vector_keys - set(expected))
@@ -181,6 +220,12 @@ def validate_vectors(
         if key not in state_dict:
             raise ValueError(f"{source}: missing steering vector {key!r} for layer {layer}")
         _check_float_vector(state_dict[key], f"steering vector for layer {layer}", hidden_size, source)
+        problem = direction_problem(state_dict[key]) if mode == "ablate" else None
+        if problem is not None:
+            raise ValueError(
+                f"{source}: steering vector {key!r} (block {layer}) {problem}: mode 'ablate' removes the direction "
+                "v/||v||"
+            )
         vectors[layer] = state_dict[key]
     return vectors
 
@@ -193,6 +238,7 @@ def check_adapter_weights(
     *,
     subfolder: str | None = None,
     blocks_path: str | None = None,
+    mode: str = "add",
     **kwargs: Any,
 ) -> str:
     """Read an adapter's ``adapter_model.safetensors`` and check it against its config (see :func:`validate_vectors`).
@@ -205,7 +251,7 @@ def check_adapter_weights(
             not fit the config; the message names the file.
     """
     path = require_safetensors(path_or_repo_id, subfolder=subfolder, **kwargs)
-    validate_vectors(load_vectors_file(path), layers, blocks_path, hidden_size, path, condition_layer)
+    validate_vectors(load_vectors_file(path), layers, blocks_path, hidden_size, path, condition_layer, mode)
     return path
 
 
@@ -216,4 +262,4 @@ def load_vectors_file(path: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+        raise ValueError(f"{path} is not a readable safetensors file: {' '.join(str(exc).split())}") from None

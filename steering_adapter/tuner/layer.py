@@ -9,6 +9,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from steering_adapter.tuner.config import SteeringConfig
+from steering_adapter.tuner.files import direction_problem
 from steering_adapter.tuner.gate import GateState
 
 # One step of the steering plan applied to a block's output: ("add", delta[d], gate) or ("ablate", unit[d], gate),
@@ -104,9 +105,12 @@ def build_plan(
         if pending is not None:
             plan.append(("add", pending.to(dtype), pending_gate))
             pending = None
+        problem = direction_problem(vector)
+        if problem is not None:
+            raise ValueError(
+                f"cannot ablate the steering vector of adapter {name!r} on block {layer_index}: it {problem}"
+            )
         norm = torch.linalg.vector_norm(vector)
-        if norm == 0:
-            raise ValueError(f"cannot ablate a zero steering vector (adapter {name!r}, block {layer_index})")
         plan.append(("ablate", (vector.to(device=device, dtype=torch.float32) / norm).to(dtype), gate))
     if pending is not None:
         plan.append(("add", pending.to(dtype), pending_gate))

@@ -15,7 +15,7 @@ from torch import nn
 from steering_adapter.tuner.blocks import find_decoder_blocks, model_dimensions
 from steering_adapter.tuner.config import SteeringConfig, check_adapter_name
 from steering_adapter.tuner.constants import PREFIX
-from steering_adapter.tuner.files import VECTOR_PARAM, validate_vectors
+from steering_adapter.tuner.files import VECTOR_PARAM, direction_problem, validate_vectors
 from steering_adapter.tuner.gate import GateState
 from steering_adapter.tuner.layer import SteeringLayer
 
@@ -217,6 +217,7 @@ class SteeringModel(BaseTuner):
             config.hidden_size,
             source=getattr(config, "_steering_weights_file", None) or f"steering adapter {adapter_name!r}",
             condition_layer=config.condition_layer,
+            mode=config.mode,
         )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
@@ -237,7 +238,8 @@ class SteeringModel(BaseTuner):
         """Set the adapter's vectors from ``{layer: tensor[hidden_size]}``; every configured layer is required.
 
         Raises:
-            ValueError: missing or extra layer, wrong shape, NaN/Inf values.
+            ValueError: missing or extra layer, wrong shape, NaN/Inf values, a zero or near-zero vector in ``ablate``
+                mode (see :func:`steering_adapter.tuner.files.min_direction_norm`).
         """
         config = self._require_adapter(adapter_name)
         vectors = {int(layer): vector for layer, vector in vectors.items()}
@@ -259,6 +261,9 @@ class SteeringModel(BaseTuner):
                 )
             if not torch.isfinite(vector).all():
                 raise ValueError(f"vector for layer {layer.layer_index} contains NaN or Inf")
+            problem = direction_problem(vector) if config.mode == "ablate" else None
+            if problem is not None:
+                raise ValueError(f"vector for layer {layer.layer_index} {problem}: mode 'ablate' needs a direction")
             with torch.no_grad():
                 layer.steering_vector[adapter_name].copy_(vector.to(torch.float32))
             layer.invalidate_cache()

@@ -11,6 +11,7 @@ from architectures import HIDDEN, tiny_model
 from huggingface_hub import HfApi, hf_hub_download
 from peft import PeftModel
 from reference import contract_hooks
+from safetensors.torch import load_file, save_file
 
 from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.adapter.cards import read_front_matter
@@ -88,3 +89,68 @@ def test_missing_repo_and_missing_weights(local_hub, tmp_path):
 def test_push_refuses_non_adapter_folder(local_hub, tmp_path):
     with pytest.raises(ValueError, match="adapter_config.json is missing"):
         push_adapter(tmp_path, _repo())
+
+
+def _saved_adapter(folder) -> str:
+    return save_adapter(adapter_from_vectors(tiny_model("llama"), _vectors(), scale=-3.0), folder)
+
+
+def _nan_vector(folder: str) -> str:
+    tensors = load_file(f"{folder}/adapter_model.safetensors")
+    tensors["base_model.model.model.layers.2.steering_vector"][5] = float("nan")
+    save_file(tensors, f"{folder}/adapter_model.safetensors")
+    return "steering vector for layer 2 contains NaN or Inf"
+
+
+def _extra_tensor(folder: str) -> str:
+    tensors = load_file(f"{folder}/adapter_model.safetensors")
+    tensors["base_model.model.model.layers.1.mlp.lora_A.weight"] = torch.randn(2, HIDDEN)
+    save_file(tensors, f"{folder}/adapter_model.safetensors")
+    return "unexpected tensor 'base_model.model.model.layers.1.mlp.lora_A.weight'"
+
+
+def _misspelt_key(folder: str) -> str:
+    path = f"{folder}/adapter_config.json"
+    with open(path) as handle:
+        config = json.load(handle)
+    config["scael"] = config.pop("scale")
+    with open(path, "w") as handle:
+        json.dump(config, handle)
+    return "unknown key 'scael' (did you mean 'scale'?)"
+
+
+def _zero_ablation(folder: str) -> str:
+    path = f"{folder}/adapter_config.json"
+    with open(path) as handle:
+        config = json.load(handle)
+    with open(path, "w") as handle:
+        json.dump({**config, "mode": "ablate"}, handle)
+    tensors = load_file(f"{folder}/adapter_model.safetensors")
+    tensors["base_model.model.model.layers.1.steering_vector"] = torch.zeros(HIDDEN)
+    save_file(tensors, f"{folder}/adapter_model.safetensors")
+    return "'base_model.model.model.layers.1.steering_vector' (block 1) is zero or too small"
+
+
+@pytest.mark.parametrize("breakage", [_nan_vector, _extra_tensor, _misspelt_key, _zero_ablation])
+def test_push_refuses_what_a_loader_refuses_before_any_request(local_hub, tmp_path, breakage):
+    """The safetensors file is checked as the loaders check it, and nothing reaches the Hub (no request at all)."""
+    folder = _saved_adapter(tmp_path / "adapter")
+    fragment = breakage(folder)
+    with pytest.raises(ValueError) as caught:
+        PeftModel.from_pretrained(tiny_model("llama"), folder)  # the loaders' verdict, for reference
+    assert fragment in str(caught.value)
+    requests = len(local_hub.requests)
+    repo_id = _repo()
+    with pytest.raises(ValueError) as caught:
+        push_adapter(folder, repo_id)
+    message = str(caught.value)
+    assert fragment in message and folder in message and len(message.splitlines()) == 1, message
+    assert len(local_hub.requests) == requests, local_hub.requests[requests:]
+    assert repo_id not in local_hub.repo_ids()
+
+
+def test_push_refuses_a_missing_folder_without_looking_it_up_as_a_repo(local_hub, tmp_path):
+    requests = len(local_hub.requests)
+    with pytest.raises(ValueError, match="is not a folder"):
+        push_adapter(tmp_path / "no-such-folder", _repo())
+    assert len(local_hub.requests) == requests

@@ -14,19 +14,19 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 import pytest
 import torch
 from architectures import BLOCK_PATHS, HIDDEN, LAYERS, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peft import AutoPeftModelForCausalLM, PeftModel
+from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 from reference import block_output, contract_hooks
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-import steering_adapter  # noqa: F401  (registers STEERING, installs the load checks)
+import steering_adapter  # registers STEERING, installs the load checks
 from steering_adapter.adapter.composition import load_composition
 from steering_adapter.tuner.layer import SteeringLayer
 
@@ -65,6 +65,9 @@ BREAKAGES = {
     "invalid_json": "is not valid JSON",
     "json_not_an_object": "must hold a JSON object",
     "pickle_only": "safetensors only",
+    "misspelt_key": "unknown key 'scael' (did you mean 'scale'?)",
+    "zero_ablation": "too small to define a direction",
+    "tiny_ablation": "too small to define a direction",
 }
 
 
@@ -224,6 +227,11 @@ def write_adapter(spec: AdapterSpec, folder: str, base: str | None) -> tuple[dic
         tensors = {key: torch.randn(48) for key in tensors}
     elif broken == "depth_of_another_model":
         config["num_hidden_layers"] = 6
+    elif broken == "misspelt_key":  # PEFT alone would drop it with a generic warning and steer with scale 1.0
+        config["scael"] = config.pop("scale")
+    elif broken in ("zero_ablation", "tiny_ablation"):  # 1e-30: its float32 squares underflow, its norm is 0
+        config["mode"] = "ablate"
+        tensors[first] = torch.zeros(HIDDEN) if broken == "zero_ablation" else torch.full((HIDDEN,), 1e-30)
     os.makedirs(folder, exist_ok=True)
     config_text = json.dumps(config)
     if broken == "invalid_json":
@@ -402,3 +410,104 @@ def test_generated_adapters_through_the_auto_classes(tmp_path_factory):
         spec = AdapterSpec(ARCHS[index % 3], [1, 2], "add", 1.5, None, index, gate if gated else None, breakage)
         check_spec(spec, root, auto=True, seen=seen)
     assert all(seen[breakage] >= 1 for breakage in BREAKAGES), seen
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The findings of "every bad input gets one clear line", each through PeftModel.from_pretrained and load_adapter
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _refusal(load, folder: str) -> str:
+    """The one-line message of a refused load of ``folder`` through ``load`` (a pristine model stays untouched)."""
+    model = pristine("llama")
+    with pytest.raises(ValueError) as caught:
+        load(model, folder)
+    message = str(caught.value)
+    assert untouched(model), message
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+TWO_FLOWS = [
+    pytest.param(lambda model, folder: PeftModel.from_pretrained(model, folder), id="PeftModel.from_pretrained"),
+    pytest.param(lambda model, folder: model.load_adapter(folder, adapter_name="probe"), id="model.load_adapter"),
+]
+
+
+@pytest.mark.parametrize("load", TWO_FLOWS)
+def test_misspelt_config_key_is_refused_naming_it_and_the_nearest_key(tmp_path, load):
+    spec = AdapterSpec("llama", [1, 2], "add", -2.7, None, 3, None, "misspelt_key")
+    folder = str(tmp_path / "adapter")
+    write_adapter(spec, folder, None)
+    with open(os.path.join(folder, "adapter_config.json")) as handle:
+        assert json.load(handle)["scael"] == -2.7  # the file as a user would have typed it
+    message = _refusal(load, folder)
+    assert os.path.join(folder, "adapter_config.json") in message, message
+    assert "unknown key 'scael' (did you mean 'scale'?)" in message, message
+
+
+def test_every_key_peft_writes_for_any_config_is_accepted(tmp_path):
+    """PeftConfig's own dataclass fields (read from PEFT, not from this package) stay valid keys."""
+    spec = AdapterSpec("llama", [1, 2], "add", -1.5, None, 4, None, None)
+    folder = str(tmp_path / "adapter")
+    config, tensors = write_adapter(spec, folder, None)
+    peft_fields = {item.name: item for item in fields(PeftConfig)}
+    assert {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode"} <= set(peft_fields)
+    written = dict(config)
+    for name, item in peft_fields.items():
+        if name not in written:
+            written[name] = item.default if item.default is not MISSING else item.default_factory()
+    with open(os.path.join(folder, "adapter_config.json"), "w") as handle:
+        json.dump(written, handle)
+    expected = expected_logits(spec, config, tensors)
+    torch.testing.assert_close(logits(PeftModel.from_pretrained(fresh("llama"), folder)), expected, atol=ATOL, rtol=0)
+    model = fresh("llama")
+    model.load_adapter(folder, adapter_name="probe")
+    torch.testing.assert_close(logits(model), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("load", TWO_FLOWS)
+@pytest.mark.parametrize("value", [0.0, 1e-30], ids=["zero", "1e-30"])
+def test_ablating_a_zero_or_near_zero_vector_is_refused_at_load_naming_file_and_block(tmp_path, load, value):
+    spec = AdapterSpec("llama", [1, 3], "ablate", 1.0, None, 5, None, None)
+    folder = str(tmp_path / "adapter")
+    write_adapter(spec, folder, None)
+    weights = os.path.join(folder, "adapter_model.safetensors")
+    key = "base_model.model.model.layers.3.steering_vector"
+    tensors = {
+        "base_model.model.model.layers.1.steering_vector": torch.randn(HIDDEN),
+        key: torch.full((HIDDEN,), value),
+    }
+    save_file(tensors, weights)
+    assert float(torch.linalg.vector_norm(tensors[key])) == 0.0  # float32: 1e-30's squares underflow too
+    message = _refusal(load, folder)
+    assert weights in message and key in message and "block 3" in message, message
+    assert "too small to define a direction" in message and "ablate" in message, message
+
+
+def test_small_but_representable_vectors_still_ablate_exactly(tmp_path):
+    """The floor (about 2e-15 here) refuses only what float32 cannot normalise: a 1e-10-scale vector ablates."""
+    spec = AdapterSpec("llama", [2], "ablate", 1.0, None, 6, None, None)
+    folder = str(tmp_path / "adapter")
+    config, tensors = write_adapter(spec, folder, None)
+    key = "base_model.model.model.layers.2.steering_vector"
+    small = {key: tensors[key] * 1e-10}
+    save_file(small, os.path.join(folder, "adapter_model.safetensors"))
+    expected = expected_logits(spec, config, tensors)  # ablation depends only on the direction
+    torch.testing.assert_close(logits(PeftModel.from_pretrained(fresh("llama"), folder)), expected, atol=ATOL, rtol=0)
+
+
+def test_a_zero_vector_in_add_mode_still_loads(tmp_path):
+    """Adding zero is a no-op, not an error: only ablation needs a direction."""
+    spec = AdapterSpec("llama", [1], "add", 3.0, None, 8, None, None)
+    folder = str(tmp_path / "adapter")
+    write_adapter(spec, folder, None)
+    zero = {"base_model.model.model.layers.1.steering_vector": torch.zeros(HIDDEN)}
+    save_file(zero, os.path.join(folder, "adapter_model.safetensors"))
+    torch.testing.assert_close(logits(PeftModel.from_pretrained(fresh("llama"), folder)), logits(pristine("llama")))
+
+
+def test_building_an_ablate_adapter_from_a_zero_vector_is_refused_too():
+    """adapter_from_vectors / set_vectors apply the same floor: such an adapter is never saved in the first place."""
+    with pytest.raises(ValueError, match=r"vector for layer 1 is zero or too small to define a direction"):
+        steering_adapter.adapter_from_vectors(fresh("llama"), {1: torch.full((HIDDEN,), 1e-30)}, mode="ablate")

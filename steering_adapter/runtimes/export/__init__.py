@@ -28,6 +28,7 @@ __all__ = [
     "FORMATS",
     "NotExpressibleError",
     "SteeringSource",
+    "check_export_target",
     "export_adapter",
     "export_gguf",
     "export_lora",
@@ -36,6 +37,38 @@ __all__ = [
     "read_control_vector",
     "read_steering_adapter",
 ]
+
+
+def check_export_target(export_format: str, out: str | os.PathLike, option: str = "out") -> None:
+    """Check, before any work, that an export can be written at ``out``.
+
+    ``gguf`` writes one file, so ``out`` must not be an existing folder; ``lora`` and ``merged`` write a folder, so
+    ``out`` must not be an existing file. Either way no existing parent of ``out`` may be a file.
+
+    Args:
+        export_format: ``"gguf"``, ``"lora"`` or ``"merged"``.
+        out: the target path.
+        option: what the message calls it (``"--out"`` on the command line).
+
+    Raises:
+        ValueError: one line naming ``option``, the path and what is expected there.
+    """
+    target = Path(out)
+    if export_format == "gguf" and target.is_dir():
+        raise ValueError(
+            f"{option} {target} is an existing folder, but the gguf export writes one .gguf file: give a file path "
+            f"(e.g. {target / 'adapter.gguf'})"
+        )
+    if export_format in ("lora", "merged") and target.exists() and not target.is_dir():
+        raise ValueError(
+            f"{option} {target} is an existing file, but the {export_format} export writes a folder: give a folder "
+            "path"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {target}: {parent} is a file, so nothing can be written inside it")
+            break
 
 
 def export_adapter(
@@ -62,10 +95,12 @@ def export_adapter(
     Raises:
         NotExpressibleError: the adapter or its architecture cannot be expressed exactly in that format (the message
             says why).
-        ValueError: unknown format, an invalid adapter, or a base model that does not fit it.
+        ValueError: unknown format, an ``out`` that cannot be written (:func:`check_export_target`), an invalid
+            adapter, or a base model that does not fit it.
     """
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; expected one of {FORMATS}")
+    check_export_target(export_format, out)
     source = read_steering_adapter(os.fspath(adapter))
     writer = {"gguf": export_gguf, "lora": export_lora, "merged": export_merged}[export_format]
     return writer(source, out, base_model=base_model, revision=revision)

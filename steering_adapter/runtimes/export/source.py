@@ -16,11 +16,11 @@ from steering_adapter.tuner.files import (
     VECTOR_PARAM,
     WEIGHTS_NAME,
     load_vectors_file,
-    read_config_dict,
     require_safetensors,
     resolve_adapter_file,
     validate_vectors,
 )
+from steering_adapter.tuner.validation import validate_adapter_folder
 from steering_adapter.utils.versions import __version__
 
 _VECTOR_KEY = re.compile(rf"^base_model\.model\.(?P<path>.+)\.(?P<layer>\d+)\.{VECTOR_PARAM}$")
@@ -149,15 +149,11 @@ def read_steering_adapter(path_or_repo_id: str, **hub_kwargs: Any) -> SteeringSo
         The :class:`SteeringSource`.
 
     Raises:
-        ValueError: not a steering adapter (``peft_type`` is not ``STEERING``), no safetensors file, or vectors that
-            do not match the config (missing, extra, wrong shape, NaN/Inf).
+        ValueError: what :func:`~steering_adapter.tuner.validation.validate_adapter_folder` (the loaders' check)
+            refuses: not a steering adapter (``peft_type`` is not ``STEERING``), an unknown key, no safetensors file,
+            or vectors that do not match the config (missing, extra, wrong shape, NaN/Inf).
     """
-    raw = read_config_dict(path_or_repo_id, **hub_kwargs)
-    if raw.get("peft_type") != "STEERING":
-        raise ValueError(
-            f"{path_or_repo_id} is not a steering adapter: its peft_type is {raw.get('peft_type')!r}, not 'STEERING'"
-        )
-    config = SteeringConfig.from_pretrained(path_or_repo_id, **hub_kwargs)
+    config: SteeringConfig = validate_adapter_folder(path_or_repo_id, **hub_kwargs)
     weights_path = require_safetensors(path_or_repo_id, **hub_kwargs)
     config_path = resolve_adapter_file(path_or_repo_id, CONFIG_NAME, **hub_kwargs)
     state = load_vectors_file(weights_path)
@@ -169,7 +165,7 @@ def read_steering_adapter(path_or_repo_id: str, **hub_kwargs: Any) -> SteeringSo
         )
     blocks_path = paths.pop()
     vectors = validate_vectors(
-        state, config.layers, blocks_path, config.hidden_size, path_or_repo_id, config.condition_layer
+        state, config.layers, blocks_path, config.hidden_size, path_or_repo_id, config.condition_layer, config.mode
     )
     return SteeringSource(
         location=str(path_or_repo_id),
