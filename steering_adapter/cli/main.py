@@ -22,6 +22,7 @@ from steering_adapter.adapter.hub import HubUnreachableError
 from steering_adapter.cli.exit_codes import EXIT_ERROR, EXIT_INFEASIBLE, EXIT_OK, EXIT_USAGE
 from steering_adapter.cli.overrides import parse_override
 from steering_adapter.utils.distributed import launched_by_torchrun
+from steering_adapter.utils.progress import disable_progress_bars
 from steering_adapter.utils.threads import configure_threads
 
 __all__ = ["EXIT_ERROR", "EXIT_INFEASIBLE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -82,6 +83,12 @@ def _cmd_import_gguf(args: argparse.Namespace) -> int:
     from steering_adapter.cli.adapter_commands import cmd_import_gguf  # lazy: heavy imports; --help stays fast
 
     return cmd_import_gguf(args)
+
+
+def _cmd_judge_check(args: argparse.Namespace) -> int:
+    from steering_adapter.cli.judge_command import cmd_judge_check  # lazy: heavy imports; --help stays fast
+
+    return cmd_judge_check(args)
 
 
 def _add_placement_options(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--sample", type=int, help="score a seeded random sample of N prompts per set instead of all")
     ev.add_argument("--kl-prompts", help="source of neutral prompts for the KL divergence (default: the recipe's)")
+    ev.add_argument(
+        "--column",
+        help="the column (CSV) or field (JSON / JSONL) holding the prompt in prompt files without a 'prompt' one "
+        "(default: the recipe's prompts.column, else prompt)",
+    )
     ev.add_argument("--judge", choices=["pattern"], help="judge (default: the recipe's, else pattern)")
     ev.add_argument("--scale", type=float, help="override the adapter's scale alpha")
     ev.add_argument("--k", type=int, help="answers per prompt (default: the recipe's, else 3)")
@@ -219,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--max-new-tokens", type=int, default=96, help="answer length (default 96)")
         if name == "generate":
             gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        gen.add_argument("--no-progress", action="store_true", help="hide progress bars (model loading)")
         _add_placement_options(gen)
         gen.set_defaults(func=func)
 
@@ -235,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect",
-        help="print an adapter's configuration",
-        description="Print adapter_config.json of a folder or Hub repo.",
+        help="print an adapter's configuration and whether it loads",
+        description="Print adapter_config.json of a folder or Hub repo, then a verdict line: 'ok: ...' when "
+        "adapter_config.json and adapter_model.safetensors pass the checks every loader runs, else 'invalid: ...'.",
     )
     inspect.add_argument("adapter", help="adapter folder or Hub repo id")
+    inspect.add_argument(
+        "--check", action="store_true", help="an invalid adapter is an error: its problem on stderr, exit code 2"
+    )
     inspect.set_defaults(func=_cmd_inspect)
 
     export = sub.add_parser(
@@ -268,6 +285,29 @@ def build_parser() -> argparse.ArgumentParser:
     import_gguf.add_argument("--scale", type=float, default=1.0, help="the adapter's scale alpha (default 1.0)")
     import_gguf.add_argument("--revision", help="Hub revision of the base model")
     import_gguf.set_defaults(func=_cmd_import_gguf)
+
+    judge_check = sub.add_parser(
+        "judge-check",
+        help="measure judges against answers labeled by reading (accuracy, kappa, precision / recall)",
+        description="Judge every answer of a JSONL file of labeled answers ({prompt, answer, label: refusal | "
+        "not_refusal, optional category}) and print, per judge, accuracy, Cohen's kappa and refusal precision / "
+        "recall with bootstrap intervals and a confusion table by category. The last line is "
+        "'judge=<name> n=<N> accuracy=<a> kappa=<k>' for the first judge named.",
+    )
+    judge_check.add_argument("--labels", required=True, help="JSONL file of labeled answers")
+    judge_check.add_argument(
+        "--judge",
+        action="append",
+        help="pattern, openai or transformers, optionally as degeneracy+KIND (repeatable; default: pattern and "
+        "degeneracy+pattern)",
+    )
+    judge_check.add_argument("--judge-model", help="the LLM judge's model name (openai) or Hub id / folder")
+    judge_check.add_argument("--judge-base-url", help="OpenAI-compatible endpoint (default STEERING_JUDGE_BASE_URL)")
+    judge_check.add_argument("--judge-api-key-env", help="environment variable holding the endpoint's API key")
+    judge_check.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    judge_check.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    judge_check.add_argument("--out", help="also write every judge's agreement and disagreements to this JSON file")
+    judge_check.set_defaults(func=_cmd_judge_check)
     return parser
 
 
@@ -289,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "no_progress", False):
+            disable_progress_bars()
         if hasattr(args, "threads"):
             configure_threads(args.threads)
         _check_launcher(args.command)

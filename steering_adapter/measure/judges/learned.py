@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -30,21 +31,25 @@ from steering_adapter.measure.judges.labeled_answers import LabeledAnswer, read_
 from steering_adapter.measure.judges.pattern import PatternJudge
 from steering_adapter.measure.relevance import RelevanceScorer
 
-__all__ = ["EmbeddingJudge", "default_embedding_judge", "labeled_answers"]
+__all__ = ["LABEL_FILES", "EmbeddingJudge", "default_embedding_judge", "label_file", "labeled_answers"]
 
 LABEL_FILES = ("exemplars", "dev", "test")
 
 
-def labeled_answers(part: str) -> list[LabeledAnswer]:
-    """The package's labeled answers: ``"exemplars"``, ``"dev"`` or ``"test"`` (see ``labels/README.md``).
+def label_file(part: str) -> Path:
+    """The file of the package's labeled answers: ``"exemplars"``, ``"dev"`` or ``"test"`` (see ``labels/README.md``).
 
     Raises:
         ValueError: an unknown part.
     """
     if part not in LABEL_FILES:
         raise ValueError(f"unknown labeled part {part!r}; expected one of {list(LABEL_FILES)}")
-    with resources.as_file(resources.files("steering_adapter.measure.judges") / "labels" / f"{part}.jsonl") as path:
-        return read_labeled_answers(path)
+    return Path(str(resources.files("steering_adapter.measure.judges") / "labels" / f"{part}.jsonl"))
+
+
+def labeled_answers(part: str) -> list[LabeledAnswer]:
+    """The package's labeled answers of one part (:func:`label_file`)."""
+    return read_labeled_answers(label_file(part))
 
 
 class EmbeddingJudge(Judge):
