@@ -124,3 +124,23 @@ def test_parse_adapter_specs():
         parse_adapter_specs(["a", "a"])
     with pytest.raises(ValueError, match="scale must be a number"):
         parse_adapter_specs([{"path": "a", "scale": "big"}])
+
+
+def test_read_adapter_runs_the_loaders_check(saved, tmp_path):
+    """The vLLM reader refuses what PEFT's loaders refuse: a misspelt key, a zero ablation direction."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((saved / "adapter_config.json").read_text())
+    misspelt = tmp_path / "misspelt"
+    misspelt.mkdir()
+    (misspelt / "adapter_config.json").write_text(json.dumps({**config, "scael": -2.7}))
+    (misspelt / "adapter_model.safetensors").write_bytes((saved / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"unknown key 'scael' \(did you mean 'scale'\?\)"):
+        read_adapter(AdapterSpec(str(misspelt)), HIDDEN, LAYERS)
+    ablate = tmp_path / "ablate"
+    ablate.mkdir()
+    (ablate / "adapter_config.json").write_text(json.dumps({**config, "mode": "ablate"}))
+    tensors = load_file(str(saved / "adapter_model.safetensors"))
+    save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, str(ablate / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="adapter_model.safetensors.*ablat|ablat.*adapter_model.safetensors"):
+        read_adapter(AdapterSpec(str(ablate)), HIDDEN, LAYERS)

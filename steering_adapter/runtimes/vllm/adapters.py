@@ -25,11 +25,11 @@ from steering_adapter.tuner.files import (
     VECTOR_PARAM,
     WEIGHTS_NAME,
     load_vectors_file,
-    read_config_dict,
     require_safetensors,
     validate_vectors,
     vector_key,
 )
+from steering_adapter.tuner.validation import validate_adapter_folder
 
 __all__ = ["AdapterSpec", "AdapterVectors", "parse_adapter_specs", "read_adapter", "write_adapter"]
 
@@ -163,13 +163,9 @@ def read_adapter(spec: AdapterSpec, hidden_size: int, num_hidden_layers: int) ->
             f"{spec.path} is a composition folder: pass its parts (parts/<name>) as a list of adapters in the "
             "order to apply them instead"
         )
-    raw = read_config_dict(spec.path, **hub)
-    if raw.get("peft_type") != "STEERING":
-        raise ValueError(f"{source} has peft_type {raw.get('peft_type')!r}, not 'STEERING'")
+    # the check every loader runs (config keys and fields, safetensors, finite vectors, ablation directions)
+    config = validate_adapter_folder(spec.path, **hub)
     weights = require_safetensors(spec.path, **hub)
-    fields = {key: value for key, value in raw.items() if key in SteeringConfig.__dataclass_fields__}
-    fields.pop("peft_type", None)
-    config = SteeringConfig(**fields)
     if spec.scale is not None:
         config.scale = spec.scale
     for field, model_value in (("hidden_size", hidden_size), ("num_hidden_layers", num_hidden_layers)):
@@ -185,7 +181,9 @@ def read_adapter(spec: AdapterSpec, hidden_size: int, num_hidden_layers: int) ->
         raise ValueError(f"{source}: layers is empty")
     state = load_vectors_file(weights)
     blocks_path = config.blocks_path or _blocks_path(list(state), source)
-    vectors = validate_vectors(state, config.layers, blocks_path, hidden_size, source, config.condition_layer)
+    vectors = validate_vectors(
+        state, config.layers, blocks_path, hidden_size, source, config.condition_layer, mode=config.mode
+    )
     condition = None
     if config.gated:
         condition = state[f"base_model.model.{blocks_path}.{config.condition_layer}.{CONDITION_PARAM}"].float()
@@ -239,7 +237,9 @@ def write_adapter(
             raise ValueError("a condition vector needs condition_layer and condition_threshold in the config")
         key = f"base_model.model.{blocks_path}.{steering.condition_layer}.{CONDITION_PARAM}"
         tensors[key] = condition.detach().float().cpu().contiguous()
-    validate_vectors(tensors, steering.layers, blocks_path, hidden_size, str(directory), steering.condition_layer)
+    validate_vectors(
+        tensors, steering.layers, blocks_path, hidden_size, str(directory), steering.condition_layer, steering.mode
+    )
     directory.mkdir(parents=True, exist_ok=True)
     steering.save_pretrained(str(directory))
     save_file(tensors, str(directory / WEIGHTS_NAME))
