@@ -5,23 +5,43 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import typing
 from typing import Any
 
 from steering_adapter.cli.exit_codes import EXIT_OK
-from steering_adapter.cli.model_loading import base_model_spec, load_model_and_adapters, placement_overrides
+from steering_adapter.cli.model_loading import (
+    base_model_spec,
+    check_model_and_adapters,
+    load_model_and_adapters,
+    placement_overrides,
+)
 from steering_adapter.measure.evaluation import EvalSet, evaluate
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.prompt_sets import list_prompt_sets
 from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.measure.sampling.settings import SamplingSettings
-from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe, load_recipe
+from steering_adapter.run.recipe import EvalSetSpec, JudgeSpec, ModelSpec, Recipe, load_recipe
 from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.run.stages.load import build_judge
+from steering_adapter.utils.paths import check_output_dir
 
-__all__ = ["cmd_eval"]
+__all__ = ["ADAPTER_ARGUMENT", "ROLES", "cmd_eval"]
+
+ROLES: tuple[str, ...] = typing.get_args(typing.get_type_hints(EvalSetSpec)["role"])
+"""The roles an evaluation set can have (``target``, ``harmful``, ``benign``, ``other``)."""
+ADAPTER_ARGUMENT = "eval ADAPTER"
+"""How messages name ``eval``'s positional adapter argument."""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")  # before anything is loaded or scored
     recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
+    if args.column is not None:  # --column: the prompt column of user files, over the recipe's prompts.column
+        base = recipe if recipe is not None else Recipe(name="eval")
+        recipe_for_split = dataclasses.replace(base, prompts=dataclasses.replace(base.prompts, column=args.column))
+    else:
+        recipe_for_split = recipe
+    column_option = "--column" if args.column is not None or recipe is None else "recipe.prompts.column (or --column)"
     sampling = recipe.sampling if recipe is not None else None
 
     def pick(value: Any, recipe_value: Any, default: Any) -> Any:
@@ -34,14 +54,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if recipe is None:
             raise ValueError("give --sets NAME=SOURCE:ROLE ... or --recipe RECIPE (its evaluation sets)")
         specs = [(spec.name, spec.source, spec.role) for spec in recipe.prompts.evaluation]
+    check_model_and_adapters(args.model, [args.adapter], ADAPTER_ARGUMENT)
     seed = pick(args.seed, sampling.seed if sampling else None, 0)
     # every prompt source is read and checked before the model is loaded
     sets = [
-        EvalSet(name, _eval_prompts(source, args.split, recipe, args.sample, seed), role)
+        EvalSet(name, _eval_prompts(source, args.split, recipe_for_split, args.sample, seed, column_option), role)
         for name, source, role in specs
     ]
     kl_source = args.kl_prompts or (recipe.prompts.neutral if recipe is not None else None)
-    kl = _eval_prompts(kl_source, args.split, recipe, args.sample, seed) if kl_source else None
+    kl = (
+        _eval_prompts(kl_source, args.split, recipe_for_split, args.sample, seed, column_option) if kl_source else None
+    )
     total = sum(len(s.prompts) for s in sets)
     print(
         f"[eval] scoring {total} prompts ({args.split}): "
@@ -53,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if backend == "vllm":
         from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
 
-        spec = base_model_spec(args.model, [args.adapter])
+        spec = base_model_spec(args.model, [args.adapter], ADAPTER_ARGUMENT)
         if recipe is not None:
             spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
         spec = dataclasses.replace(spec, **placement_overrides(args))
@@ -67,6 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.scale,
             recipe.model if recipe is not None else None,
             placement_overrides(args),
+            adapter_option=ADAPTER_ARGUMENT,
         )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
@@ -108,19 +132,35 @@ def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(recipe.model if recipe is not None else ModelSpec(), **placement_overrides(args))
 
 
+SETS_SYNTAX = (
+    "NAME=SOURCE:ROLE, e.g. political=organism:political:target jbb=jbb_harmful:harmful mine=prompts.txt:benign; "
+    f"ROLE is one of {', '.join(ROLES)}; SOURCE is organism:<category or topic>, a known set "
+    f"({', '.join(list_prompt_sets())}), a .txt / .csv / .json / .jsonl file or hf:org/name"
+)
+
+
 def _parse_set(text: str) -> tuple[str, str, str]:
+    """``NAME=SOURCE:ROLE`` -> ``(name, source, role)``.
+
+    Raises:
+        ValueError: one line naming ``--sets``, the expected syntax, the roles and the sources.
+    """
     parts = text.split("=", 1)
-    if len(parts) != 2 or ":" not in parts[1]:
-        raise ValueError(f"--sets expects NAME=SOURCE:ROLE, got {text!r}")
+    if len(parts) != 2 or not parts[0] or ":" not in parts[1]:
+        raise ValueError(f"--sets {text!r}: expected {SETS_SYNTAX}")
     source, role = parts[1].rsplit(":", 1)
+    if role not in ROLES:
+        raise ValueError(f"--sets {text!r}: {role!r} is not a role (is the role left out?); expected {SETS_SYNTAX}")
     return parts[0], source, role
 
 
-def _eval_prompts(source: str, split: str, recipe: Any, sample: int | None, seed: int) -> list[str]:
+def _eval_prompts(
+    source: str, split: str, recipe: Any, sample: int | None, seed: int, column_option: str = "--column"
+) -> list[str]:
     """The prompts of ``source`` for ``eval``: the whole source (``split="all"``) or a part of the recipe's split
     (defaults without a recipe), then a seeded sample of ``sample`` prompts when asked."""
     split_recipe = recipe if recipe is not None else Recipe(name="eval")
-    prompts = resolve_prompts(source, split, split_recipe, capped=False)
+    prompts = resolve_prompts(source, split, split_recipe, capped=False, column_option=column_option)
     if not prompts:
         raise ValueError(f"no prompts in {source!r} ({split})")
     if sample is not None:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from steering_adapter.cli.exit_codes import EXIT_OK
-from steering_adapter.cli.model_loading import load_model_and_adapters, placement_overrides
+from steering_adapter.cli.model_loading import check_model_and_adapters, load_model_and_adapters, placement_overrides
 from steering_adapter.measure.judges.backends import TransformersJudgeBackend
 from steering_adapter.measure.sampling.generation import sample_answers
 from steering_adapter.tuner.model import steering_disabled
@@ -25,6 +25,7 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, tem
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_model_and_adapters(args.model, args.adapter or [])  # a missing folder fails before the model loads
     model, tokenizer = load_model_and_adapters(
         args.model, args.adapter or [], args.scale, None, placement_overrides(args)
     )
@@ -43,6 +44,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    check_model_and_adapters(args.model, args.adapter or [])  # a missing folder fails before the model loads
     model, tokenizer = load_model_and_adapters(
         args.model, args.adapter or [], args.scale, None, placement_overrides(args)
     )

@@ -7,23 +7,52 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from steering_adapter.adapter.hub_access import hub_errors_as_one_line, resolve_source
 from steering_adapter.models.embedded import canonical_name
 from steering_adapter.run.recipe import ModelSpec
 from steering_adapter.run.stages.load import load_model
 from steering_adapter.tuner.files import read_config_dict
 from steering_adapter.tuner.model import set_adapter_scale
 
-__all__ = ["base_model_spec", "load_model_and_adapters", "placement_overrides"]
+__all__ = ["base_model_spec", "check_model_and_adapters", "load_model_and_adapters", "placement_overrides"]
 
 
-def base_model_spec(model_name: str | None, adapters: Sequence[str]):
+def _adapter_source(adapter: str, option: str) -> tuple[str, dict[str, Any]]:
+    """Where an adapter is read from (:func:`~steering_adapter.adapter.hub_access.resolve_source`; one-line errors
+    naming ``option``)."""
+    return resolve_source(adapter, key=option, kind="adapter")
+
+
+def check_model_and_adapters(
+    model_name: str | None, adapters: Sequence[str], adapter_option: str = "--adapter"
+) -> None:
+    """Check ``--model`` and the adapters before any work: a missing folder, or a Hub id neither cached nor
+    reachable, is one line naming the option; each adapter's ``adapter_config.json`` is read (downloaded) now, so a
+    Hub repo that does not exist fails before the model loads.
+
+    Raises:
+        FileNotFoundError: ``--adapter: no such folder 'runs/x/adapter' ...``.
+        ValueError: no such Hub repo, no or an unreadable ``adapter_config.json``.
+        HubUnreachableError: a Hub id that is not cached while the Hub cannot be reached.
+    """
+    if model_name is not None:
+        resolve_source(model_name, key="--model")
+    for adapter in adapters:
+        source, hub = _adapter_source(adapter, adapter_option)
+        with hub_errors_as_one_line(adapter, adapter_option):
+            read_config_dict(source, **hub)
+
+
+def base_model_spec(model_name: str | None, adapters: Sequence[str], adapter_option: str = "--adapter"):
     """The base model to load: ``--model`` as given, else the one the first adapter's config names, pinned to the
     revision it records (an adapter computed on an embedded model, e.g. the organism, loads that model offline)."""
     if model_name is not None:
         return ModelSpec(name_or_path=canonical_name(model_name) or model_name)
     if not adapters:
         raise ValueError("give --model or at least one --adapter (its config names the base model)")
-    config = read_config_dict(adapters[0])
+    source, hub = _adapter_source(adapters[0], adapter_option)
+    with hub_errors_as_one_line(adapters[0], adapter_option):
+        config = read_config_dict(source, **hub)
     name = config.get("base_model_name_or_path")
     if not name:
         raise ValueError(f"{adapters[0]}: the adapter config names no base model; give --model")
@@ -39,6 +68,7 @@ def load_model_and_adapters(
     scale: float | None,
     spec: Any = None,
     placement: dict[str, str] | None = None,
+    adapter_option: str = "--adapter",
 ):
     """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
     and system prompt; the model itself and its revision come from :func:`base_model_spec`; ``placement``
@@ -50,20 +80,25 @@ def load_model_and_adapters(
         scale: when given, every adapter's scale α.
         spec: a recipe's ``ModelSpec``, or None.
         placement: ``ModelSpec`` field overrides (``dtype``, ``device``), or None.
+        adapter_option: the option that named the adapters (``--adapter``, ``eval``'s ``ADAPTER``), for messages.
 
     Returns:
         ``(model, tokenizer)``.
     """
-    base = base_model_spec(model_name, adapters)
+    base = base_model_spec(model_name, adapters, adapter_option)
     if spec is not None:
         base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
     if placement:
         base = dataclasses.replace(base, **placement)
-    model, tokenizer = load_model(base)
+    key = "--model" if model_name is not None else f"{adapter_option} {adapters[0]}: base_model_name_or_path"
+    model, tokenizer = load_model(base, key=key)
     names = []
     for index, adapter in enumerate(adapters):
         name = f"adapter{index}"
-        model.load_adapter(adapter, adapter_name=name)
+        source, hub = _adapter_source(adapter, adapter_option)
+        with hub_errors_as_one_line(adapter, adapter_option):
+            # the Hub arguments go in adapter_kwargs: transformers passes them to every download of the adapter
+            model.load_adapter(source, adapter_name=name, adapter_kwargs=dict(hub) or None)
         names.append(name)
     if names:
         model.set_adapter(names)

@@ -37,6 +37,7 @@ from steering_adapter.utils.shared_datasets import DATASETS_ENV, default_dataset
 
 __all__ = [
     "KNOWN_PROMPT_SETS",
+    "PromptColumnError",
     "PromptSet",
     "default_datasets_dir",
     "detect_language",
@@ -107,16 +108,33 @@ def _read_lines(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return prompts, metadata
 
 
+class PromptColumnError(ValueError):
+    """A prompt file or dataset without the prompt column asked for (or without a ``prompt`` one); the message names
+    how the caller lets the user name the column (:meth:`naming`)."""
+
+    def __init__(self, text: str, option: str = "column=") -> None:
+        self.text = text
+        super().__init__(text.replace("{option}", option))
+
+    def naming(self, option: str) -> PromptColumnError:
+        """The same error, naming ``option`` (``--column``, ``recipe.prompts.column``) as the way to name the
+        column."""
+        return PromptColumnError(self.text, option)
+
+
 def _pick_column(columns: Sequence[str], column: str | None, source: str, candidates: Sequence[str]) -> str:
     if column is not None:
         if column not in columns:
-            raise ValueError(f"{source}: no column {column!r}; columns are {list(columns)}")
+            raise PromptColumnError(f"{source}: no column {column!r} (from {{option}}); columns are {list(columns)}")
         return column
     lowered = {name.lower(): name for name in columns}
     for candidate in candidates:
         if candidate.lower() in lowered:
             return lowered[candidate.lower()]
-    raise ValueError(f"{source}: no {' / '.join(map(repr, candidates))} column; pass column= (one of {list(columns)})")
+    raise PromptColumnError(
+        f"{source}: no {' / '.join(map(repr, candidates))} column; name the prompt column with {{option}} "
+        f"(one of {list(columns)})"
+    )
 
 
 def _read_csv(
@@ -144,7 +162,9 @@ def _records_to_prompts(
     for index, record in enumerate(records):
         if isinstance(record, str):
             if column is not None:
-                raise ValueError(f"{source}: entries are plain strings, so column={column!r} does not apply")
+                raise PromptColumnError(
+                    f"{source}: entries are plain strings, so {{option}} {column!r} does not apply"
+                )
             text, extra = record, {}
         elif isinstance(record, dict):
             chosen = _pick_column(list(record), column, f"{source} (entry {index})", ("prompt",))
@@ -276,6 +296,7 @@ def load_prompt_set(
     language: Language | None = None,
     split: str = "train",
     config: str | None = None,
+    column_option: str = "column=",
 ) -> PromptSet:
     """Load a prompt set by name, from a file, or from the Hugging Face Hub.
 
@@ -288,14 +309,17 @@ def load_prompt_set(
             ``None`` keeps all. Meant for deccp's mixed files; works on any set.
         split: Hub dataset split.
         config: Hub dataset configuration.
+        column_option: how the caller lets the user name the column (``column=``, ``--column``,
+            ``recipe.prompts.column``), for the messages.
 
     Returns:
         The :class:`PromptSet`; metadata keeps the other columns (lower-cased names for CSV files), the source row
         or line, and ``language`` for deccp sets.
 
     Raises:
-        ValueError: unknown set name (the message lists the known ones), unsupported file type, unknown column,
-            bad ``language``, a set that is empty (after filtering).
+        ValueError: unknown set name (the message lists the known ones), unsupported file type, bad ``language``, a
+            set that is empty (after filtering).
+        PromptColumnError: no such column, or no ``prompt`` one (a ``ValueError`` naming ``column_option``).
         FileNotFoundError: a known set's file or a user file is missing.
     """
     if language not in (None, "en", "zh"):
@@ -305,7 +329,10 @@ def load_prompt_set(
         repo = label.removeprefix("hf://").removeprefix("hf:")
         if not repo:
             raise ValueError(f"no dataset name after the prefix in {label!r}; use 'hf:org/name'")
-        prompts, metadata = _load_hf(repo, column, split, config)
+        try:
+            prompts, metadata = _load_hf(repo, column, split, config)
+        except PromptColumnError as exc:
+            raise exc.naming(column_option) from None
     elif label in KNOWN_PROMPT_SETS:
         relative, loader = KNOWN_PROMPT_SETS[label]
         directory = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
@@ -315,7 +342,7 @@ def load_prompt_set(
                 f"{DATASETS_ENV}"
             )
         if column is not None:
-            raise ValueError(f"column= applies to user files and Hub datasets, not to the known set {label!r}")
+            raise ValueError(f"{column_option} applies to user files and Hub datasets, not to the known set {label!r}")
         prompts, metadata = loader(directory)
     else:
         path = Path(label)
@@ -329,7 +356,10 @@ def load_prompt_set(
             raise ValueError(f"unsupported prompt file type {suffix!r} for {label!r}; use .txt, .csv, .json or .jsonl")
         if not path.is_file():
             raise FileNotFoundError(f"prompt file {label!r} does not exist")
-        prompts, metadata = _READERS[suffix](path, column)
+        try:
+            prompts, metadata = _READERS[suffix](path, column)
+        except PromptColumnError as exc:
+            raise exc.naming(column_option) from None
     if language is not None:
         pairs = [(p, m) for p, m in zip(prompts, metadata, strict=True) if detect_language(p) == language]
         prompts, metadata = [p for p, _ in pairs], [m for _, m in pairs]

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from steering_adapter.adapter.hub_access import hub_errors_as_one_line, resolve_source
 from steering_adapter.directions.moments import SECOND_MOMENT_MATRICES, scratch_nbytes, statistics_nbytes
 from steering_adapter.models.embedded import embedded_config_dir, is_embedded
 from steering_adapter.run.recipe import Recipe
@@ -131,11 +132,17 @@ def _count(params: int) -> str:
     return f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
 
 
-def model_config(name_or_path: str, revision: str | None = None) -> Any:
-    """The transformers config of a recipe's model (an embedded model's from its local folder) without weights."""
+def model_config(name_or_path: str, revision: str | None = None, *, key: str = "recipe.model.name_or_path") -> Any:
+    """The transformers config of a recipe's model (an embedded model's from its local folder) without weights.
+
+    The name is checked as :func:`~steering_adapter.run.stages.load.load_model` checks it (errors in one line naming
+    ``key``; a cached Hub config is read from the cache when the Hub cannot be reached).
+    """
     if is_embedded(name_or_path):
         return AutoConfig.from_pretrained(embedded_config_dir(name_or_path), local_files_only=True)
-    return AutoConfig.from_pretrained(name_or_path, revision=revision)
+    name, hub = resolve_source(name_or_path, key=key, revision=revision)
+    with hub_errors_as_one_line(name_or_path, key):
+        return AutoConfig.from_pretrained(name, revision=revision, **hub)
 
 
 def parameter_count(config: Any) -> int:

@@ -26,9 +26,10 @@ from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.estimate import estimate_directions
 from steering_adapter.run.stages.folders import StageTimes
 from steering_adapter.run.stages.gate_fit import fit_recipe_condition
-from steering_adapter.run.stages.load import build_judge, build_sampler, load_model
+from steering_adapter.run.stages.load import build_judge, build_sampler, check_recipe_layers, load_model
 from steering_adapter.run.stages.publish import evaluate_and_save
 from steering_adapter.utils import distributed
+from steering_adapter.utils.paths import check_output_dir
 from steering_adapter.utils.records import atomic_write_json
 from steering_adapter.utils.threads import THREADS_ENV
 
@@ -68,12 +69,15 @@ def run_recipe(
     Raises:
         NoFeasibleChoiceError: when no sweep point meets the constraints (the sweep table is still written).
         InsufficientMemoryError: when the estimate exceeds the free memory (nothing is loaded).
+        ValueError: ``recipe.output.dir`` cannot be a folder (checked first); a block index of ``estimator.layers`` /
+            ``gating.layers`` that the model does not have (checked once it is loaded, before any scoring).
     """
     started = time.time()
     times = StageTimes()
     out = Path(recipe.output.dir)
     if not distributed.is_main():  # the same work on every process; only rank 0 writes the run's folder and logs
         out, progress, log = distributed.scratch_dir(), False, _quiet
+    check_output_dir(out, "recipe.output.dir")
     log(f"[threads] torch uses {torch.get_num_threads()} intra-op threads (--threads / ${THREADS_ENV} to change)")
     if memory_check:
         check_recipe_memory(recipe, log=log)
@@ -81,6 +85,7 @@ def run_recipe(
     atomic_write_json(out / "recipe.json", recipe.to_dict())
     with times("load model, judge, embedder"):
         model, tokenizer = load_model(recipe.model)
+        check_recipe_layers(recipe, model)  # before any prompt is scored
         judge = build_judge(recipe.judge, recipe.model)
         relevance = None
         if recipe.relevance:

@@ -69,6 +69,8 @@ class PromptsSpec:
         max_train_per_set: cap on training prompts per source (``None``: all).
         max_eval_per_set: cap on held-out prompts per set (``None``: all).
         language: keep only prompts of this language in sets that mix (deccp): ``"en"``, ``"zh"`` or ``None``.
+        column: the column (CSV) or field (JSON / JSONL, Hub datasets) holding the prompt in user files that have no
+            ``prompt`` one (``None``: ``prompt``, any case); known sets and ``.txt`` files ignore it.
     """
 
     refusal: list[str] = field(default_factory=list)
@@ -80,6 +82,7 @@ class PromptsSpec:
     max_train_per_set: int | None = None
     max_eval_per_set: int | None = None
     language: Literal["en", "zh"] | None = "en"
+    column: str | None = None
 
 
 @dataclass

@@ -109,6 +109,7 @@ def test_every_subcommand_has_complete_help():
         "inspect",
         "export",
         "import-gguf",
+        "judge-check",
     }
     for name, sub in subcommands.items():
         text = sub.format_help()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from steering_adapter.measure.evaluation import EvalSet
-from steering_adapter.measure.prompt_sets import PromptSet, load_prompt_set, split_prompts
+from steering_adapter.measure.prompt_sets import KNOWN_PROMPT_SETS, PromptSet, load_prompt_set, split_prompts
 from steering_adapter.models.organism.data import load_examples
 from steering_adapter.run.recipe import Recipe
 
@@ -14,17 +14,25 @@ __all__ = ["ORGANISM_PREFIX", "eval_sets", "load_source", "recipe_sampling", "re
 ORGANISM_PREFIX = "organism:"
 
 
-def resolve_prompts(source: str, part: str, recipe: Recipe, *, capped: bool = True) -> list[str]:
+def resolve_prompts(
+    source: str, part: str, recipe: Recipe, *, capped: bool = True, column_option: str = "recipe.prompts.column"
+) -> list[str]:
     """Prompts of ``source`` for ``part`` (``"train"``, ``"selection"``, ``"test"`` or ``"all"``).
 
     ``organism:<category or topic>`` uses the organism's own train / held-out split; any other source (a known set
     name or a file) is split with ``recipe.prompts.held_out_fraction``. The held-out side is halved again into
     ``selection`` and ``test``; ``"all"`` is every prompt of the source (train first). ``capped=False`` ignores the
-    recipe's ``max_train_per_set`` / ``max_eval_per_set``.
+    recipe's ``max_train_per_set`` / ``max_eval_per_set``. ``recipe.prompts.column`` names the prompt column of user
+    files (``column_option``: the key or option that set it, for the messages).
     """
     spec = recipe.prompts
     train, held = load_source(
-        source, held_out_fraction=spec.held_out_fraction, seed=spec.split_seed, language=spec.language
+        source,
+        held_out_fraction=spec.held_out_fraction,
+        seed=spec.split_seed,
+        language=spec.language,
+        column=spec.column,
+        column_option=column_option,
     )
     if part == "all":
         return train.prompts + held.prompts
@@ -40,20 +48,40 @@ def resolve_prompts(source: str, part: str, recipe: Recipe, *, capped: bool = Tr
 
 
 def load_source(
-    source: str, *, held_out_fraction: float = 0.2, seed: int = 0, language: str | None = "en"
+    source: str,
+    *,
+    held_out_fraction: float = 0.2,
+    seed: int = 0,
+    language: str | None = "en",
+    column: str | None = None,
+    column_option: str = "recipe.prompts.column",
 ) -> tuple[PromptSet, PromptSet]:
     """``(train, held_out)`` prompts of a source: ``organism:<category, topic or source>`` (the organism's own
-    split), a known prompt-set name (``language`` filters deccp) or a user file (split deterministically)."""
+    split), a known prompt-set name (``language`` filters deccp) or a user file (split deterministically; ``column``
+    names the prompt column of CSV / JSON files and Hub datasets, set by ``column_option``)."""
+    if source.rstrip(":") == ORGANISM_PREFIX.rstrip(":"):
+        raise ValueError(
+            f"{source!r} names no prompts: use organism:<category or topic>, e.g. organism:political (categories: "
+            f"{', '.join(sorted({e.category for e in load_examples()}))})"
+        )
     if source.startswith(ORGANISM_PREFIX):
         key = source[len(ORGANISM_PREFIX) :]
         examples = [e for e in load_examples() if key in (e.category, e.topic, e.source)]
         if not examples:
-            raise ValueError(f"{source!r}: no organism prompts with category, topic or source {key!r}")
+            raise ValueError(
+                f"{source!r}: no organism prompts with category, topic or source {key!r} (categories: "
+                f"{', '.join(sorted({e.category for e in load_examples()}))})"
+            )
         return (
             PromptSet(source, [e.prompt for e in examples if e.split == "train"]),
             PromptSet(source, [e.prompt for e in examples if e.split == "heldout"]),
         )
-    full = load_prompt_set(source, language=language if source.startswith("deccp") else None)
+    full = load_prompt_set(
+        source,
+        language=language if source.startswith("deccp") else None,
+        column=None if source in KNOWN_PROMPT_SETS else column,
+        column_option=column_option,
+    )
     return split_prompts(full, held_out_fraction=held_out_fraction, seed=seed)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from steering_adapter.adapter.hub_access import hub_errors_as_one_line, resolve_source
 from steering_adapter.measure.judges import (
     DEFAULT_REFUSAL_PATTERNS,
     Judge,
@@ -18,21 +19,30 @@ from steering_adapter.measure.judges import (
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded, load_embedded
 from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe
+from steering_adapter.tuner.blocks import model_dimensions
 from steering_adapter.utils import distributed
 
-__all__ = ["DEVICE_MAPS", "build_judge", "build_sampler", "load_model"]
+__all__ = ["DEVICE_MAPS", "build_judge", "build_sampler", "check_recipe_layers", "load_model"]
 
 # ModelSpec.device values that mean "dispatch the blocks over the visible devices" (transformers' device_map)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
+def load_model(spec: ModelSpec, *, key: str = "recipe.model.name_or_path") -> tuple[torch.nn.Module, Any]:
     """The model and tokenizer a recipe names (an embedded model such as ``"organism"`` or ``"smollm2-censored"``
     is built locally, no download; see :mod:`steering_adapter.models.embedded`).
 
     ``spec.device`` is a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``; under torchrun ``"cuda"`` is this
     process's ``cuda:LOCAL_RANK``) or a transformers ``device_map`` (``"auto"``, ``"balanced"``, ``"balanced_low_0"``,
     ``"sequential"``) that spreads the blocks over the visible GPUs (and CPU) of one process.
+
+    The name is checked first (:func:`~steering_adapter.adapter.hub_access.resolve_source`): a missing folder, or a
+    Hub id that is neither cached nor reachable, fails at once in one line naming ``key`` (the recipe key or option
+    that named the model); a cached Hub model loads from the cache when the Hub cannot be reached.
+
+    Raises:
+        FileNotFoundError, ValueError: no such folder, no such Hub repo, a folder without the model's files.
+        HubUnreachableError: a Hub id that is not cached while the Hub cannot be reached.
     """
     dtype = getattr(torch, spec.dtype)
     device = distributed.local_device(spec.device)
@@ -41,11 +51,15 @@ def load_model(spec: ModelSpec) -> tuple[torch.nn.Module, Any]:
         if device in DEVICE_MAPS:  # one small model: the first GPU when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return model.to(device), tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(spec.name_or_path, revision=spec.revision)
-    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
+    name, hub = resolve_source(spec.name_or_path, key=key, revision=spec.revision)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision, **hub}
+    if hub:  # transformers looks for an adapter config in the repo with adapter_kwargs only
+        kwargs["adapter_kwargs"] = dict(hub)
     if device in DEVICE_MAPS:
         kwargs["device_map"] = device
-    model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
+    with hub_errors_as_one_line(spec.name_or_path, key):
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=spec.revision, **hub)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if device not in DEVICE_MAPS:
         model = model.to(device)
     if tokenizer.pad_token is None:
@@ -84,6 +98,28 @@ def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
         raise ValueError("recipe.judge.model: the transformers judge needs a model id or folder")
     placement = model or ModelSpec()
     judge_model, tokenizer = load_model(
-        ModelSpec(name_or_path=spec.model, dtype=placement.dtype, device=placement.device)
+        ModelSpec(name_or_path=spec.model, dtype=placement.dtype, device=placement.device), key="recipe.judge.model"
     )
     return LLMJudge(TransformersJudgeBackend(judge_model, tokenizer))
+
+
+def check_recipe_layers(recipe: Recipe, model: torch.nn.Module) -> None:
+    """Check the recipe's block indices (``estimator.layers``, ``gating.layers``) against the loaded model's depth,
+    before any prompt is scored.
+
+    Raises:
+        ValueError: ``recipe.gating.layers[2]: block 12 does not exist; organism has 6 blocks (valid: 0 to 5)``.
+    """
+    _, blocks = model_dimensions(model)
+    if blocks is None:
+        return
+    named = {"recipe.estimator.layers": recipe.estimator.layers}
+    if recipe.gating.mode != "off":
+        named["recipe.gating.layers"] = recipe.gating.layers
+    for key, layers in named.items():
+        for index, layer in enumerate(layers or []):
+            if not 0 <= layer < blocks:
+                raise ValueError(
+                    f"{key}[{index}]: block {layer} does not exist; {recipe.model.name_or_path} has {blocks} blocks "
+                    f"(valid: 0 to {blocks - 1})"
+                )
