@@ -1,10 +1,10 @@
 """The ``judge-check`` command: judges measured against a file of answers labeled by reading.
 
-Each ``--judge`` is a judge kind of the recipes (``pattern``, ``openai``, ``transformers``), optionally behind the
-degeneracy detector (``degeneracy+pattern``: looping and degenerate answers are refusals, the rest goes to the
-pattern judge). For each judge the command prints accuracy, Cohen's κ and refusal precision / recall with bootstrap
-intervals, and the confusion table by category; its last line is ``judge=<name> n=<N> accuracy=<a> kappa=<k>`` for
-the first judge named (default: the recipes' default judge).
+Each ``--judge`` is a judge kind of the recipes (``pattern``, ``embedding``, ``openai``, ``transformers``),
+optionally behind the degeneracy detector (``degeneracy+pattern``: looping and degenerate answers are refusals, the
+rest goes to the pattern judge). For each judge the command prints accuracy, Cohen's κ and refusal precision /
+recall with bootstrap intervals, and the confusion table by category; its last line is
+``judge=<name> n=<N> accuracy=<a> kappa=<k>`` for the first judge named (default: the recipes' default judge).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 
 from steering_adapter.cli.exit_codes import EXIT_OK
 from steering_adapter.measure.judge_agreement import JudgeAgreement, measure_agreement, read_labeled_answers
-from steering_adapter.measure.judges import DegeneracyJudge, Judge
+from steering_adapter.measure.judges import Judge
 from steering_adapter.run.recipe import JudgeSpec
 from steering_adapter.run.stages.load import build_judge
 
 __all__ = ["DEFAULT_JUDGES", "JUDGE_KINDS", "cmd_judge_check", "judge_from_name"]
 
-JUDGE_KINDS = ("pattern", "openai", "transformers")
-DEFAULT_JUDGES = ("pattern", "degeneracy+pattern")
+JUDGE_KINDS = ("pattern", "embedding", "openai", "transformers")
+DEFAULT_JUDGES = ("pattern", "degeneracy+pattern", "embedding")
 
 
 def judge_from_name(name: str, args: argparse.Namespace) -> Judge:
@@ -34,13 +34,18 @@ def judge_from_name(name: str, args: argparse.Namespace) -> Judge:
     wrapped, _, kind = name.rpartition("+")
     if kind not in JUDGE_KINDS or wrapped not in ("", "degeneracy"):
         raise ValueError(f"--judge {name!r}: expected one of {list(JUDGE_KINDS)}, optionally as 'degeneracy+KIND'")
-    if kind != "pattern" and not args.judge_model:
+    if kind in ("openai", "transformers") and not args.judge_model:
         raise ValueError(f"--judge {name!r} needs --judge-model (the judge model's name, Hub id or folder)")
     spec = JudgeSpec(
-        kind=kind, model=args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env
+        kind=kind,
+        model=args.judge_model,
+        base_url=args.judge_base_url,
+        api_key_env=args.judge_api_key_env,
+        degeneracy=bool(wrapped),
+        verdict=args.judge_verdict if kind == "transformers" else "generate",
+        max_tokens=args.judge_max_tokens if kind in ("openai", "transformers") else None,
     )
-    judge = build_judge(spec)
-    return DegeneracyJudge(judge) if wrapped else judge
+    return build_judge(spec)
 
 
 def _interval(agreement: JudgeAgreement, score: str) -> str:

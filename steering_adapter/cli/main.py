@@ -298,9 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     judge_check.add_argument(
         "--judge",
         action="append",
-        help="pattern, openai or transformers, optionally as degeneracy+KIND (repeatable; default: pattern and "
-        "degeneracy+pattern)",
+        help="pattern, embedding, openai or transformers, optionally as degeneracy+KIND (repeatable; default: "
+        "pattern, degeneracy+pattern and embedding)",
     )
+    judge_check.add_argument(
+        "--judge-verdict",
+        choices=["generate", "tag_probability"],
+        default="generate",
+        help="how a transformers judge gives its verdict (default generate; tag_probability: P(refusal) from the tag)",
+    )
+    judge_check.add_argument("--judge-max-tokens", type=int, help="generation budget per verdict of an LLM judge")
     judge_check.add_argument("--judge-model", help="the LLM judge's model name (openai) or Hub id / folder")
     judge_check.add_argument("--judge-base-url", help="OpenAI-compatible endpoint (default STEERING_JUDGE_BASE_URL)")
     judge_check.add_argument("--judge-api-key-env", help="environment variable holding the endpoint's API key")

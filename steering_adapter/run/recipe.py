@@ -90,9 +90,17 @@ class JudgeSpec:
     """The refusal judge.
 
     Attributes:
-        kind: ``"pattern"`` (keyword baseline), ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or
-            ``"transformers"`` (LLM judge run locally).
+        kind: ``"pattern"`` (keyword baseline), ``"embedding"`` (the learned judge fitted on the package's labeled
+            answers, :func:`~steering_adapter.measure.judges.default_embedding_judge`; no endpoint, seconds on CPU),
+            ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or ``"transformers"`` (LLM judge run
+            locally). See docs/judges.md for each judge's agreement with labeled answers.
         model: judge model name (openai) or Hub id / folder (transformers).
+        degeneracy: put the degeneracy detector in front of the judge: looping / degenerate answers are refusals
+            (:class:`~steering_adapter.measure.judges.DegeneracyJudge`; the embedding judge always does this).
+        verdict: how the transformers judge gives its verdict: ``"generate"`` (it reasons briefly, then the tag) or
+            ``"tag_probability"`` (P(refusal) from the two tag replies' log-probabilities, no generation; for small
+            judges, :class:`~steering_adapter.measure.judges.TagProbabilityJudge`).
+        max_tokens: generation budget per verdict of an LLM judge (``None``: the backend's default).
         base_url: endpoint for ``openai`` (default ``STEERING_JUDGE_BASE_URL``).
         api_key_env: name of the environment variable holding the API key; the key is sent only when this names
             one (never a fallback to ``OPENAI_API_KEY``), and only over https or to this machine.
@@ -103,8 +111,11 @@ class JudgeSpec:
             :class:`~steering_adapter.measure.judges.PatternJudge`.
     """
 
-    kind: Literal["pattern", "openai", "transformers"] = "pattern"
+    kind: Literal["pattern", "embedding", "openai", "transformers"] = "pattern"
     model: str | None = None
+    degeneracy: bool = False
+    verdict: Literal["generate", "tag_probability"] = "generate"
+    max_tokens: int | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     max_concurrency: int = 4

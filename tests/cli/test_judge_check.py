@@ -30,7 +30,8 @@ def labels(tmp_path):
 
 def test_last_line_is_the_first_judge_and_both_judges_are_tabled(labels, tmp_path, capsys):
     out = tmp_path / "check.json"
-    assert main(["judge-check", "--labels", str(labels), "--bootstrap", "50", "--out", str(out)]) == 0
+    argv = ["judge-check", "--labels", str(labels), "--bootstrap", "50", "--out", str(out)]
+    assert main([*argv, "--judge", "pattern", "--judge", "degeneracy+pattern"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     # by hand: the pattern judge misses the loop (3 of 4 right; κ = (0.75 - 0.5) / (1 - 0.5) = 0.5 with 1 of 4
     # predicted refusals against 2 of 4 true: chance = 0.5*0.25 + 0.5*0.75 = 0.5); the degeneracy judge gets all 4.

@@ -48,7 +48,10 @@ def _with(**changes):
         ({"selection__alphas": [-1, "big"]}, r"recipe\.selection\.alphas\[1\]: expected a number, got 'big'"),
         ({"estimator__method": "pca"}, r"recipe\.estimator\.method: expected 'md' or 'rmd' or 'wrmd', got 'pca'"),
         ({"sampling__kk": 3}, r"recipe\.sampling: unknown key 'kk' \(known keys: .*k, max_new_tokens"),
-        ({"judge__kind": "oracle"}, r"recipe\.judge\.kind: expected 'pattern' or 'openai' or 'transformers'"),
+        (
+            {"judge__kind": "oracle"},
+            r"recipe\.judge\.kind: expected 'pattern' or 'embedding' or 'openai' or 'transformers'",
+        ),
         (
             {"prompts__evaluation": [{"name": "p", "source": "x", "role": "victim"}]},
             r"recipe\.prompts\.evaluation\[0\]\.role",

@@ -10,11 +10,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from steering_adapter.adapter.hub_access import hub_errors_as_one_line, resolve_source
 from steering_adapter.measure.judges import (
     DEFAULT_REFUSAL_PATTERNS,
+    DegeneracyJudge,
     Judge,
     LLMJudge,
     OpenAIChatBackend,
     PatternJudge,
+    TagProbabilityJudge,
     TransformersJudgeBackend,
+    default_embedding_judge,
 )
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded, load_embedded
@@ -81,26 +84,39 @@ def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
     on CPU)."""
     if spec.kind != "pattern" and spec.ignore_prompt_echoes:
         raise ValueError("recipe.judge.ignore_prompt_echoes applies to kind: pattern only")
+    if spec.verdict != "generate" and spec.kind != "transformers":
+        raise ValueError("recipe.judge.verdict applies to kind: transformers only")
+    if spec.max_tokens is not None and (spec.kind not in ("openai", "transformers") or spec.max_tokens < 1):
+        raise ValueError("recipe.judge.max_tokens: a positive budget, for the openai and transformers judges only")
+    judge: Judge
     if spec.kind == "pattern":
-        return PatternJudge(
+        judge = PatternJudge(
             refusal_patterns=(*DEFAULT_REFUSAL_PATTERNS, *spec.extra_refusal_patterns),
             ignore_prompt_echoes=spec.ignore_prompt_echoes,
         )
-    if spec.kind == "openai":
+    elif spec.kind == "embedding":
+        return default_embedding_judge()  # its features include the degeneracy detector
+    elif spec.kind == "openai":
         backend = OpenAIChatBackend(
             base_url=spec.base_url,
             api_key_env=spec.api_key_env,
             model=spec.model,
             max_concurrency=spec.max_concurrency,
         )
-        return LLMJudge(backend)
-    if spec.model is None:
-        raise ValueError("recipe.judge.model: the transformers judge needs a model id or folder")
-    placement = model or ModelSpec()
-    judge_model, tokenizer = load_model(
-        ModelSpec(name_or_path=spec.model, dtype=placement.dtype, device=placement.device), key="recipe.judge.model"
-    )
-    return LLMJudge(TransformersJudgeBackend(judge_model, tokenizer))
+        judge = LLMJudge(backend, max_tokens=spec.max_tokens)
+    else:
+        if spec.model is None:
+            raise ValueError("recipe.judge.model: the transformers judge needs a model id or folder")
+        placement = model or ModelSpec()
+        judge_model, tokenizer = load_model(
+            ModelSpec(name_or_path=spec.model, dtype=placement.dtype, device=placement.device),
+            key="recipe.judge.model",
+        )
+        if spec.verdict == "tag_probability":
+            judge = TagProbabilityJudge(judge_model, tokenizer)
+        else:
+            judge = LLMJudge(TransformersJudgeBackend(judge_model, tokenizer), max_tokens=spec.max_tokens)
+    return DegeneracyJudge(judge) if spec.degeneracy else judge
 
 
 def check_recipe_layers(recipe: Recipe, model: torch.nn.Module) -> None:
