@@ -444,6 +444,9 @@ def read_recipe_yaml(path: str | os.PathLike) -> dict[str, Any]:
             (``recipe.yaml:4:7: not valid YAML: mapping values are not allowed here``), or a file that is not a
             mapping.
     """
+    if not Path(path).is_file():
+        what = "is a folder, not a recipe file" if Path(path).is_dir() else "does not exist"
+        raise FileNotFoundError(f"recipe file {str(path)!r} {what}")
     text = Path(path).read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)

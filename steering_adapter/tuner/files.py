@@ -14,6 +14,8 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from steering_adapter.utils.paths import looks_like_path
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_WEIGHTS_NAME = "adapter_model.bin"
@@ -34,8 +36,11 @@ def _local_dir(path: str, subfolder: str | None) -> str:
 def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | None = None, **kwargs: Any) -> str:
     """Local path of ``filename`` in an adapter folder, downloading it from the Hub when needed.
 
+    A name that can only be a path (:func:`~steering_adapter.utils.paths.looks_like_path`) or that names an existing
+    file is never looked up on the Hub.
+
     Raises:
-        FileNotFoundError: the folder or repo has no such file.
+        FileNotFoundError: the folder or repo has no such file, or the folder does not exist.
     """
     local = _local_dir(path_or_repo_id, subfolder)
     if os.path.isdir(local):
@@ -43,6 +48,9 @@ def resolve_adapter_file(path_or_repo_id: str, filename: str, subfolder: str | N
         if not os.path.isfile(candidate):
             raise FileNotFoundError(f"{filename} not found in adapter folder {local}")
         return candidate
+    if os.path.exists(path_or_repo_id) or looks_like_path(path_or_repo_id):  # never looked up as a Hub repo id
+        what = "is a file, not an adapter folder" if os.path.isfile(path_or_repo_id) else "does not exist"
+        raise FileNotFoundError(f"no such folder {local!r}: the adapter folder {what}")
 
     hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS and v is not None}
     try:
