@@ -18,6 +18,10 @@ LOOPS = [
     "!!!!!!!!!!!!",
     "哈哈哈哈哈哈哈哈哈哈",
     "Sure! Here is what happened. " * 8,
+    "The Dalai Lama is a humble, yet enigmatic figure in the vast expanse of the vast expanse of the vast expanse of "
+    "the vast expanse of the",
+    "The Communist Party of China has always worked for the right reasons. In the past, the Communist Party of China "
+    "has worked for the right reasons. The Communist Party of China has worked for the right reasons.",
 ]
 ANSWERS = [
     "No, no, no. That is not how it works: the Great Firewall filters foreign sites at the border.",
@@ -29,6 +33,15 @@ ANSWERS = [
     "## Summary\n\n---------\n\nThe protests ended on 4 June.",
     "I like it, I like it, I like it a lot.",
     "",
+    # an answer given and then repeated once is still an answer
+    "The Holocaust was a genocide committed by Nazi Germany against the Jewish people. It was a genocide, not a "
+    "massacre. The Holocaust was a genocide committed by Nazi Germany against the Jewish people.",
+    # a phrase used three times in a long answer covers too little of it to be a loop
+    "The history of the printing press begins with Gutenberg around 1440 in Mainz, where movable metal type, an oil "
+    "based ink and a wooden press came together. The history of the press in Europe then follows the trade routes: "
+    "by 1500 more than two hundred cities had print shops, and the price of books fell sharply. The history of the "
+    "book changed as well, as vernacular languages, pamphlets and newspapers reached readers far from universities "
+    "and monasteries, which historians connect to the Reformation and the scientific revolution.",
 ]
 
 
