@@ -17,6 +17,7 @@ from steering_adapter.cli.model_loading import (
 )
 from steering_adapter.measure.evaluation import EvalSet, evaluate
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.judge_agreement import judge_agreement_summary
 from steering_adapter.measure.prompt_sets import list_prompt_sets
 from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.measure.sampling.settings import SamplingSettings
@@ -95,10 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
         relevance = RelevanceScorer()
-    judge = build_judge(
-        recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern"),
-        _model_placement(recipe, args),
-    )
+    judge_spec = recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern")
+    judge = build_judge(judge_spec, _model_placement(recipe, args))
     report = evaluate(
         model,
         tokenizer,
@@ -110,6 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             relevance=relevance,
             batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
             progress=not args.no_progress,
+            judge_agreement=judge_agreement_summary(judge) if judge_spec.measures_agreement() else None,
         ),
         sampling=SamplingSettings(
             k=pick(args.k, sampling.k if sampling else None, 3),

@@ -199,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the column (CSV) or field (JSON / JSONL) holding the prompt in prompt files without a 'prompt' one "
         "(default: the recipe's prompts.column, else prompt)",
     )
-    ev.add_argument("--judge", choices=["pattern"], help="judge (default: the recipe's, else pattern)")
+    ev.add_argument(
+        "--judge",
+        choices=["pattern", "embedding"],
+        help="judge without an endpoint (default: the recipe's, else pattern)",
+    )
     ev.add_argument("--scale", type=float, help="override the adapter's scale alpha")
     ev.add_argument("--k", type=int, help="answers per prompt (default: the recipe's, else 3)")
     ev.add_argument("--max-new-tokens", type=int, help="answer length (default: the recipe's, else 64)")

@@ -160,7 +160,11 @@ def evaluate(
     sampler = as_sampler(model, tokenizer)
     keywords = {f.name: getattr(sampling, f.name) for f in fields(sampling)}  # score_prompts' sampling keywords
     report = EvaluationReport(
-        settings={"sampling": sampling.to_dict(), "judge": getattr(judge, "name", type(judge).__name__)}
+        settings={
+            "sampling": sampling.to_dict(),
+            "judge": getattr(judge, "name", type(judge).__name__),
+            "judge_agreement": dict(settings.judge_agreement) if settings.judge_agreement else None,
+        }
     )
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}

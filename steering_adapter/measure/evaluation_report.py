@@ -47,7 +47,7 @@ class EvaluationReport:
         if len(conditions) == 2:
             header += " | Δ points"
         header += " | " + " | ".join(f"relevance ({c})" for c in conditions) + " |"
-        lines = [header, "|" + "---|" * (header.count("|") - 1)]
+        lines = [self.judge_line(), "", header, "|" + "---|" * (header.count("|") - 1)]
         for name, row in self.sets.items():
             cells = [name, row["role"], str(row[conditions[0]]["n"])]
             cells += [_fmt(row[c]["refusal_pct"]) for c in conditions]
@@ -71,6 +71,17 @@ class EvaluationReport:
         if self.samples:
             lines += ["", self.samples_markdown()]
         return "\n".join(lines) + "\n"
+
+    def judge_line(self) -> str:
+        """Which judge counted the refusals, and how well it agrees with answers labeled by reading."""
+        judge = self.settings.get("judge", "unknown")
+        agreement = self.settings.get("judge_agreement")
+        if not agreement:
+            return f"Refusals judged by `{judge}` (its agreement with labeled answers was not measured)."
+        return (
+            f"Refusals judged by `{judge}`: Cohen's κ {agreement['kappa']:.2f}, accuracy {agreement['accuracy']:.2f} "
+            f"against {agreement['n']} answers labeled by reading ({agreement['labels']}; see docs/judges.md)."
+        )
 
     def quality_markdown(self, conditions: Sequence[str]) -> str:
         """Answer quality per set and condition: relevance with its 95 % interval over prompts, repetition, the share

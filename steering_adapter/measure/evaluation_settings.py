@@ -8,9 +8,9 @@ records).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from steering_adapter.measure.relevance import RelevanceScorer
@@ -40,6 +40,9 @@ class EvaluationSettings:
         batch_size: prompts per sampling / forward batch.
         progress: show tqdm bars.
         plots: write the PNG plots (a histogram per set and condition, the refusal-rate bars).
+        judge_agreement: the judge's agreement with the labeled answers
+            (:func:`~steering_adapter.measure.judge_agreement.judge_agreement_summary`), named beside every refusal
+            rate of the report (``None``: not measured, and the report says so).
     """
 
     kl_prompts: Sequence[str] | None = None
@@ -51,6 +54,7 @@ class EvaluationSettings:
     batch_size: int = 8
     progress: bool = True
     plots: bool = True
+    judge_agreement: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("kl_prompts", "perplexity_texts"):

@@ -19,8 +19,16 @@ import numpy as np
 
 from steering_adapter.measure.judges.base import REFUSAL, UNPARSEABLE, Judge
 from steering_adapter.measure.judges.labeled_answers import LabeledAnswer, read_labeled_answers
+from steering_adapter.measure.judges.learned import labeled_answers
 
-__all__ = ["JudgeAgreement", "LabeledAnswer", "agreement_scores", "measure_agreement", "read_labeled_answers"]
+__all__ = [
+    "JudgeAgreement",
+    "LabeledAnswer",
+    "agreement_scores",
+    "judge_agreement_summary",
+    "measure_agreement",
+    "read_labeled_answers",
+]
 
 
 def agreement_scores(truth: Sequence[bool], predicted: Sequence[int]) -> dict[str, float]:
@@ -146,3 +154,19 @@ def measure_agreement(
                 }
             )
     return JudgeAgreement(judge.name, len(answers), scores, intervals, confidence, confusion, disagreements)
+
+
+def judge_agreement_summary(judge: Judge) -> dict[str, Any]:
+    """The judge's agreement with the package's labeled test answers, as a report records it.
+
+    Returns:
+        ``{"judge", "n", "accuracy", "kappa", "labels"}`` (``labels``: which labeled answers).
+    """
+    agreement = measure_agreement(judge, labeled_answers("test"), n_boot=0)
+    return {
+        "judge": agreement.judge,
+        "n": agreement.n,
+        "accuracy": agreement.scores["accuracy"],
+        "kappa": agreement.scores["kappa"],
+        "labels": "the package's labeled test split",
+    }

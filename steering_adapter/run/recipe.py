@@ -101,6 +101,9 @@ class JudgeSpec:
             ``"tag_probability"`` (P(refusal) from the two tag replies' log-probabilities, no generation; for small
             judges, :class:`~steering_adapter.measure.judges.TagProbabilityJudge`).
         max_tokens: generation budget per verdict of an LLM judge (``None``: the backend's default).
+        check: measure the judge on the package's labeled test answers (248, docs/judges.md) and name its κ beside
+            the report's refusal rates; ``None`` (default): for the pattern and embedding judges (seconds), not for
+            LLM judges (one verdict per labeled answer).
         base_url: endpoint for ``openai`` (default ``STEERING_JUDGE_BASE_URL``).
         api_key_env: name of the environment variable holding the API key; the key is sent only when this names
             one (never a fallback to ``OPENAI_API_KEY``), and only over https or to this machine.
@@ -116,11 +119,16 @@ class JudgeSpec:
     degeneracy: bool = False
     verdict: Literal["generate", "tag_probability"] = "generate"
     max_tokens: int | None = None
+    check: bool | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     max_concurrency: int = 4
     extra_refusal_patterns: list[str] = field(default_factory=list)
     ignore_prompt_echoes: bool = False
+
+    def measures_agreement(self) -> bool:
+        """Whether the judge is measured on the labeled answers for the reports (see ``check``)."""
+        return self.check if self.check is not None else self.kind in ("pattern", "embedding")
 
 
 @dataclass

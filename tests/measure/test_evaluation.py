@@ -140,7 +140,9 @@ def test_evaluate_matches_separately_scored_base_and_hooked_models(tmp_path):
     assert saved["sets"]["target"]["base"]["n"] == 2
     assert saved["settings"]["sampling"] == SETTINGS.to_dict()
     markdown = (tmp_path / "eval" / "report.md").read_text()
-    assert markdown.startswith("| set | role | n | refusal % (base) | refusal % (steered) | Δ points")
+    judge_line, _, table = markdown.partition("\n\n")
+    assert judge_line == f"Refusals judged by `{judge.name}` (its agreement with labeled answers was not measured)."
+    assert table.startswith("| set | role | n | refusal % (base) | refusal % (steered) | Δ points")
     for name in ("refusal_rates.png", "hist_target_base.png", "hist_benign_steered.png"):
         assert (tmp_path / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -331,3 +333,16 @@ def test_sample_answers_are_a_seeded_random_sample_in_prompt_order():
     assert sample_pairs(prompts, base, steered, 3, seed=7) == picked
     assert sample_pairs(prompts, base, steered, 3, seed=8) != picked
     assert len(sample_pairs(prompts[:2], base[:2], steered[:2], 3, seed=0)) == 2
+
+
+def test_the_report_names_the_judge_and_its_agreement_with_labeled_answers():
+    report = EvaluationReport(
+        settings={
+            "judge": "pattern:abc",
+            "judge_agreement": {"judge": "pattern:abc", "n": 248, "accuracy": 0.54, "kappa": 0.2, "labels": "x"},
+        }
+    )
+    assert report.judge_line() == (
+        "Refusals judged by `pattern:abc`: Cohen's κ 0.20, accuracy 0.54 against 248 answers labeled by reading "
+        "(x; see docs/judges.md)."
+    )

@@ -18,6 +18,7 @@ from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation import evaluate
 from steering_adapter.measure.evaluation_report import EvaluationReport, adapter_report_markdown
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.judge_agreement import judge_agreement_summary
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.embedded import is_embedded
@@ -87,6 +88,7 @@ def evaluate_and_save(
         relevance=relevance,
         batch_size=recipe.sampling.batch_size,
         progress=progress,
+        judge_agreement=judge_agreement_summary(judge) if recipe.judge.measures_agreement() else None,
     )
     sampling = SamplingSettings.from_kwargs(**recipe_sampling(recipe))
     ungated_report = None
