@@ -86,7 +86,8 @@ def test_wheel_holds_every_package_and_data_file_and_nothing_else(dist, source_t
     packages = {name for name in files if name.endswith("/__init__.py")}
     assert {f"{PACKAGE}/run/stages/__init__.py", f"{PACKAGE}/models/organism/weights/model.safetensors"} <= files
     # every package (found automatically, none listed by hand), every module and every data file the package reads
-    # beside its modules: the organism, the SmolLM2 overlay, the model READMEs, the model-card template
+    # beside its modules: the organism, the SmolLM2 overlay, the model READMEs, the model-card template, the labeled
+    # answers of the judges
     assert sorted(packages - names) == []
     assert sorted(files - names) == []
     # nothing else: no tests, scripts or recipes; the license in the dist-info
