@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 from steering_adapter.utils.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
-    from steering_adapter.run.stages.choose import NoFeasibleChoiceError, gate_key, select_layers_and_alpha
+    from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
     from steering_adapter.run.stages.context import EstimatedDirections, RunContext
     from steering_adapter.run.stages.estimate import estimate_directions
-    from steering_adapter.run.stages.folders import StageTimes, fingerprint, stage_dir, tensor_digest
+    from steering_adapter.run.stages.folders import StageTimes, fingerprint, gate_key, stage_dir, tensor_digest
     from steering_adapter.run.stages.gate_fit import fit_recipe_condition
     from steering_adapter.run.stages.inputs import eval_sets, load_source, recipe_sampling, resolve_prompts
     from steering_adapter.run.stages.load import build_judge, build_sampler, load_model
@@ -43,7 +43,7 @@ _EXPORTS = {
     "evaluate_and_save": "steering_adapter.run.stages.publish",
     "fingerprint": "steering_adapter.run.stages.folders",
     "fit_recipe_condition": "steering_adapter.run.stages.gate_fit",
-    "gate_key": "steering_adapter.run.stages.choose",
+    "gate_key": "steering_adapter.run.stages.folders",
     "load_model": "steering_adapter.run.stages.load",
     "load_source": "steering_adapter.run.stages.inputs",
     "recipe_sampling": "steering_adapter.run.stages.inputs",

@@ -7,7 +7,6 @@ the vectors, the gate, the prompts or the settings change.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
@@ -16,22 +15,15 @@ from steering_adapter.run.selection.objective import default_alphas, steering_ca
 from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
 from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
-from steering_adapter.run.stages.folders import fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils import distributed
 
-__all__ = ["NoFeasibleChoiceError", "gate_key", "select_layers_and_alpha"]
+__all__ = ["NoFeasibleChoiceError", "select_layers_and_alpha"]
 
 
 class NoFeasibleChoiceError(RuntimeError):
     """The selection found no (layers, α) that meets the recipe's constraints."""
-
-
-def gate_key(condition: ConditionFit | None) -> Any:
-    """What identifies a gate in the stage fingerprints (``None`` without one)."""
-    if condition is None:
-        return None
-    return (tensor_digest({"condition": condition.direction}), condition.config_fields())
 
 
 def select_layers_and_alpha(

@@ -8,13 +8,16 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from steering_adapter.utils.records import atomic_write_json, json_safe, stable_key
 
-__all__ = ["STAGE_FILE", "StageTimes", "fingerprint", "stage_dir", "tensor_digest"]
+if TYPE_CHECKING:
+    from steering_adapter.directions.conditions import ConditionFit
+
+__all__ = ["STAGE_FILE", "StageTimes", "fingerprint", "gate_key", "stage_dir", "tensor_digest"]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -76,3 +79,10 @@ def stage_dir(path: Path, fingerprint: str, log: Callable[[str], None]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"fingerprint": fingerprint})
     return path
+
+
+def gate_key(condition: ConditionFit | None) -> Any:
+    """What identifies a gate in the stage fingerprints (``None`` without one)."""
+    if condition is None:
+        return None
+    return (tensor_digest({"condition": condition.direction}), condition.config_fields())

@@ -23,9 +23,8 @@ from steering_adapter.measure.sampling.backend import Sampler, TransformersSampl
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.embedded import is_embedded
 from steering_adapter.run.selection.sweep import SweepResult
-from steering_adapter.run.stages.choose import gate_key
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
-from steering_adapter.run.stages.folders import fingerprint, stage_dir, tensor_digest
+from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
 from steering_adapter.utils.records import atomic_write_json, atomic_write_text
 from steering_adapter.utils.versions import __version__
