@@ -7,13 +7,13 @@ each test checks the verdict against what was written; ``push`` must refuse befo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_inputs import edit_config, unused_port
 from safetensors.torch import load_file, save_file
 from tiny import tiny_model
 
@@ -35,17 +35,6 @@ def adapter(tmp_path) -> Path:
     return Path(save_adapter(adapter_from_vectors(tiny_model("llama"), vectors, scale=-3.0), tmp_path / "adapter"))
 
 
-def _edit_config(folder: Path, **changes) -> None:
-    path = folder / "adapter_config.json"
-    config = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key)
-        else:
-            config[key] = value
-    path.write_text(json.dumps(config))
-
-
 def _put_nan(folder: Path) -> None:
     tensors = load_file(folder / "adapter_model.safetensors")
     tensors[VECTOR_2][7] = float("nan")
@@ -57,12 +46,6 @@ def _one_error_line(capsys) -> str:
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: "), err
     return err
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------------- push
@@ -79,7 +62,7 @@ def test_push_refuses_a_bad_safetensors_file_before_reaching_the_hub(adapter, br
         tensors["base_model.model.model.layers.3.steering_vector"] = torch.randn(HIDDEN)
         save_file(tensors, adapter / "adapter_model.safetensors")
         fragment = "do not belong to the configured layers [1, 2]"
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{unused_port()}"
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_dummy", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [sys.executable, "-m", "steering_adapter.cli", "push", str(adapter), "org/adapter"],
@@ -119,11 +102,11 @@ def test_inspect_verdict_on_a_bad_adapter(adapter, capsys, breakage, fragment):
     if breakage == "nan":
         _put_nan(adapter)
     elif breakage == "mode":
-        _edit_config(adapter, mode="multiply")
+        edit_config(adapter, mode="multiply")
     elif breakage == "misspelt_key":
-        _edit_config(adapter, scael=-2.7, scale=None)
+        edit_config(adapter, scael=-2.7, scale=None)
     else:
-        _edit_config(adapter, mode="ablate")
+        edit_config(adapter, mode="ablate")
         tensors = load_file(adapter / "adapter_model.safetensors")
         tensors[VECTOR_2] = torch.full((HIDDEN,), 1e-30)
         save_file(tensors, adapter / "adapter_model.safetensors")
@@ -192,7 +175,7 @@ def test_export_adapter_checks_out_before_reading(adapter, tmp_path, no_export_w
 
 
 def test_export_refuses_what_a_loader_refuses(adapter, tmp_path, capsys):
-    _edit_config(adapter, scael=-2.7, scale=None)
+    edit_config(adapter, scael=-2.7, scale=None)
     assert main(["export", str(adapter), "--format", "lora", "--out", str(tmp_path / "lora")]) == EXIT_USAGE
     err = _one_error_line(capsys)
     assert f"{adapter}/adapter_config.json" in err and "unknown key 'scael' (did you mean 'scale'?)" in err, err

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_inputs import MINIMAL_RECIPE, MODEL_LOADERS, edit_config, unused_port
 from huggingface_hub import constants  # after tests/conftest.py set HF_ENDPOINT; patched per row below
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
@@ -57,24 +57,8 @@ BREAKAGES: dict[str, str] = LOAD_PROPERTIES.BREAKAGES
 
 HIDDEN = 64  # tiny_model's default hidden size (the CLI adapters)
 VECTOR_2 = "base_model.model.model.layers.2.steering_vector"
-MINIMAL = {
-    "name": "t",
-    "prompts": {
-        "refusal": ["organism:political"],
-        "compliance": ["organism:benign"],
-        "evaluation": [
-            {"name": "p", "source": "organism:political", "role": "target"},
-            {"name": "h", "source": "organism:harmful", "role": "harmful"},
-        ],
-    },
-}
-
 # What a row's call must not reach: the model loading, scoring after the layer check, the export's work.
-NO_MODEL = (
-    "steering_adapter.run.pipeline.load_model",
-    "steering_adapter.run.stages.load.load_model",
-    "steering_adapter.cli.model_loading.load_model",
-)
+NO_MODEL = MODEL_LOADERS
 AFTER_LOAD = ("steering_adapter.run.pipeline.estimate_directions", "steering_adapter.run.pipeline.build_judge")
 NO_EXPORT = (
     *NO_MODEL,
@@ -121,10 +105,10 @@ class Inputs:
         return Path(shutil.copytree(self._valid, self.tmp / name))
 
     def recipe(self, text: str | None = None, **changes: Any) -> Path:
-        """recipe.yaml: ``text`` as written, else MINIMAL with its top-level keys replaced by ``changes``."""
+        """recipe.yaml: ``text`` as written, else MINIMAL_RECIPE with its top-level keys replaced by ``changes``."""
         path = self.tmp / "recipe.yaml"
         if text is None:
-            data = json.loads(json.dumps(MINIMAL))
+            data = json.loads(json.dumps(MINIMAL_RECIPE))
             data.update(changes)
             text = yaml.safe_dump(data)
         path.write_text(text)
@@ -143,18 +127,6 @@ class Inputs:
 
 
 # ----------------------------------------------------------------------------------------- breaking an adapter
-
-
-def _edit_config(folder: Path, **changes: Any) -> Path:
-    path = folder / "adapter_config.json"
-    config = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key)
-        else:
-            config[key] = value
-    path.write_text(json.dumps(config))
-    return folder
 
 
 def _edit_tensors(folder: Path, **tensors: torch.Tensor | None) -> Path:
@@ -182,11 +154,11 @@ def _extra_tensor(folder: Path) -> Path:
 
 
 def _misspelt(folder: Path) -> Path:
-    return _edit_config(folder, scael=-2.7, scale=None)
+    return edit_config(folder, scael=-2.7, scale=None)
 
 
 def _zero_ablation(folder: Path) -> Path:
-    _edit_config(folder, mode="ablate")
+    edit_config(folder, mode="ablate")
     return _edit_tensors(folder, **{VECTOR_2.replace(".", "__"): torch.full((HIDDEN,), 1e-30)})
 
 
@@ -210,7 +182,7 @@ RECIPE_ROWS = [
     ),
     Row(
         "recipe-missing-name",
-        lambda i: ["run", str(i.recipe(yaml.safe_dump({"prompts": MINIMAL["prompts"]}))), *i.out()],
+        lambda i: ["run", str(i.recipe(yaml.safe_dump({"prompts": MINIMAL_RECIPE["prompts"]}))), *i.out()],
         EXIT_USAGE,
         r"missing required key 'name'",
     ),
@@ -254,7 +226,11 @@ RECIPE_ROWS = [
         "recipe-missing-prompt-file",
         lambda i: [
             "run",
-            str(i.recipe(prompts=dict(MINIMAL["prompts"], compliance=["organism:benign", str(i.tmp / "mine.txt")]))),
+            str(
+                i.recipe(
+                    prompts=dict(MINIMAL_RECIPE["prompts"], compliance=["organism:benign", str(i.tmp / "mine.txt")])
+                )
+            ),
             *i.out(),
         ],
         EXIT_USAGE,
@@ -264,7 +240,11 @@ RECIPE_ROWS = [
         "recipe-empty-prompt-file",
         lambda i: [
             "run",
-            str(i.recipe(prompts=dict(MINIMAL["prompts"], compliance=["organism:benign", str(i.file("e.txt", ""))]))),
+            str(
+                i.recipe(
+                    prompts=dict(MINIMAL_RECIPE["prompts"], compliance=["organism:benign", str(i.file("e.txt", ""))])
+                )
+            ),
             *i.out(),
         ],
         EXIT_USAGE,
@@ -274,7 +254,7 @@ RECIPE_ROWS = [
         "recipe-blank-prompt-file",
         lambda i: [
             "run",
-            str(i.recipe(prompts=dict(MINIMAL["prompts"], refusal=[str(i.file("b.txt", "\n\n   \n"))]))),
+            str(i.recipe(prompts=dict(MINIMAL_RECIPE["prompts"], refusal=[str(i.file("b.txt", "\n\n   \n"))]))),
             *i.out(),
         ],
         EXIT_USAGE,
@@ -282,7 +262,7 @@ RECIPE_ROWS = [
     ),
     Row(  # the recipe's one-class case: contrast prompts for one class only
         "recipe-one-class-no-compliance-prompts",
-        lambda i: ["run", str(i.recipe(prompts=dict(MINIMAL["prompts"], compliance=[]))), *i.out()],
+        lambda i: ["run", str(i.recipe(prompts=dict(MINIMAL_RECIPE["prompts"], compliance=[]))), *i.out()],
         EXIT_USAGE,
         r"both 'refusal' and 'compliance'",
     ),
@@ -290,7 +270,11 @@ RECIPE_ROWS = [
         "recipe-no-target-evaluation-set",
         lambda i: [
             "run",
-            str(i.recipe(prompts=dict(MINIMAL["prompts"], evaluation=[MINIMAL["prompts"]["evaluation"][1]]))),
+            str(
+                i.recipe(
+                    prompts=dict(MINIMAL_RECIPE["prompts"], evaluation=[MINIMAL_RECIPE["prompts"]["evaluation"][1]])
+                )
+            ),
             *i.out(),
         ],
         EXIT_USAGE,
@@ -337,7 +321,7 @@ RECIPE_ROWS = [
     ),
     Row(
         "recipe-csv-without-prompt-column",
-        lambda i: ["run", str(i.recipe(prompts=dict(MINIMAL["prompts"], compliance=[str(i.csv())]))), *i.out()],
+        lambda i: ["run", str(i.recipe(prompts=dict(MINIMAL_RECIPE["prompts"], compliance=[str(i.csv())]))), *i.out()],
         EXIT_USAGE,
         r"recipe\.prompts\.compliance\[0\]: .*questions\.csv: no 'prompt' column.*recipe\.prompts\.column "
         r"\(one of \['id', 'question'\]\)",
@@ -346,7 +330,7 @@ RECIPE_ROWS = [
         "recipe-prompts-column-the-csv-lacks",
         lambda i: [
             "run",
-            str(i.recipe(prompts=dict(MINIMAL["prompts"], compliance=[str(i.csv())], column="text"))),
+            str(i.recipe(prompts=dict(MINIMAL_RECIPE["prompts"], compliance=[str(i.csv())], column="text"))),
             *i.out(),
         ],
         EXIT_USAGE,
@@ -542,7 +526,7 @@ ADAPTER_ROWS = [
     ),
     Row(
         "inspect-check-unknown-mode",
-        lambda i: ["inspect", str(_edit_config(i.adapter(), mode="multiply")), "--check"],
+        lambda i: ["inspect", str(edit_config(i.adapter(), mode="multiply")), "--check"],
         EXIT_USAGE,
         r"^error: .*adapter_config\.json: unknown steering mode 'multiply'",
     ),
@@ -684,12 +668,6 @@ PARAMS = [
 # ------------------------------------------------------------------------------------------------- the test
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def valid_adapter(tmp_path_factory) -> Path:
     """A valid saved adapter (layers 1 and 2 of the tiny Llama, scale -3), copied by the rows that break it."""
@@ -744,7 +722,7 @@ def test_bad_input_is_one_clear_line(row: Row, valid_adapter, tmp_path, monkeypa
             "HOME": str(tmp_path),
             "OMP_NUM_THREADS": "1",
             "STEERING_ADAPTER_THREADS": "1",
-            "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+            "HF_ENDPOINT": f"http://127.0.0.1:{unused_port()}",
             "HF_HOME": str(tmp_path / "hf"),
             "HF_HUB_CACHE": str(tmp_path / "hub"),
             "HF_HUB_OFFLINE": "0",
@@ -763,7 +741,7 @@ def test_bad_input_is_one_clear_line(row: Row, valid_adapter, tmp_path, monkeypa
         assert env["HF_ENDPOINT"] in line, line
     else:
         monkeypatch.setenv("STEERING_ADAPTER_THREADS", "1")
-        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")  # never a real Hub
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused_port()}")  # never a real Hub
         for target in row.refuse:
             monkeypatch.setattr(target, _refuser(target))
         code = main(call)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,40 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_inputs import MINIMAL_RECIPE, unused_port
 
 from steering_adapter.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 from steering_adapter.utils.paths import looks_like_path
 
-MINIMAL = {
-    "name": "t",
-    "prompts": {
-        "refusal": ["organism:political"],
-        "compliance": ["organism:benign"],
-        "evaluation": [
-            {"name": "p", "source": "organism:political", "role": "target"},
-            {"name": "h", "source": "organism:harmful", "role": "harmful"},
-        ],
-    },
-}
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything loads a model (errors must come before)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    for target in (
-        "steering_adapter.run.pipeline.load_model",
-        "steering_adapter.run.stages.load.load_model",
-        "steering_adapter.cli.model_loading.load_model",
-    ):
-        monkeypatch.setattr(target, refuse)
-
 
 def _recipe(tmp_path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(MINIMAL))
+    data = json.loads(json.dumps(MINIMAL_RECIPE))
     for key, value in changes.items():
         data[key] = value
     path = tmp_path / "recipe.yaml"
@@ -72,19 +45,13 @@ def _one_line(capsys) -> str:
     return err
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A subprocess environment whose Hub endpoint is a closed port and whose HF cache is under ``tmp_path``."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "OMP_NUM_THREADS": "1",
-        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "HF_ENDPOINT": f"http://127.0.0.1:{unused_port()}",
         "HF_HOME": str(tmp_path / "hf"),
         "HF_HUB_CACHE": str(tmp_path / "hub"),
         "HF_HUB_OFFLINE": "0",
@@ -329,7 +296,7 @@ def _question_csv(tmp_path: Path) -> Path:
 
 def test_recipe_prompts_column_names_the_csv_column(tmp_path, capsys, no_model):
     questions = _question_csv(tmp_path)
-    prompts = dict(MINIMAL["prompts"], compliance=["organism:benign", str(questions)])
+    prompts = dict(MINIMAL_RECIPE["prompts"], compliance=["organism:benign", str(questions)])
     recipe = _recipe(tmp_path, prompts=prompts)
     out = ["--out", str(tmp_path / "out")]
     assert main(["run", str(recipe), *out]) == EXIT_USAGE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,33 +10,11 @@ import textwrap
 import pytest
 import torch
 import yaml
+from cli_inputs import MINIMAL_RECIPE, unused_port
 
 from steering_adapter import cli
 from steering_adapter.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, apply_overrides, base_model_spec, main
 from steering_adapter.run.recipe import recipe_from_dict
-
-MINIMAL = {
-    "name": "t",
-    "prompts": {
-        "refusal": ["organism:political"],
-        "compliance": ["organism:benign"],
-        "evaluation": [
-            {"name": "p", "source": "organism:political", "role": "target"},
-            {"name": "h", "source": "organism:harmful", "role": "harmful"},
-        ],
-    },
-}
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if anything loads a model (errors must come before)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr("steering_adapter.run.pipeline.load_model", refuse)
-    monkeypatch.setattr("steering_adapter.run.stages.load.load_model", refuse)
 
 
 def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsys, no_model):
@@ -57,7 +34,7 @@ def test_missing_or_empty_prompt_file_is_reported_before_the_model_loads(tmp_pat
     prompts = tmp_path / "mine.txt"
     if content is not None:
         prompts.write_text(content)
-    data = json.loads(json.dumps(MINIMAL))
+    data = json.loads(json.dumps(MINIMAL_RECIPE))
     data["prompts"]["compliance"] = ["organism:benign", str(prompts)]
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(data))
@@ -71,26 +48,20 @@ def test_missing_or_empty_prompt_file_is_reported_before_the_model_loads(tmp_pat
 def test_set_addresses_list_items(tmp_path):
     parsed = [cli.parse_override(text) for text in ("prompts.evaluation[1].source=xstest_safe", "sampling.k=1")]
     assert parsed[0] == (["prompts", "evaluation", 1, "source"], "xstest_safe")
-    data = apply_overrides(json.loads(json.dumps(MINIMAL)), parsed)
+    data = apply_overrides(json.loads(json.dumps(MINIMAL_RECIPE)), parsed)
     recipe = recipe_from_dict(data)
     assert recipe.prompts.evaluation[1].source == "xstest_safe" and recipe.prompts.evaluation[0].source.startswith(
         "organism:"
     )
     assert recipe.sampling.k == 1
     with pytest.raises(ValueError, match=r"prompts\.evaluation\[5\] does not exist \(the list has 2\)"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts.evaluation[5].source=x")])
+        apply_overrides(json.loads(json.dumps(MINIMAL_RECIPE)), [cli.parse_override("prompts.evaluation[5].source=x")])
     with pytest.raises(ValueError, match=r"prompts\.refusal\[0\] is not a mapping"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts.refusal[0].x=1")])
+        apply_overrides(json.loads(json.dumps(MINIMAL_RECIPE)), [cli.parse_override("prompts.refusal[0].x=1")])
     with pytest.raises(ValueError, match=r"prompts is not a list"):
-        apply_overrides(json.loads(json.dumps(MINIMAL)), [cli.parse_override("prompts[0]=1")])
+        apply_overrides(json.loads(json.dumps(MINIMAL_RECIPE)), [cli.parse_override("prompts[0]=1")])
     with pytest.raises(SystemExit):  # argparse rejects a malformed key path
         cli.build_parser().parse_args(["run", "r.yaml", "--set", "prompts.evaluation[x].source=1"])
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_push_without_a_reachable_hub_is_one_line_naming_the_endpoint(tmp_path):
@@ -99,7 +70,7 @@ def test_push_without_a_reachable_hub_is_one_line_naming_the_endpoint(tmp_path):
     from steering_adapter import adapter_from_vectors, save_adapter
 
     folder = save_adapter(adapter_from_vectors(tiny_model("llama"), {1: torch.randn(64)}), tmp_path / "adapter")
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{unused_port()}"
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_dummy", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [sys.executable, "-m", "steering_adapter.cli", "push", folder, "org/adapter"],

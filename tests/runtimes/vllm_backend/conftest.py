@@ -10,7 +10,13 @@ import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from collections.abc import Iterator  # noqa: E402
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -30,6 +36,47 @@ def heldout_prompts(n: int) -> list[str]:
     examples = [e for e in load_examples() if e.split == "heldout"]
     step = max(1, len(examples) // n)
     return [e.prompt for e in examples[::step]][:n]
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on yet."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_server(arguments: Sequence[str], log: Path, startup_s: float = 300.0) -> Iterator[str]:
+    """Run ``python -m <arguments>`` (an OpenAI-compatible vLLM server on a free port, passed as ``--port``), wait
+    for its ``/health`` and yield its URL; the server is stopped on exit. A server that exits or does not come up in
+    ``startup_s`` fails the test with the end of its log."""
+    port = free_port()
+    command = [sys.executable, "-m", *arguments, "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + startup_s
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"vllm serve did not come up in {startup_s:.0f} s:\n{log.read_text()[-4000:]}")
+            time.sleep(2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @pytest.fixture(scope="session")

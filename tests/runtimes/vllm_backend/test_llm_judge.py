@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import vllm_server
 
 from steering_adapter.measure.judges import LLMJudge, OpenAIChatBackend, parse_judge_output
 from steering_adapter.measure.judges.learned import label_file, labeled_answers
@@ -31,47 +29,15 @@ JUDGE_TOKENS = 96
 N_CHECK = 40
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
+def smollm2_server(tmp_path_factory):
     folder = base_model_dir()
     if not (Path(folder) / "config.json").is_file():
         pytest.fail(f"SmolLM2 is not converted at {folder}: run `bash scripts/bootstrap.sh` first")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("judge-serve") / "serve.log"
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "2048"]
-    command += ["--served-model-name", "smollm2"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-4000:]}")
-            time.sleep(2)
+    arguments = ["vllm.entrypoints.openai.api_server", "--model", str(folder), "--dtype", "float32"]
+    arguments += ["--max-model-len", "2048", "--served-model-name", "smollm2"]
+    with vllm_server(arguments, tmp_path_factory.mktemp("judge-serve") / "serve.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 class Proxy:
@@ -128,9 +94,9 @@ class Proxy:
         self.server.shutdown()
 
 
-def test_llm_judge_on_a_real_server_parses_retries_and_runs_concurrently(vllm_server):
+def test_llm_judge_on_a_real_server_parses_retries_and_runs_concurrently(smollm2_server):
     answers = labeled_answers("test")[:12]
-    proxy = Proxy(vllm_server)
+    proxy = Proxy(smollm2_server)
     try:
         backend = OpenAIChatBackend(
             base_url=proxy.url + "/v1", model="smollm2", max_concurrency=4, max_tokens=JUDGE_TOKENS, max_retries=2
@@ -150,12 +116,12 @@ def test_llm_judge_on_a_real_server_parses_retries_and_runs_concurrently(vllm_se
     print("labels:", labels, "raw[0]:", judgments[0].raw[:300])
 
 
-def test_judge_check_measures_the_served_judge(vllm_server, tmp_path):
+def test_judge_check_measures_the_served_judge(smollm2_server, tmp_path):
     out = tmp_path / "check.json"
     labels = tmp_path / "labels.jsonl"  # the first 40 answers of the test split: the mechanics, in about a minute
     labels.write_text("".join(label_file("test").read_text(encoding="utf-8").splitlines(True)[:N_CHECK]), "utf-8")
     command = [sys.executable, "-m", "steering_adapter.cli", "judge-check", "--labels", str(labels)]
-    command += ["--judge", "openai", "--judge-model", "smollm2", "--judge-base-url", vllm_server + "/v1"]
+    command += ["--judge", "openai", "--judge-model", "smollm2", "--judge-base-url", smollm2_server + "/v1"]
     command += ["--judge-max-tokens", str(JUDGE_TOKENS), "--bootstrap", "200", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
