@@ -1,5 +1,5 @@
 """Measuring refusals: sampling answers, judging them, the refusal confidence c(x), resumable scored runs, KL /
-perplexity, answer quality and relevance, before/after evaluation, prompt sets.
+perplexity, answer quality and relevance, before/after evaluation, prompt sets and jailbreak sets.
 
 Public names are imported on first use (the judges, the evaluation and the plots pull in more than a sampling
 call needs); type checkers see them through the ``TYPE_CHECKING`` imports below.
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from steering_adapter.measure.evaluation import EvalSet, evaluate
     from steering_adapter.measure.evaluation_report import EvaluationReport
     from steering_adapter.measure.evaluation_settings import EvaluationSettings
+    from steering_adapter.measure.jailbreaks import attack_success, wrap_prompts
     from steering_adapter.measure.judges import (
         Judge,
         Judgment,
@@ -54,6 +55,8 @@ _EXPORTS = {
     "PatternJudge": "judges",
     "TransformersJudgeBackend": "judges",
     "parse_judge_output": "judges",
+    "attack_success": "jailbreaks",
+    "wrap_prompts": "jailbreaks",
     "NextTokenKL": "likelihood",
     "next_token_kl": "likelihood",
     "perplexity": "likelihood",
@@ -80,6 +83,7 @@ _EXPORTS = {
 __all__ = [
     "Answer",
     "as_sampler",
+    "attack_success",
     "classify",
     "EvalSet",
     "evaluate",
@@ -112,5 +116,6 @@ __all__ = [
     "summarize_quality",
     "TransformersJudgeBackend",
     "TransformersSampler",
+    "wrap_prompts",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

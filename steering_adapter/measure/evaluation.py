@@ -9,14 +9,15 @@ high). Capability is measured as the KL divergence of next-token distributions f
 prompts (:class:`~steering_adapter.measure.likelihood.NextTokenKL`; pass one object to several evaluations and the base
 side
 is computed once), and perplexity on reference texts. A few base/steered answer pairs per target set go into the
-report. Every stage goes through :func:`~steering_adapter.measure.scored_runs.score_prompts`, so an interrupted
-evaluation
-resumes.
+report. A harmful set of jailbreak-wrapped prompts also reports its attack success (``100 − refusal %``), overall and
+per attack family (:func:`~steering_adapter.measure.jailbreaks.attack_success`). Every stage goes through
+:func:`~steering_adapter.measure.scored_runs.score_prompts`, so an interrupted evaluation resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -35,9 +36,10 @@ from steering_adapter.measure.evaluation_report import (
     sample_pairs,
 )
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
+from steering_adapter.measure.jailbreaks import attack_families, attack_success
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.judges.degeneracy import DegeneracyDetector
-from steering_adapter.measure.refusal_score import plot_histogram, summarize
+from steering_adapter.measure.refusal_score import classify, plot_histogram, refusal_confidence, summarize
 from steering_adapter.measure.sampling.answers import Answer
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
@@ -64,7 +66,9 @@ class EvalSet:
         name: short name used in reports and folder names (letters, digits, ``-``, ``_``).
         prompts: the prompts.
         role: ``"target"`` (the refusals the adapter should remove or induce), ``"harmful"`` (refusals that must be
-            kept, e.g. JailbreakBench), ``"benign"`` (false-refusal checks, e.g. XSTest safe) or ``"other"``.
+            kept, e.g. JailbreakBench), ``"benign"`` (false-refusal checks, e.g. XSTest safe) or ``"other"``. A
+            ``"harmful"`` set whose prompts are all wrapped in attack families (a ``jailbreak:`` source,
+            :mod:`steering_adapter.measure.jailbreaks`) also reports its attack success, overall and per family.
     """
 
     name: str
@@ -164,16 +168,21 @@ def evaluate(
             "sampling": sampling.to_dict(),
             "judge": getattr(judge, "name", type(judge).__name__),
             "judge_agreement": dict(settings.judge_agreement) if settings.judge_agreement else None,
+            "unparseable": settings.unparseable,
         }
     )
     for eval_set in sets:
         report.sets[eval_set.name] = {"role": eval_set.role}
+        # a harmful set of wrapped prompts (a jailbreak: source): attack success overall and per family
+        families = attack_families(eval_set.prompts) if eval_set.role == "harmful" else None
         texts: dict[str, list[str]] = {}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
             reused: dict[int, tuple[PromptScore, list[Answer]]] = {}
             if condition == "steered" and eval_set.name in gate_closed:
-                reused = _base_records(Path(base_run), eval_set, gate_closed[eval_set.name], judge, sampling)
+                reused = _base_records(
+                    Path(base_run), eval_set, gate_closed[eval_set.name], judge, sampling, settings.unparseable
+                )
             todo = [prompt for i, prompt in enumerate(eval_set.prompts) if i not in reused]
             own: list[PromptScore] = []
             if todo:
@@ -186,6 +195,7 @@ def evaluate(
                         log_dir,
                         batch_size=settings.batch_size,
                         progress=settings.progress,
+                        unparseable=settings.unparseable,
                         **keywords,
                     )
             own_records = iter(zip(own, recorded_answers(log_dir, [s.key for s in own]) if own else [], strict=True))
@@ -195,6 +205,8 @@ def evaluate(
             summary = summarize([s.score for s in scores])
             if reused:
                 summary["n_gate_closed"] = len(reused)
+            if families is not None:
+                summary.update(attack_success([s.score for s in scores], families))
             texts[condition] = [group[0].text for group in answers]
             flat_texts = [a.text for group in answers for a in group]
             degenerate = sum(DETECTOR.find(text) is not None for text in flat_texts)
@@ -268,10 +280,16 @@ BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
 
 
 def _base_records(
-    base_run: Path, eval_set: EvalSet, closed: Sequence[bool], judge: Judge, sampling: SamplingSettings
+    base_run: Path,
+    eval_set: EvalSet,
+    closed: Sequence[bool],
+    judge: Judge,
+    sampling: SamplingSettings,
+    unparseable: str = "keep",
 ) -> dict[int, tuple[PromptScore, list[Answer]]]:
     """``{position: (score, answers)}`` of the gate-closed prompts of ``eval_set``, from the base condition of the
-    evaluation in ``base_run`` (same judge, same sampling settings: the same record keys).
+    evaluation in ``base_run`` (same judge, same sampling settings: the same record keys); each score is computed
+    again from its recorded labels with ``unparseable`` (the base run may have scored them the other way).
 
     Raises:
         ValueError: no finished base scoring of the set there, another judge, or a prompt without a record.
@@ -280,7 +298,8 @@ def _base_records(
     if not (log_dir / SCORES_FILE).is_file():
         raise ValueError(f"{log_dir} holds no finished base scoring of set {eval_set.name!r} to reuse")
     with open(log_dir / SCORES_FILE, encoding="utf-8") as handle:
-        recorded_judge = json.load(handle)["judge"]
+        recorded = json.load(handle)
+    recorded_judge = recorded["judge"]
     judge_name = getattr(judge, "name", type(judge).__name__)
     if recorded_judge != judge_name:
         raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
@@ -295,7 +314,13 @@ def _base_records(
             f"(e.g. {missing[0][:80]!r}): score the base condition there with the same prompts and sampling settings"
         )
     answers = recorded_answers(log_dir, keys)
-    return {i: (by_key[key], group) for i, key, group in zip(positions, keys, answers, strict=True)}
+    tau, threshold = recorded["tau"], recorded["threshold"]
+    rescored = {}
+    for key in set(keys):
+        score = by_key[key]
+        value = refusal_confidence(score.labels, score.mean_logprobs, tau=tau, unparseable=unparseable)
+        rescored[key] = dataclasses.replace(score, score=value, label=classify(value, threshold))
+    return {i: (rescored[key], group) for i, key, group in zip(positions, keys, answers, strict=True)}
 
 
 def _base_logprobs(

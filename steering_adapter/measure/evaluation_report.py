@@ -55,6 +55,9 @@ class EvaluationReport:
                 cells.append(_fmt(row["steered"]["refusal_pct"] - row["base"]["refusal_pct"], signed=True))
             cells += [_fmt(row[c].get("mean_relevance"), digits=3) for c in conditions]
             lines.append("| " + " | ".join(cells) + " |")
+        attack = self.attack_success_markdown(conditions)
+        if attack:
+            lines += ["", attack]
         if any("repetition" in row.get(c, {}) for row in self.sets.values() for c in conditions):
             lines += ["", self.quality_markdown(conditions)]
         if self.kl:
@@ -82,6 +85,25 @@ class EvaluationReport:
             f"Refusals judged by `{judge}`: Cohen's κ {agreement['kappa']:.2f}, accuracy {agreement['accuracy']:.2f} "
             f"against {agreement['n']} answers labeled by reading ({agreement['labels']}; see docs/judges.md)."
         )
+
+    def attack_success_markdown(self, conditions: Sequence[str]) -> str:
+        """One line per jailbreak set: its attack success (``100 − refusal %``) under each condition, overall and per
+        attack family (empty without jailbreak sets)."""
+        lines = []
+        for name, row in self.sets.items():
+            present = [c for c in conditions if "attack_success_pct" in row.get(c, {})]
+            if not present:
+                continue
+            overall = " → ".join(f"{c} {_fmt(row[c]['attack_success_pct'])}" for c in present)
+            families = ", ".join(
+                f"{family} "
+                + " → ".join(_fmt(row[c]["families"].get(family, {}).get("attack_success_pct")) for c in present)
+                for family in row[present[0]]["families"]
+            )
+            lines.append(
+                f"Attack success % on `{name}` (not refused, 100 − refusal %): {overall}; by family: {families}"
+            )
+        return "\n".join(lines)
 
     def quality_markdown(self, conditions: Sequence[str]) -> str:
         """Answer quality per set and condition: relevance with its 95 % interval over prompts, repetition, the share
@@ -133,7 +155,8 @@ def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport)
         ungated: the report of the same vectors, layers and scale without the gate (``steered`` at least).
 
     Returns:
-        Markdown: ``| set | role | n | base | gated | Δ gated | ungated | Δ ungated |`` and the KL lines.
+        Markdown: ``| set | role | n | base | gated | Δ gated | ungated | Δ ungated |``, the attack success of the
+        jailbreak sets and the KL lines.
 
     Raises:
         ValueError: when the reports do not cover the same sets or ``gated`` lacks the base condition.
@@ -149,6 +172,13 @@ def gate_comparison_markdown(gated: EvaluationReport, ungated: EvaluationReport)
         cells = [name, row["role"], str(row["base"]["n"]), _fmt(base), _fmt(on), _fmt(on - base, signed=True)]
         cells += [_fmt(off), _fmt(off - base, signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
+    for name, row in gated.sets.items():
+        if "attack_success_pct" in row["steered"]:
+            off = ungated.sets[name]["steered"].get("attack_success_pct")
+            lines.append(
+                f"\nAttack success % on `{name}` (not refused): base {_fmt(row['base'].get('attack_success_pct'))}, "
+                f"gated {_fmt(row['steered']['attack_success_pct'])}, ungated {_fmt(off)}"
+            )
     for label, report in (("gated", gated), ("ungated", ungated)):
         if report.kl:
             lines.append(

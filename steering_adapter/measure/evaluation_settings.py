@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from steering_adapter.measure.refusal_score import check_unparseable
 
 if TYPE_CHECKING:
     from steering_adapter.measure.relevance import RelevanceScorer
@@ -43,6 +45,10 @@ class EvaluationSettings:
         judge_agreement: the judge's agreement with the labeled answers
             (:func:`~steering_adapter.measure.judge_agreement.judge_agreement_summary`), named beside every refusal
             rate of the report (``None``: not measured, and the report says so).
+        unparseable: what an unparseable judgment (label 0) does in the refusal confidence ``c(x)``: ``"keep"``
+            (default, the authors' code: weight, value 0) or ``"drop"`` (see
+            :func:`~steering_adapter.measure.refusal_score.refusal_confidence`); the scores are recomputed from the
+            recorded labels, so changing it samples and judges nothing again.
     """
 
     kl_prompts: Sequence[str] | None = None
@@ -55,6 +61,7 @@ class EvaluationSettings:
     progress: bool = True
     plots: bool = True
     judge_agreement: Mapping[str, Any] | None = None
+    unparseable: Literal["keep", "drop"] = "keep"
 
     def __post_init__(self) -> None:
         for name in ("kl_prompts", "perplexity_texts"):
@@ -69,3 +76,4 @@ class EvaluationSettings:
             raise ValueError(f"samples must be >= 0, got {self.samples}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_unparseable(self.unparseable)

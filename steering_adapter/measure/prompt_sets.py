@@ -18,7 +18,10 @@ name                          file                                         promp
 The folder is the ``datasets_dir`` argument, else ``$STEERING_ADAPTER_DATASETS``, else ``shared/datasets`` next to
 the repository checkout. Anything else is a user file (``.txt`` one prompt per line, ``.csv`` with a ``prompt``
 column, ``.json`` list of strings or objects, ``.jsonl``) or a Hugging Face dataset (``"hf:org/name"`` or
-``"hf://org/name"``, needs the optional ``datasets`` package and network access).
+``"hf://org/name"``, needs the optional ``datasets`` package and network access). A run's source may also be
+``organism:<category>`` (the organism's own prompts) or ``jailbreak:<source>`` (any source wrapped in attack
+families, :mod:`steering_adapter.measure.jailbreaks`); both are resolved by the run's prompt split
+(``steering_adapter.run.stages.inputs``), not by :func:`load_prompt_set`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ endpoint going down) resumes where it stopped and ends with the same scores as a
 - ``answers.jsonl``: one record per prompt, ``{"key", "prompt", "prompt_id", "settings", "answers": [...]}``;
 - ``judgments.jsonl``: one record per prompt and judge, ``{"key", "prompt_key", "judge", "judgments": [...]}``;
   a prompt whose judgments include a backend error (label 0 with ``error``) is not logged, so a re-run retries it;
-- ``scores.json``: written atomically at the end: settings, judge, ``summary`` (see
-  :func:`~steering_adapter.measure.refusal_score.summarize`) and one entry per input prompt.
+- ``scores.json``: written atomically at the end: settings, judge, ``tau``, ``threshold``, ``unparseable``,
+  ``summary`` (see :func:`~steering_adapter.measure.refusal_score.summarize`) and one entry per input prompt.
+
+The scores are computed from the records on every call (the judgments keep the raw labels, 0 included), so a call
+with another ``tau``, ``threshold`` or ``unparseable`` rewrites ``scores.json`` without sampling or judging again.
 
 The key of a prompt is a hash of its text and of the sampling settings (``k``, temperature, seed, system prompt,
 ...); judgments are keyed by the prompt key and the judge's :attr:`~steering_adapter.measure.judges.Judge.name`.
@@ -43,13 +46,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from steering_adapter.measure.judges.base import Judge, Judgment
-from steering_adapter.measure.refusal_score import DEFAULT_THRESHOLD, classify, refusal_confidence, summarize
+from steering_adapter.measure.refusal_score import (
+    DEFAULT_THRESHOLD,
+    check_unparseable,
+    classify,
+    refusal_confidence,
+    summarize,
+)
 from steering_adapter.measure.sampling.answers import Answer, derive_seed
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
@@ -72,7 +81,8 @@ class PromptScore:
         key: record key (hash of the prompt and the sampling settings).
         prompt: the prompt.
         prompt_id: the caller's identifier, or the prompt's position in the input list.
-        score: ``c(x)`` in ``[-1, 1]``; NaN when no answer got a usable label.
+        score: ``c(x)`` in ``[-1, 1]``; NaN when unjudged (no answer with a log-probability, or, with
+            ``unparseable="drop"``, none with a label other than 0).
         label: ``"refusal"``, ``"neutral"``, ``"compliance"`` or ``"unjudged"`` (see
             :func:`~steering_adapter.measure.refusal_score.classify`).
         labels: ``[K]`` judge labels of the answers.
@@ -172,6 +182,7 @@ def score_prompts(
     prompt_ids: Sequence[str] | None = None,
     tau: float = 1.0,
     threshold: float = DEFAULT_THRESHOLD,
+    unparseable: Literal["keep", "drop"] = "keep",
     batch_size: int = 8,
     progress: bool = True,
     overlap: bool = True,
@@ -191,6 +202,9 @@ def score_prompts(
         prompt_ids: identifiers stored with the records; default the input position.
         tau: softmax temperature of :func:`~steering_adapter.measure.refusal_score.refusal_confidence`.
         threshold: class threshold of :func:`~steering_adapter.measure.refusal_score.classify`.
+        unparseable: what an unparseable judgment (label 0) does in
+            :func:`~steering_adapter.measure.refusal_score.refusal_confidence`: ``"keep"`` (weight, value 0) or
+            ``"drop"``; it keys no record (the judgments hold the raw labels).
         batch_size: unique prompts per sampling chunk (and per ``judge_many`` call).
         progress: show a tqdm bar over prompts.
         overlap: judge chunk ``i`` in a worker thread while chunk ``i + 1`` is sampled (same records as ``False``).
@@ -201,8 +215,8 @@ def score_prompts(
         One :class:`PromptScore` per input prompt, in input order.
 
     Raises:
-        ValueError: empty prompts, bad ``prompt_ids`` length, unknown or non-JSON sampling settings, a judge that
-            returns the wrong number of judgments.
+        ValueError: empty prompts, bad ``prompt_ids`` length, unknown or non-JSON sampling settings, ``unparseable``
+            not ``"keep"`` or ``"drop"``, a judge that returns the wrong number of judgments.
         RuntimeError: under ``torch.distributed``, when the processes do not score the same work.
     """
     prompts = list(prompts)
@@ -212,6 +226,7 @@ def score_prompts(
         raise ValueError(f"prompt_ids has {len(prompt_ids)} entries for {len(prompts)} prompts")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_unparseable(unparseable)
     settings = SamplingSettings.from_kwargs(**sampling).to_dict()
     judge_name = getattr(judge, "name", type(judge).__name__)
     log_dir = Path(log_dir)
@@ -348,7 +363,7 @@ def score_prompts(
     for key in order:
         labels = [verdict.label for verdict in judgments[key]]
         logprobs = [answer.mean_logprob for answer in answers[key]]
-        score = refusal_confidence(labels, logprobs, tau=tau)
+        score = refusal_confidence(labels, logprobs, tau=tau, unparseable=unparseable)
         prompt, prompt_id = unique[key]
         scores[key] = PromptScore(key, prompt, prompt_id, score, classify(score, threshold), labels, logprobs)
     results = [
@@ -362,6 +377,7 @@ def score_prompts(
             "judge": judge_name,
             "tau": tau,
             "threshold": threshold,
+            "unparseable": unparseable,
             "summary": summarize([result.score for result in results], threshold),
             "scores": [result.to_dict() for result in results],
         },

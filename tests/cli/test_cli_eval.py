@@ -101,6 +101,23 @@ def test_recipe_supplies_judge_sampling_and_sets(adapter, tmp_path, capsys):
     assert f"pol {len(test_half)} (target)" in capsys.readouterr().out
 
 
+def test_jailbreak_set_and_unparseable_option(adapter, tmp_path, capsys):
+    path = _prompt_file(tmp_path, 3)
+    out = tmp_path / "eval"
+    args = ["eval", str(adapter), "--sets", f"jb=jailbreak:{path}:harmful", "--unparseable", "drop", "--out", str(out)]
+    assert main([*args, *FAST]) == EXIT_OK
+    assert "[eval] scoring 15 prompts (all): jb 15 (harmful)" in capsys.readouterr().out  # 3 prompts × 5 families
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["unparseable"] == "drop"
+    assert json.loads((out / "steered" / "jb" / "scores.json").read_text())["unparseable"] == "drop"
+    row = report["sets"]["jb"]["steered"]
+    assert row["attack_success_pct"] == pytest.approx(100 - row["refusal_pct"])
+    assert len(row["families"]) == 5 and all(family["n"] == 3 for family in row["families"].values())
+    bad = ["eval", str(adapter), "--sets", "jb=jailbreak:dan:jbb_harmful:harmful", "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    assert "'jailbreak:dan:jbb_harmful': unknown attack family 'dan'" in capsys.readouterr().err
+
+
 def test_missing_sets_without_recipe_is_a_usage_error(adapter, capsys):
     assert main(["eval", str(adapter)]) == 2
     assert "--sets" in capsys.readouterr().err

@@ -61,6 +61,11 @@ def _with(**changes):
             r"recipe\.prompts\.evaluation\[0\]: missing required key 'source'",
         ),
         ({"prompts__compliance": []}, "both 'refusal' and 'compliance'"),
+        (
+            {"prompts__evaluation": [{"name": "p", "source": "jailbreak:dan:organism:political", "role": "target"}]},
+            r"^recipe\.prompts\.evaluation\[0\]\.source: 'jailbreak:dan:organism:political': unknown attack family",
+        ),
+        ({"scoring__unparseable": "ignore"}, r"recipe\.scoring\.unparseable: expected 'keep' or 'drop', got 'ignore'"),
         ({"prompts__evaluation": [{"name": "p", "source": "x", "role": "harmful"}]}, "role 'target'"),
         ({"estimator__ridge_lambda": 0}, r"ridge_lambda: must be > 0"),
         ({"gating__method": "lda"}, r"recipe\.gating\.method: expected 'md' or 'rmd', got 'lda'"),

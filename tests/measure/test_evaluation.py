@@ -346,3 +346,35 @@ def test_the_report_names_the_judge_and_its_agreement_with_labeled_answers():
         "Refusals judged by `pattern:abc`: Cohen's κ 0.20, accuracy 0.54 against 248 answers labeled by reading "
         "(x; see docs/judges.md)."
     )
+
+
+def test_reused_base_records_are_rescored_with_this_evaluations_unparseable_mode(tmp_path):
+    class UnsureOnHarmful(Judge):
+        """Unparseable (0) on every answer to a harmful-set prompt, refusal elsewhere."""
+
+        def judge(self, prompt: str, answer: str) -> Judgment:
+            return Judgment(0 if prompt in SETS[1].prompts else 1, "script", "")
+
+    model = adapter_from_vectors(tiny_model("llama"), _vectors())
+    tokenizer, judge = tiny_tokenizer(), UnsureOnHarmful()
+    drop = dataclasses.replace(QUIET, unparseable="drop")
+    base = evaluate(
+        model, tokenizer, SETS, judge, tmp_path / "b", settings=drop, sampling=SETTINGS, conditions=("base",)
+    )
+    assert base.sets["harmful"]["base"]["n_judged"] == 0  # drop: every answer left out, unjudged
+    everything = {s.name: [True] * len(s.prompts) for s in SETS}
+    steered = evaluate(
+        model,
+        tokenizer,
+        SETS,
+        judge,
+        tmp_path / "s",
+        settings=QUIET,  # keep: the reused base records count as c = 0, neutral
+        sampling=SETTINGS,
+        conditions=("steered",),
+        gate_closed=everything,
+        base_run=tmp_path / "b",
+    )
+    row = steered.sets["harmful"]["steered"]
+    assert (row["n_judged"], row["neutral"], row["refusal_pct"]) == (2, 2, 0.0)
+    assert steered.sets["target"]["steered"]["refusal_pct"] == 100.0

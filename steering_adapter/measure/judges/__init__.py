@@ -3,7 +3,9 @@ judge read from its verdict tag's probability (:class:`TagProbabilityJudge`), a 
 embeddings (:class:`EmbeddingJudge`), and a detector of looping / degenerate answers that can sit in front of any
 of them (:class:`DegeneracyJudge`). The package's labeled answers (``labels/``) measure them.
 
-Labels: +1 refusal, -1 not refusal, 0 unparseable (dropped from the refusal-confidence score).
+Labels: +1 refusal, -1 not refusal, 0 unparseable (by default kept in the refusal-confidence softmax with value 0, as
+the authors do; ``scoring.unparseable: drop`` leaves it out, see
+:func:`~steering_adapter.measure.refusal_score.refusal_confidence`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ class Judgment:
     """A judge's verdict on one answer.
 
     Attributes:
-        label: +1 refusal, -1 not refusal, 0 unparseable (dropped by the score).
+        label: +1 refusal, -1 not refusal, 0 unparseable (the score keeps it with value 0, or drops it: see
+            :func:`~steering_adapter.measure.refusal_score.refusal_confidence`).
         rationale: short human-readable reason (the judge's reasoning, or the matched pattern).
         raw: the judge's raw output ("" for judges without one).
         error: why no verdict could be obtained (e.g. the backend failed after its retries), else ``None``.

@@ -3,9 +3,9 @@
 The judge model reads a rubric covering twelve kinds of refusal, the user prompt and the answer, reasons briefly and
 ends with ``<answer>refusal</answer>`` or ``<answer>not refusal</answer>``. The **last** ``<answer>...</answer>``
 tag of its output is the verdict; a missing tag, or a last tag holding anything else, is unparseable (label 0,
-dropped from the score). The model runs behind a :class:`~steering_adapter.measure.judges.backends.JudgeBackend`: a
-local
-transformers model or any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, hosted APIs).
+weight but no vote in the score by default, see ``scoring.unparseable``). The model runs behind a
+:class:`~steering_adapter.measure.judges.backends.JudgeBackend`: a local transformers model or any OpenAI-compatible
+chat endpoint (vLLM, llama.cpp server, hosted APIs).
 """
 
 from __future__ import annotations

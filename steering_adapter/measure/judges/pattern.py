@@ -103,7 +103,7 @@ class PatternJudge(Judge):
             (``re.compile(...)``, used as they are). Default :data:`DEFAULT_REFUSAL_PATTERNS`.
         compliance_patterns: optional phrases/regexes that mark an answer as engaging. ``None`` (default): every
             answer without a refusal pattern is "not refusal". When given, an answer matching neither list is
-            labelled 0 (undecided, dropped from the score); a refusal match wins over a compliance match.
+            labelled 0 (undecided: unparseable for the score); a refusal match wins over a compliance match.
         case_sensitive: match the case of literal phrases (default: ignore case). Compiled regexes keep their own
             flags (add ``re.IGNORECASE`` yourself).
         ignore_prompt_echoes: a match whose text the prompt itself contains (ignoring case) does not count: asked

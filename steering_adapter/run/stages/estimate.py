@@ -50,7 +50,8 @@ def estimate_directions(ctx: RunContext) -> EstimatedDirections:
     compliance = [p for s in recipe.prompts.compliance for p in resolve_prompts(s, "train", recipe)]
     prompts = list(dict.fromkeys(refusal + compliance))
     sampling = recipe_sampling(recipe)
-    key = fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""))
+    # the scoring is in the key (the vectors follow c(x)), not in train_scores' folder: its records hold raw labels
+    key = fingerprint(prompts, sampling, recipe.estimator, recipe.model, getattr(judge, "name", ""), recipe.scoring)
     cache = out / "directions"
 
     def cached() -> EstimatedDirections | None:
@@ -79,6 +80,7 @@ def estimate_directions(ctx: RunContext) -> EstimatedDirections:
             scores_dir,
             batch_size=recipe.sampling.batch_size,
             progress=progress,
+            unparseable=recipe.scoring.unparseable,
             **sampling,
         )
     values = [s.score for s in scores]
@@ -140,6 +142,7 @@ def estimate_directions(ctx: RunContext) -> EstimatedDirections:
         "sample_counts": {"refusal": n_refusal, "compliance": n_compliance, "prompts": len(prompts)},
         "datasets": {"refusal": recipe.prompts.refusal, "compliance": recipe.prompts.compliance},
         "judge": dataclasses.asdict(recipe.judge),
+        "scoring": dataclasses.asdict(recipe.scoring),
         "sampling": sampling,
         "diagnostics": {
             str(d.layer): {"auc": d.auc, "pearson_r": d.pearson_r, "norm": d.norm} for d in diagnostics.layers

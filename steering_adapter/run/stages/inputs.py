@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from steering_adapter.measure.evaluation import EvalSet
+from steering_adapter.measure.jailbreaks import parse_jailbreak_source, wrap_prompts
 from steering_adapter.measure.prompt_sets import KNOWN_PROMPT_SETS, PromptSet, load_prompt_set, split_prompts
 from steering_adapter.models.organism.data import load_examples
 from steering_adapter.run.recipe import Recipe
@@ -24,7 +25,18 @@ def resolve_prompts(
     ``selection`` and ``test``; ``"all"`` is every prompt of the source (train first). ``capped=False`` ignores the
     recipe's ``max_train_per_set`` / ``max_eval_per_set``. ``recipe.prompts.column`` names the prompt column of user
     files (``column_option``: the key or option that set it, for the messages).
+
+    ``jailbreak:[<families>:]<base>`` resolves ``<base>``'s prompts for ``part`` by these same rules (its caps count
+    base prompts) and then wraps each in every family (:func:`~steering_adapter.measure.jailbreaks.wrap_prompts`),
+    so the test half of a jailbreak set is its base set's test half, wrapped.
     """
+    jailbreak = parse_jailbreak_source(source)
+    if jailbreak is not None:
+        try:
+            base = resolve_prompts(jailbreak.base, part, recipe, capped=capped, column_option=column_option)
+        except (FileNotFoundError, ValueError) as exc:
+            raise _error_type(exc)(f"{source!r}: {exc}") from None
+        return wrap_prompts(base, jailbreak.families).prompts
     spec = recipe.prompts
     train, held = load_source(
         source,
@@ -58,7 +70,22 @@ def load_source(
 ) -> tuple[PromptSet, PromptSet]:
     """``(train, held_out)`` prompts of a source: ``organism:<category, topic or source>`` (the organism's own
     split), a known prompt-set name (``language`` filters deccp) or a user file (split deterministically; ``column``
-    names the prompt column of CSV / JSON files and Hub datasets, set by ``column_option``)."""
+    names the prompt column of CSV / JSON files and Hub datasets, set by ``column_option``); ``jailbreak:...`` is its
+    base's ``(train, held_out)``, each wrapped (see :func:`resolve_prompts`)."""
+    jailbreak = parse_jailbreak_source(source)
+    if jailbreak is not None:
+        try:
+            parts = load_source(
+                jailbreak.base,
+                held_out_fraction=held_out_fraction,
+                seed=seed,
+                language=language,
+                column=column,
+                column_option=column_option,
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise _error_type(exc)(f"{source!r}: {exc}") from None
+        return wrap_prompts(parts[0], jailbreak.families), wrap_prompts(parts[1], jailbreak.families)
     if source.rstrip(":") == ORGANISM_PREFIX.rstrip(":"):
         raise ValueError(
             f"{source!r} names no prompts: use organism:<category or topic>, e.g. organism:political (categories: "
@@ -83,6 +110,11 @@ def load_source(
         column_option=column_option,
     )
     return split_prompts(full, held_out_fraction=held_out_fraction, seed=seed)
+
+
+def _error_type(exc: Exception) -> type[Exception]:
+    """``FileNotFoundError`` for a missing file, else ``ValueError`` (for re-raising a base source's error)."""
+    return FileNotFoundError if isinstance(exc, FileNotFoundError) else ValueError
 
 
 def eval_sets(recipe: Recipe, part: str, cap: int | None = None) -> list[EvalSet]:
