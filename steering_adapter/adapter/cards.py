@@ -150,7 +150,9 @@ def render_model_card(
 
     Args:
         config: the adapter's config dict.
-        evaluation: ``{"markdown": ...}`` (or any JSON report) for the Evaluation section.
+        evaluation: ``{"markdown": ...}`` (or any JSON report) for the Evaluation section; an optional
+            ``"comparison"`` (Markdown, :func:`~steering_adapter.measure.comparison.comparison_markdown`) goes first,
+            under "Compared with the base model".
         adapter: where the adapter is (repo id or folder) for the usage code; default ``"."``.
 
     Returns:
@@ -210,6 +212,7 @@ def render_model_card(
         details_table=_table(rows),
         units_text=UNITS_TEXT.get(units, f"Vector units: `{units}`." if units else ""),
         evaluation=evaluation_text,
+        comparison=(evaluation or {}).get("comparison"),
         usage=usage_code(config, adapter or "."),
         intended_use=metadata.get("intended_use") or "Research on and control of refusal behaviour.",
         limitations=metadata.get("limitations")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import random
 import typing
 from typing import Any
@@ -15,6 +16,8 @@ from steering_adapter.cli.model_loading import (
     load_model_and_adapters,
     placement_overrides,
 )
+from steering_adapter.measure.benchmarks.harness import BenchmarkRequest, parse_benchmark, run_benchmark
+from steering_adapter.measure.comparison import benchmarks_markdown
 from steering_adapter.measure.evaluation import EvalSet, evaluate
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judge_agreement import judge_agreement_summary
@@ -24,7 +27,9 @@ from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.recipe import EvalSetSpec, JudgeSpec, ModelSpec, Recipe, load_recipe
 from steering_adapter.run.stages.inputs import resolve_prompts
 from steering_adapter.run.stages.load import build_judge
+from steering_adapter.tuner.model import steering_disabled
 from steering_adapter.utils.paths import check_output_dir
+from steering_adapter.utils.records import atomic_write_json, atomic_write_text
 
 __all__ = ["ADAPTER_ARGUMENT", "ROLES", "cmd_eval"]
 
@@ -36,6 +41,10 @@ ADAPTER_ARGUMENT = "eval ADAPTER"
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")  # before anything is loaded or scored
+    benchmarks = [
+        parse_benchmark(text, num_fewshot=args.benchmark_fewshot, batch_size=args.batch_size or 8)
+        for text in args.benchmark or []
+    ]
     recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
     if args.column is not None:  # --column: the prompt column of user files, over the recipe's prompts.column
         base = recipe if recipe is not None else Recipe(name="eval")
@@ -74,6 +83,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flush=True,
     )
     backend = args.backend or (sampling.backend if sampling is not None else "transformers")
+    if benchmarks and backend != "transformers":
+        raise ValueError(
+            "--benchmark: lm-evaluation-harness scores the transformers model: use --backend transformers"
+        )
+
     if backend == "vllm":
         from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
 
@@ -110,6 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch_size=pick(args.batch_size, sampling.batch_size if sampling else None, 8),
             progress=not args.no_progress,
             judge_agreement=judge_agreement_summary(judge) if judge_spec.measures_agreement() else None,
+            unparseable=pick(args.unparseable, recipe.scoring.unparseable if recipe else None, "keep"),
         ),
         sampling=SamplingSettings(
             k=pick(args.k, sampling.k if sampling else None, 3),
@@ -122,9 +137,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if backend == "vllm":
         model.close()
-    print(report.to_markdown())
+    markdown = report.to_markdown()
+    if benchmarks:
+        markdown += "\n" + benchmarks_markdown(_benchmark(model, tokenizer, benchmarks, args.out))
+    print(markdown)
     print(f"report: {args.out}/report.md")
     return EXIT_OK
+
+
+def _benchmark(model: Any, tokenizer: Any, requests: list[BenchmarkRequest], out: str) -> dict[str, Any]:
+    """Run each benchmark on the base model (steering off) and the steered one; add them to ``report.json`` and
+    ``report.md`` under ``out``.
+
+    Returns:
+        ``{task: {"base": score dict, "steered": score dict}}``.
+    """
+    results: dict[str, Any] = {}
+    for request in requests:
+        print(f"[eval] {request.task} through lm-evaluation-harness: base, then steered", flush=True)
+        with steering_disabled(model):
+            base = run_benchmark(model, tokenizer, request)
+        results[request.task] = {"base": base.to_dict(), "steered": run_benchmark(model, tokenizer, request).to_dict()}
+    path = f"{out}/report.json"
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    atomic_write_json(path, {**saved, "benchmarks": results})
+    with open(f"{out}/report.md", encoding="utf-8") as handle:
+        text = handle.read()
+    atomic_write_text(f"{out}/report.md", text + "\n" + benchmarks_markdown(results))
+    return results
 
 
 def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
@@ -135,7 +176,8 @@ def _model_placement(recipe: Any, args: argparse.Namespace) -> Any:
 SETS_SYNTAX = (
     "NAME=SOURCE:ROLE, e.g. political=organism:political:target jbb=jbb_harmful:harmful mine=prompts.txt:benign; "
     f"ROLE is one of {', '.join(ROLES)}; SOURCE is organism:<category or topic>, a known set "
-    f"({', '.join(list_prompt_sets())}), a .txt / .csv / .json / .jsonl file or hf:org/name"
+    f"({', '.join(list_prompt_sets())}), a .txt / .csv / .json / .jsonl file, hf:org/name, or jailbreak:<source> (its "
+    "prompts wrapped in attack families)"
 )
 
 

@@ -204,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["pattern", "embedding"],
         help="judge without an endpoint (default: the recipe's, else pattern)",
     )
+    ev.add_argument(
+        "--unparseable",
+        choices=["keep", "drop"],
+        help="unparseable judgments (label 0) in c(x): keep them in the softmax with value 0 (the authors' scoring) "
+        "or drop them (default: the recipe's scoring.unparseable, else keep)",
+    )
+    ev.add_argument(
+        "--benchmark",
+        action="append",
+        metavar="NAME[:N]",
+        help="also run a general benchmark through lm-evaluation-harness on the base and the steered model: mmlu, "
+        "mmlu_<category> or mmlu_<subject>, N questions per subject (e.g. mmlu:20; repeatable; needs "
+        "steering-adapter[benchmarks] and the transformers backend)",
+    )
+    ev.add_argument(
+        "--benchmark-fewshot", type=int, default=0, help="few-shot examples per benchmark question (default 0)"
+    )
     ev.add_argument("--scale", type=float, help="override the adapter's scale alpha")
     ev.add_argument("--k", type=int, help="answers per prompt (default: the recipe's, else 3)")
     ev.add_argument("--max-new-tokens", type=int, help="answer length (default: the recipe's, else 64)")

@@ -18,7 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
+from steering_adapter.measure.benchmarks.harness import lm_eval_task
+from steering_adapter.measure.jailbreaks import parse_jailbreak_source
 from steering_adapter.run.recipe_sections import (
+    BenchmarksSpec,
     CardSpec,
     EstimatorSpec,
     EvalSetSpec,
@@ -28,10 +31,12 @@ from steering_adapter.run.recipe_sections import (
     OutputSpec,
     PromptsSpec,
     SamplingSpec,
+    ScoringSpec,
     SelectionSpec,
 )
 
 __all__ = [
+    "BenchmarksSpec",
     "CardSpec",
     "EstimatorSpec",
     "EvalSetSpec",
@@ -43,6 +48,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "SamplingSpec",
+    "ScoringSpec",
     "SelectionSpec",
     "load_recipe",
     "read_recipe_yaml",
@@ -65,11 +71,13 @@ class Recipe:
     prompts: PromptsSpec = field(default_factory=PromptsSpec)
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
     estimator: EstimatorSpec = field(default_factory=EstimatorSpec)
     selection: SelectionSpec = field(default_factory=SelectionSpec)
     gating: GatingSpec = field(default_factory=GatingSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     card: CardSpec = field(default_factory=CardSpec)
+    benchmarks: BenchmarksSpec = field(default_factory=BenchmarksSpec)
     relevance: bool = True
 
     def validate(self) -> None:
@@ -81,6 +89,11 @@ class Recipe:
         names = [spec.name for spec in self.prompts.evaluation]
         if len(set(names)) != len(names):
             raise RecipeError(f"recipe.prompts.evaluation: set names must be unique, got {names}")
+        for key, source in recipe_sources(self).items():  # jailbreak:<families>:<base>: the families exist
+            try:
+                parse_jailbreak_source(source)
+            except ValueError as exc:
+                raise RecipeError(f"{key}: {exc}") from None
         if not 0 < self.prompts.held_out_fraction < 1:
             raise RecipeError("recipe.prompts.held_out_fraction: must be between 0 and 1")
         if self.sampling.k < 1 or self.sampling.max_new_tokens < 1:
@@ -117,6 +130,27 @@ class Recipe:
             raise RecipeError("recipe.gating.negative: gated steering needs prompts it must leave alone")
         if any(n < 1 for n in self.selection.layer_counts):
             raise RecipeError("recipe.selection.layer_counts: every count must be >= 1")
+        self._validate_benchmarks()
+
+    def _validate_benchmarks(self) -> None:
+        spec = self.benchmarks
+        for index, task in enumerate(spec.tasks):
+            try:
+                lm_eval_task(task)
+            except ValueError as error:
+                raise RecipeError(f"recipe.benchmarks.tasks[{index}]: {error}") from None
+        if spec.num_fewshot < 0:
+            raise RecipeError(f"recipe.benchmarks.num_fewshot: must be >= 0, got {spec.num_fewshot}")
+        if spec.limit is not None and spec.limit < 1:
+            raise RecipeError(f"recipe.benchmarks.limit: must be >= 1 or null, got {spec.limit}")
+        if spec.batch_size < 1:
+            raise RecipeError(f"recipe.benchmarks.batch_size: must be >= 1, got {spec.batch_size}")
+        if spec.tasks and not spec.variants:
+            raise RecipeError("recipe.benchmarks.variants: name at least one of 'base', 'steered', 'ungated'")
+        if spec.max_drop is not None and not (spec.max_drop >= 0 and "base" in spec.variants and spec.tasks):
+            raise RecipeError(
+                "recipe.benchmarks.max_drop: a drop of >= 0 points, with tasks and the 'base' variant to compare with"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -36,7 +36,9 @@ class ModelSpec:
 
 @dataclass
 class EvalSetSpec:
-    """A held-out evaluation set: ``source`` is a prompt-set name, ``organism:<category or topic>`` or a file."""
+    """A held-out evaluation set: ``source`` is a prompt-set name, ``organism:<category or topic>``, a file, or
+    ``jailbreak:[<families>:]<source>`` (that source's prompts wrapped in attack families,
+    :mod:`steering_adapter.measure.jailbreaks`)."""
 
     name: str
     source: str
@@ -117,6 +119,49 @@ class JudgeSpec:
     def measures_agreement(self) -> bool:
         """Whether the judge is measured on the labeled answers for the reports (see ``check``)."""
         return self.check if self.check is not None else self.kind in ("pattern", "embedding")
+
+
+@dataclass
+class ScoringSpec:
+    """How judged answers become the refusal confidence ``c(x)`` (see :mod:`steering_adapter.measure.refusal_score`).
+
+    Attributes:
+        unparseable: what an unparseable judgment (label 0) does: ``"keep"`` (default, the authors' code): it takes
+            its softmax weight and adds 0, and a prompt whose answers are all unparseable scores ``c = 0`` (neutral);
+            ``"drop"``: it is left out and the weights renormalised over the other answers (a prompt with none left is
+            unjudged). Records keep the raw labels, so either can be recomputed without judging again.
+    """
+
+    unparseable: Literal["keep", "drop"] = "keep"
+
+
+@dataclass
+class BenchmarksSpec:
+    """General benchmarks run through lm-evaluation-harness on the base and the steered model (report, card, summary).
+
+    Attributes:
+        tasks: benchmark names (``"mmlu"``: MMLU read offline from the shared datasets; see
+            :mod:`steering_adapter.measure.benchmarks`); empty (default): none.
+        num_fewshot: examples before each question (``0`` or ``5`` for MMLU; the few-shot examples are the dev split's
+            first ones, as in lm-eval's MMLU).
+        limit: questions per subject (``None``: all).
+        variants: what is measured: ``"base"`` (no adapter), ``"steered"`` (the adapter as published, gated if it is)
+            and ``"ungated"`` (the same vectors with the gate off, where a real cost would show; skipped for an
+            adapter without a gate).
+        batch_size: lm-eval's batch size.
+        max_drop: selection constraint: the chosen point's benchmark accuracy (the published variant) may fall at
+            most this many points below the base model's; feasible points are tried in the order of the objective
+            until one keeps it (``None``: measured, not a constraint).
+    """
+
+    tasks: list[str] = field(default_factory=list)
+    num_fewshot: int = 0
+    limit: int | None = None
+    variants: list[Literal["base", "steered", "ungated"]] = field(
+        default_factory=lambda: ["base", "steered", "ungated"]
+    )
+    batch_size: int = 8
+    max_drop: float | None = None
 
 
 @dataclass

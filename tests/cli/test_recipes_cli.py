@@ -66,6 +66,16 @@ def _with(**changes):
             r"^recipe\.prompts\.evaluation\[0\]\.source: 'jailbreak:dan:organism:political': unknown attack family",
         ),
         ({"scoring__unparseable": "ignore"}, r"recipe\.scoring\.unparseable: expected 'keep' or 'drop', got 'ignore'"),
+        (
+            {"benchmarks__tasks": ["mmlu", "hellaswag"]},
+            r"^recipe\.benchmarks\.tasks\[1\]: unknown benchmark 'hellaswag'; expected mmlu\[:N\]",
+        ),
+        ({"benchmarks__limit": 0}, r"recipe\.benchmarks\.limit: must be >= 1 or null, got 0"),
+        (
+            {"benchmarks__tasks": ["mmlu"], "benchmarks__variants": ["steered"], "benchmarks__max_drop": 1.0},
+            r"recipe\.benchmarks\.max_drop: .*the 'base' variant",
+        ),
+        ({"benchmarks__variants": ["gated"]}, r"recipe\.benchmarks\.variants\[0\]: expected"),
         ({"prompts__evaluation": [{"name": "p", "source": "x", "role": "harmful"}]}, "role 'target'"),
         ({"estimator__ridge_lambda": 0}, r"ridge_lambda: must be > 0"),
         ({"gating__method": "lda"}, r"recipe\.gating\.method: expected 'md' or 'rmd', got 'lda'"),

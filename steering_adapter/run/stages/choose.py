@@ -14,6 +14,7 @@ from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection.objective import default_alphas, steering_candidates
 from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
 from steering_adapter.run.selection.sweep_settings import SweepSettings
+from steering_adapter.run.stages.benchmark import enforce_max_drop
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
 from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
@@ -96,11 +97,13 @@ def select_layers_and_alpha(
                 relevance=relevance,
                 batch_size=recipe.sampling.batch_size,
                 progress=progress,
+                unparseable=recipe.scoring.unparseable,  # not in the fingerprint: points are rescored from records
             ),
             sampling=SamplingSettings.from_kwargs(**recipe_sampling(recipe)),
             condition=condition,
         )
     sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
+    sweep = enforce_max_drop(ctx, sweep, directions, condition)  # benchmarks.max_drop, when the recipe sets it
     if sweep.gate_closed:
         sizes = {s.name: len(s.prompts) for s in selection_sets}
         log(
@@ -110,7 +113,7 @@ def select_layers_and_alpha(
     if sweep.choice is None:
         raise NoFeasibleChoiceError(
             f"no layer/α combination met the constraints; see {out / 'selection' / 'sweep.csv'} "
-            "(relax selection.delta / kl_budget or widen alphas)"
+            "(relax selection.delta / kl_budget / benchmarks.max_drop or widen alphas)"
         )
     choice = sweep.choice
     log(f"[select] chose layers {choice.layers}, α = {choice.alpha:g}" + (", gated" if choice.gated else ""))

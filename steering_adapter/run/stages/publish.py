@@ -15,6 +15,7 @@ import torch
 
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
 from steering_adapter.directions.conditions import ConditionFit
+from steering_adapter.measure.comparison import benchmarks_markdown, comparison_markdown
 from steering_adapter.measure.evaluation import evaluate
 from steering_adapter.measure.evaluation_report import EvaluationReport, adapter_report_markdown
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
@@ -23,6 +24,7 @@ from steering_adapter.measure.sampling.backend import Sampler, TransformersSampl
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.embedded import is_embedded
 from steering_adapter.run.selection.sweep import SweepResult
+from steering_adapter.run.stages.benchmark import benchmark_choice
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
 from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
 from steering_adapter.run.stages.inputs import eval_sets, recipe_sampling, resolve_prompts
@@ -88,6 +90,7 @@ def evaluate_and_save(
         batch_size=recipe.sampling.batch_size,
         progress=progress,
         judge_agreement=judge_agreement_summary(judge) if recipe.judge.measures_agreement() else None,
+        unparseable=recipe.scoring.unparseable,  # not in the fingerprint: evaluate rescores the kept records
     )
     sampling = SamplingSettings.from_kwargs(**recipe_sampling(recipe))
     ungated_report = None
@@ -111,6 +114,8 @@ def evaluate_and_save(
                 conditions=("steered",),
             )
         sampler.remove_adapters()
+    # before the adapter is attached to the model: lm-eval scores the base model, then each variant on its own
+    benchmarks = benchmark_choice(ctx, vectors, choice.alpha, condition if choice.gated else None)
     peft_model = adapter_from_vectors(
         model,
         vectors,
@@ -143,8 +148,11 @@ def evaluate_and_save(
             sampling=sampling,
         )
     markdown = adapter_report_markdown(report, ungated_report)
+    if benchmarks:
+        markdown += "\n" + benchmarks_markdown(benchmarks)
     adapter_dir = out / "adapter"
-    save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown})
+    comparison = comparison_markdown(report, ungated_report, benchmarks)
+    save_adapter(peft_model, adapter_dir, evaluation={"markdown": markdown, "comparison": comparison})
     summary = {
         "recipe": recipe.name,
         "adapter": str(adapter_dir),
@@ -153,6 +161,7 @@ def evaluate_and_save(
         "gated": choice.gated,
         "report": report.to_dict(),
         "ungated_report": ungated_report.to_dict() if ungated_report is not None else None,
+        "benchmarks": benchmarks,
         "seconds": round(time.time() - started, 1),
         "stage_seconds": times.seconds,
     }
