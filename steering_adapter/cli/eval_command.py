@@ -16,7 +16,12 @@ from steering_adapter.cli.model_loading import (
     load_model_and_adapters,
     placement_overrides,
 )
-from steering_adapter.measure.benchmarks.harness import BenchmarkRequest, parse_benchmark, run_benchmark
+from steering_adapter.measure.benchmarks.harness import (
+    BenchmarkRequest,
+    check_benchmark_inputs,
+    parse_benchmark,
+    run_benchmark,
+)
 from steering_adapter.measure.comparison import benchmarks_markdown
 from steering_adapter.measure.evaluation import EvalSet, evaluate
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
@@ -45,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         parse_benchmark(text, num_fewshot=args.benchmark_fewshot, batch_size=args.batch_size or 8)
         for text in args.benchmark or []
     ]
+    check_benchmark_inputs([request.task for request in benchmarks], "--benchmark")
     recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
     if args.column is not None:  # --column: the prompt column of user files, over the recipe's prompts.column
         base = recipe if recipe is not None else Recipe(name="eval")

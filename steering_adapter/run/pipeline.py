@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from steering_adapter.measure.benchmarks.harness import check_benchmark_inputs
 from steering_adapter.measure.evaluation_report import EvaluationReport
 from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.run.memory import check_recipe_memory
@@ -79,6 +80,7 @@ def run_recipe(
         out, progress, log = distributed.scratch_dir(), False, _quiet
     check_output_dir(out, "recipe.output.dir")
     log(f"[threads] torch uses {torch.get_num_threads()} intra-op threads (--threads / ${THREADS_ENV} to change)")
+    check_benchmark_inputs(recipe.benchmarks.tasks, "recipe.benchmarks.tasks")  # lm-eval and MMLU, before loading
     if memory_check:
         check_recipe_memory(recipe, log=log)
     out.mkdir(parents=True, exist_ok=True)

@@ -147,9 +147,11 @@ class Recipe:
             raise RecipeError(f"recipe.benchmarks.batch_size: must be >= 1, got {spec.batch_size}")
         if spec.tasks and not spec.variants:
             raise RecipeError("recipe.benchmarks.variants: name at least one of 'base', 'steered', 'ungated'")
-        if spec.max_drop is not None and not (spec.max_drop >= 0 and "base" in spec.variants and spec.tasks):
+        needed = {"base", "steered"}
+        if spec.max_drop is not None and not (spec.max_drop >= 0 and needed <= set(spec.variants) and spec.tasks):
             raise RecipeError(
-                "recipe.benchmarks.max_drop: a drop of >= 0 points, with tasks and the 'base' variant to compare with"
+                "recipe.benchmarks.max_drop: a drop of >= 0 points, with tasks and the 'base' and 'steered' variants "
+                "(the constraint compares them)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,12 +68,12 @@ def _with(**changes):
         ({"scoring__unparseable": "ignore"}, r"recipe\.scoring\.unparseable: expected 'keep' or 'drop', got 'ignore'"),
         (
             {"benchmarks__tasks": ["mmlu", "hellaswag"]},
-            r"^recipe\.benchmarks\.tasks\[1\]: unknown benchmark 'hellaswag'; expected mmlu\[:N\]",
+            r"^recipe\.benchmarks\.tasks\[1\]: unknown benchmark 'hellaswag'; expected mmlu, mmlu_<category>",
         ),
         ({"benchmarks__limit": 0}, r"recipe\.benchmarks\.limit: must be >= 1 or null, got 0"),
         (
             {"benchmarks__tasks": ["mmlu"], "benchmarks__variants": ["steered"], "benchmarks__max_drop": 1.0},
-            r"recipe\.benchmarks\.max_drop: .*the 'base' variant",
+            r"recipe\.benchmarks\.max_drop: .*the .base. and .steered. variants",
         ),
         ({"benchmarks__variants": ["gated"]}, r"recipe\.benchmarks\.variants\[0\]: expected"),
         ({"prompts__evaluation": [{"name": "p", "source": "x", "role": "harmful"}]}, "role 'target'"),

@@ -297,3 +297,71 @@ def test_pipeline_reports_mmlu_rows_equal_to_the_lm_eval_command(cli_result, tmp
     assert "### Compared with the base model" in card
     assert f"{row}, accuracy % | {100 * expected.accuracy:.1f} ± {100 * expected.stderr:.1f} |" in card
     assert "first-token KL(base ‖ ·), neutral prompts" in card
+
+
+def test_a_gated_adapter_is_gated_on_each_question_not_on_padding(organism, damaging_adapter):
+    """lm-eval right-pads a batch and passes no attention mask, so a gate deciding on the last token of a batched row
+    would read a pad token. The damaging vector is gated here on a condition that opens for the last real token of
+    every question (measured below) and stays closed for some pad tokens: at batch size 8 every question must still
+    be steered, i.e. answered with the pushed letter."""
+    from safetensors.torch import load_file
+
+    model, tokenizer = organism
+    folder, share = damaging_adapter
+    (push,) = load_file(str(Path(folder) / "adapter_model.safetensors")).values()
+    block = 1
+    prompts = []
+    for subject in MMLU_SUBJECTS:
+        description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}."
+        for doc in load_mmlu_subject(subject)["test"][:LIMIT]:
+            choices = "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, doc["choices"], strict=True))
+            prompts.append(f"{description}\n\n{doc['question'].strip()}{choices}\nAnswer:")
+    real, padded = [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids[:, -model.config.max_position_embeddings :]
+            real.append(model(ids, output_hidden_states=True).hidden_states[block + 1][0, -1])
+            ids = torch.cat([ids[:, -200:], torch.full((1, 8), tokenizer.pad_token_id)], dim=1)
+            padded.append(model(ids, output_hidden_states=True).hidden_states[block + 1][0, -1])
+    condition = torch.stack(real).mean(0) - torch.stack(padded).mean(0)
+    condition = condition / condition.norm()
+    threshold = float((torch.stack(real) @ condition).min()) - 0.5
+    assert (torch.stack(padded) @ condition < threshold).any()  # batched, some rows would be gated on a closed pad
+    last = model.config.num_hidden_layers - 1
+    gated = adapter_from_vectors(
+        model, {last: push}, scale=1.0, condition=condition, condition_layer=block, condition_threshold=threshold
+    )
+    try:
+        score = run_benchmark(gated, tokenizer, BenchmarkRequest("mmlu", limit=LIMIT, batch_size=8))
+    finally:
+        gated.unload()
+    assert round(score.accuracy * score.n) == round(share * score.n)
+
+
+def test_entry_point_arguments(tmp_path):
+    """Every ``--model_args`` form is resolved, a given ``--include_path`` is kept, a gated adapter gets batch 1."""
+    from steering_adapter.cli.lm_eval_entry import lm_eval_arguments
+
+    folder = str(ORGANISM_DIR)
+    assert lm_eval_arguments(["-a", "dtype=float32", "pretrained=organism", "--tasks", "mmlu_offline"]) == [
+        *["-a", "dtype=float32", f"pretrained={folder}", "--tasks", "mmlu_offline"],
+        *["--include_path", str(TASKS_DIR)],
+    ]
+    assert lm_eval_arguments(["--model_args=pretrained=steering-adapter:organism,peft=x", "--include_path=/mine"]) == [
+        f"--model_args=pretrained={folder},peft=x",
+        "--include_path=/mine",
+    ]
+    gated = tmp_path / "gated"
+    gated.mkdir()
+    (gated / "adapter_config.json").write_text(json.dumps({"condition_layer": 1}))
+    arguments = lm_eval_arguments(["--model_args", f"pretrained=organism,peft={gated}", "--batch_size", "8"])
+    assert arguments[-2:] == ["--batch_size", "1"] and arguments.count("--batch_size") == 1
+
+
+def test_scores_of_one_subject_and_of_a_one_question_limit(organism):
+    model, tokenizer = organism
+    one = run_benchmark(model, tokenizer, BenchmarkRequest("mmlu_anatomy", limit=1))
+    assert one.n == 1 and list(one.subjects) == ["anatomy"] and one.accuracy in (0.0, 1.0)
+    stem = run_benchmark(model, tokenizer, BenchmarkRequest("mmlu_stem", limit=1))
+    assert stem.n == len(MMLU_CATEGORIES["stem"]) and set(stem.subjects) == set(MMLU_CATEGORIES["stem"])
+    assert stem.accuracy == pytest.approx(sum(stem.subjects.values()) / stem.n)  # equal sizes: the plain mean

@@ -3,23 +3,51 @@
 ``run_benchmark(model, tokenizer, BenchmarkRequest("mmlu", limit=20))`` wraps the model as lm-eval's ``HFLM`` and
 runs the offline MMLU tasks of :mod:`steering_adapter.measure.benchmarks.mmlu` with ``lm_eval.simple_evaluate``: the
 same harness, task files and defaults as ``lm_eval --model hf --tasks mmlu_offline --include_path …`` (see
-:func:`~steering_adapter.measure.benchmarks.cli.main` for that command with steering adapters), so the numbers of the
-two agree exactly. The model can carry steering adapters (``load_adapter``, ``PeftModel``, a composition, gated or
-not): lm-eval only calls its forward pass.
+:func:`steering_adapter.cli.lm_eval_entry.main` for that command with steering adapters), so the numbers of the two
+agree exactly. The model can carry steering adapters (``load_adapter``, ``PeftModel``, a composition, gated or not):
+lm-eval only calls its forward pass.
+
+A condition-gated adapter decides its gate from each sequence's last prompt token. lm-eval right-pads the rows of a
+log-likelihood batch and passes no attention mask, so in a batch the gate of every shorter row would be decided on a
+pad token: while a gated steering adapter is active, :func:`run_benchmark` runs lm-eval with batch size 1 (the
+numbers are then those of each question alone; ungated adapters are unaffected by the right padding of a causal
+model and keep the requested batch size).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from steering_adapter.measure.benchmarks.mmlu import GROUP, MMLU_CATEGORIES, MMLU_SUBJECTS, TASKS_DIR, subject_task
+from torch import nn
 
-__all__ = ["BenchmarkRequest", "BenchmarkScore", "lm_eval_task", "parse_benchmark", "run_benchmark"]
+from steering_adapter.measure.benchmarks.mmlu import (
+    GROUP,
+    MMLU_CATEGORIES,
+    MMLU_SUBJECTS,
+    TASKS_DIR,
+    load_mmlu_subject,
+    subject_task,
+)
+from steering_adapter.tuner.config import SteeringConfig
+from steering_adapter.tuner.layer import SteeringLayer
 
-BENCHMARK_SYNTAX = "mmlu[:N], mmlu_<category>[:N] or mmlu_<subject>[:N] (N questions per subject)"
+__all__ = [
+    "BenchmarkRequest",
+    "BenchmarkScore",
+    "check_benchmark_inputs",
+    "gated_steering_active",
+    "lm_eval_task",
+    "parse_benchmark",
+    "run_benchmark",
+    "score_from_results",
+]
+
+BENCHMARK_NAMES = "mmlu, mmlu_<category> (stem, humanities, social_sciences, other) or mmlu_<subject>"
+BENCHMARK_SYNTAX = f"{BENCHMARK_NAMES}, each with an optional :N (N questions per subject)"
 
 
 @dataclass(frozen=True)
@@ -31,7 +59,8 @@ class BenchmarkRequest:
             ``humanities``, ``social_sciences``, ``other``) or ``"mmlu_<subject>"`` (e.g. ``mmlu_anatomy``).
         num_fewshot: few-shot examples per question (the dev split's first ones).
         limit: questions per subject (``None``: all).
-        batch_size: lm-eval's batch size (the numbers do not depend on it beyond float rounding).
+        batch_size: lm-eval's batch size (the numbers do not depend on it beyond float rounding); 1 while a gated
+            adapter is active (see the module docstring).
     """
 
     task: str = "mmlu"
@@ -93,7 +122,49 @@ def lm_eval_task(task: str) -> str:
         return f"{GROUP}_{name}"
     if task.startswith("mmlu_") and name in MMLU_SUBJECTS:
         return subject_task(name)
-    raise ValueError(f"unknown benchmark {task!r}; expected {BENCHMARK_SYNTAX}")
+    raise ValueError(f"unknown benchmark {task!r}; expected {BENCHMARK_NAMES}")
+
+
+def benchmark_subjects(task: str) -> tuple[str, ...]:
+    """The MMLU subjects a benchmark name covers."""
+    name = lm_eval_task(task).removeprefix(GROUP).removeprefix("_")
+    if not name:
+        return MMLU_SUBJECTS
+    return MMLU_CATEGORIES.get(name, (name,))
+
+
+def check_benchmark_inputs(tasks: list[str], option: str) -> None:
+    """Fail before any work when a benchmark cannot run: lm-eval missing, or an MMLU file missing or malformed.
+
+    Args:
+        tasks: benchmark names.
+        option: the recipe key or option that names them, for the message.
+
+    Raises:
+        ValueError: one line naming ``option`` and the problem.
+    """
+    if not tasks:
+        return
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ValueError(f"{option}: needs lm-evaluation-harness: pip install 'steering-adapter[benchmarks]'")
+    for task in tasks:
+        for subject in benchmark_subjects(task):
+            try:
+                load_mmlu_subject(subject)
+            except ValueError as error:
+                raise ValueError(f"{option}: {error}") from None
+
+
+def gated_steering_active(model: nn.Module) -> bool:
+    """Whether a condition-gated steering adapter steers ``model`` now (attached, active, not disabled)."""
+    configs = getattr(model, "peft_config", None) or {}
+    for module in model.modules():
+        if isinstance(module, SteeringLayer) and not module.disable_adapters:
+            for name in module.active_adapters:
+                config = configs.get(name)
+                if isinstance(config, SteeringConfig) and config.gated:
+                    return True
+    return False
 
 
 def parse_benchmark(text: str, **settings: Any) -> BenchmarkRequest:
@@ -108,7 +179,10 @@ def parse_benchmark(text: str, **settings: Any) -> BenchmarkRequest:
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"benchmark {text!r}: N must be a whole number >= 1; expected {BENCHMARK_SYNTAX}")
         limit = int(count)
-    return BenchmarkRequest(task=name, limit=limit, **settings)
+    try:
+        return BenchmarkRequest(task=name, limit=limit, **settings)
+    except ValueError as error:
+        raise ValueError(f"benchmark {text!r}: {error}; accepted: {BENCHMARK_SYNTAX}") from None
 
 
 def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest) -> BenchmarkScore:
@@ -129,10 +203,11 @@ def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest) -> Benc
     was_training = model.training
     model.eval()
     task = lm_eval_task(request.task)
-    previous = logging.getLogger("lm-eval").level
+    batch_size = 1 if gated_steering_active(model) else request.batch_size  # see the module docstring
+    previous = logging.getLogger("lm_eval").level
     try:
         results = lm_eval.simple_evaluate(
-            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=request.batch_size),
+            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
             tasks=[task],
             num_fewshot=request.num_fewshot,
             limit=request.limit,
@@ -140,7 +215,7 @@ def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest) -> Benc
             task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
         )
     finally:
-        logging.getLogger("lm-eval").setLevel(previous)
+        logging.getLogger("lm_eval").setLevel(previous)
         model.train(was_training)
     return score_from_results(results, request)
 

@@ -4,13 +4,17 @@ Owns ``benchmarks/``: one JSON file per task and variant (``base``, ``steered`` 
 is — and ``ungated``), written as each finishes, so an interrupted run keeps what it measured; a variant's file is
 named by the fingerprint of what it measured (vectors, α, gate, task settings), so a changed adapter is measured
 again and nothing stale is reused. With ``max_drop`` it also enforces the selection constraint: feasible sweep points
-are tried in the objective's order until one keeps the benchmark within ``max_drop`` points of the base model.
+are tried in the objective's order until one keeps the benchmark within ``max_drop`` points of the base model (one
+benchmark run per point tried: with a large ``limit`` and many feasible points that is the run's longest stage).
+
+Under ``torchrun`` rank 0 runs lm-eval and the other processes wait for its result in one collective, which times out
+after :data:`~steering_adapter.utils.distributed.DEFAULT_TIMEOUT`; keep ``limit`` small enough for that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,22 +117,30 @@ def _measured(
     alpha: float,
     condition: ConditionFit | None,
 ) -> dict[str, Any]:
-    """One variant's score, read from ``benchmarks/`` when this exact measurement was made before."""
-    settings = (request.task, request.num_fewshot, request.limit, request.batch_size)
+    """One variant's score, read from ``benchmarks/`` when this exact measurement was made before.
+
+    Rank 0 decides (its folder holds the files) and measures; every process gets its result (one broadcast).
+    """
+    import lm_eval  # lazy: the optional benchmarks extra (checked before the model loads)
+
+    settings = (request.task, request.num_fewshot, request.limit, request.batch_size, lm_eval.__version__)
+    model = dataclasses.asdict(ctx.recipe.model)
     if variant == "base":
-        key = fingerprint("base", settings)
+        key = fingerprint("base", model, settings)
     else:
-        key = fingerprint(tensor_digest(vectors), alpha, gate_key(condition), settings)
+        key = fingerprint(tensor_digest(vectors), alpha, gate_key(condition), model, settings)
     path = ctx.out / "benchmarks" / f"{request.task}-{variant}-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    score: dict[str, Any] | None = None
-    if distributed.is_main():
+
+    def cached_or_measured() -> dict[str, Any]:
+        if path.is_file():
+            return json.loads(path.read_text())
         ctx.log(f"[benchmarks] {request.task} ({variant}) through lm-evaluation-harness")
         with ctx.times(f"benchmark {request.task} {variant}"):
             score = _run(ctx, request, variant, vectors, alpha, condition).to_dict()
-        atomic_write_json(Path(path), score)
-    return distributed.broadcast_object(score)
+        atomic_write_json(path, score)
+        return score
+
+    return distributed.from_main(cached_or_measured)
 
 
 def _run(

@@ -12,7 +12,7 @@ from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection.objective import default_alphas, steering_candidates
-from steering_adapter.run.selection.sweep import SweepResult, sweep_layers_and_scale
+from steering_adapter.run.selection.sweep import SweepResult, save_sweep, sweep_layers_and_scale
 from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.run.stages.benchmark import enforce_max_drop
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
@@ -61,6 +61,21 @@ def select_layers_and_alpha(
     if condition is not None:
         log(f"[select] gated variants steer only blocks at or after the gate's block {condition.layer}")
     selection_sets = eval_sets(recipe, "selection", sel.max_prompts_per_set)
+    selection_dir = stage_dir(
+        out / "selection",
+        fingerprint(
+            tensor_digest(directions),
+            ranking,
+            gate_key(condition),
+            recipe.gating.mode,
+            dataclasses.asdict(sel),
+            [dataclasses.asdict(s) for s in selection_sets],
+            kl_selection,
+            recipe_sampling(recipe),
+            judge.name,
+        ),
+        log,
+    )
     with times("select layers and α"):
         sweep = sweep_layers_and_scale(
             sampler,
@@ -69,21 +84,7 @@ def select_layers_and_alpha(
             ranking,
             selection_sets,
             judge,
-            stage_dir(
-                out / "selection",
-                fingerprint(
-                    tensor_digest(directions),
-                    ranking,
-                    gate_key(condition),
-                    recipe.gating.mode,
-                    dataclasses.asdict(sel),
-                    [dataclasses.asdict(s) for s in selection_sets],
-                    kl_selection,
-                    recipe_sampling(recipe),
-                    judge.name,
-                ),
-                log,
-            ),
+            selection_dir,
             settings=SweepSettings(
                 layer_counts=sel.layer_counts,
                 alphas=alphas,
@@ -103,7 +104,10 @@ def select_layers_and_alpha(
             condition=condition,
         )
     sweep = distributed.broadcast_object(sweep)  # every process evaluates rank 0's choice
-    sweep = enforce_max_drop(ctx, sweep, directions, condition)  # benchmarks.max_drop, when the recipe sets it
+    if recipe.benchmarks.max_drop is not None:  # the benchmark constraint, then the sweep's tables say its verdicts
+        sweep = enforce_max_drop(ctx, sweep, directions, condition)
+        if distributed.is_main():
+            save_sweep(sweep, selection_dir)
     if sweep.gate_closed:
         sizes = {s.name: len(s.prompts) for s in selection_sets}
         log(
