@@ -145,15 +145,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.close()
     markdown = report.to_markdown()
     if benchmarks:
-        markdown += "\n" + benchmarks_markdown(_benchmark(model, tokenizer, benchmarks, args.out))
+        markdown += "\n" + benchmarks_markdown(_benchmark(model, tokenizer, benchmarks, args))
     print(markdown)
     print(f"report: {args.out}/report.md")
     return EXIT_OK
 
 
-def _benchmark(model: Any, tokenizer: Any, requests: list[BenchmarkRequest], out: str) -> dict[str, Any]:
+def _benchmark(model: Any, tokenizer: Any, requests: list[BenchmarkRequest], args: argparse.Namespace) -> dict:
     """Run each benchmark on the base model (steering off) and the steered one; add them to ``report.json`` and
-    ``report.md`` under ``out``.
+    ``report.md`` under ``--out``.
 
     Returns:
         ``{task: {"base": score dict, "steered": score dict}}``.
@@ -162,8 +162,10 @@ def _benchmark(model: Any, tokenizer: Any, requests: list[BenchmarkRequest], out
     for request in requests:
         print(f"[eval] {request.task} through lm-evaluation-harness: base, then steered", flush=True)
         with steering_disabled(model):
-            base = run_benchmark(model, tokenizer, request)
-        results[request.task] = {"base": base.to_dict(), "steered": run_benchmark(model, tokenizer, request).to_dict()}
+            base = run_benchmark(model, tokenizer, request, progress=not args.no_progress)
+        steered = run_benchmark(model, tokenizer, request, progress=not args.no_progress)
+        results[request.task] = {"base": base.to_dict(), "steered": steered.to_dict()}
+    out = args.out
     path = f"{out}/report.json"
     with open(path, encoding="utf-8") as handle:
         saved = json.load(handle)

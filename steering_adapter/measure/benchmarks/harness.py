@@ -16,6 +16,7 @@ model and keep the requested batch size).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -185,29 +186,45 @@ def parse_benchmark(text: str, **settings: Any) -> BenchmarkRequest:
         raise ValueError(f"benchmark {text!r}: {error}; accepted: {BENCHMARK_SYNTAX}") from None
 
 
-def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest) -> BenchmarkScore:
+def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest, *, progress: bool = True) -> BenchmarkScore:
     """Score ``model`` on a benchmark with lm-evaluation-harness.
+
+    lm-eval's log lines below errors are silenced while it runs (it warns once per subject about the offline
+    loader's keyword arguments, and once per question longer than the model's context).
 
     Args:
         model: a transformers causal LM, steered or not (its active adapters stay as they are).
         tokenizer: its tokenizer.
         request: what to run.
+        progress: lm-eval's progress bars (building the requests, tokenizing, scoring); ``False`` hides them.
 
     Returns:
         The :class:`BenchmarkScore` (accuracy, standard error, n, per-subject accuracies).
     """
     import lm_eval  # lazy: lm-evaluation-harness is the optional ``benchmarks`` extra and takes seconds to import
+    import lm_eval.api.task  # lazy: as above
     from lm_eval.models.huggingface import HFLM  # lazy: as above
     from lm_eval.tasks import TaskManager  # lazy: as above
+
+    class QuietHFLM(HFLM):
+        """lm-eval's ``HFLM`` with its scoring bars off."""
+
+        def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
+            return super().loglikelihood(requests, disable_tqdm=True)
 
     was_training = model.training
     model.eval()
     task = lm_eval_task(request.task)
     batch_size = 1 if gated_steering_active(model) else request.batch_size  # see the module docstring
-    previous = logging.getLogger("lm_eval").level
+    wrapper = HFLM if progress else QuietHFLM
+    logger = logging.getLogger("lm_eval")
+    previous_level, task_bar = logger.level, lm_eval.api.task.tqdm
+    logger.setLevel(logging.ERROR)
+    if not progress:  # building the requests has a bar lm-eval offers no switch for: off for this call only
+        lm_eval.api.task.tqdm = functools.partial(task_bar, disable=True)
     try:
         results = lm_eval.simple_evaluate(
-            model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+            model=wrapper(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
             tasks=[task],
             num_fewshot=request.num_fewshot,
             limit=request.limit,
@@ -215,7 +232,8 @@ def run_benchmark(model: Any, tokenizer: Any, request: BenchmarkRequest) -> Benc
             task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
         )
     finally:
-        logging.getLogger("lm_eval").setLevel(previous)
+        logger.setLevel(previous_level)
+        lm_eval.api.task.tqdm = task_bar
         model.train(was_training)
     return score_from_results(results, request)
 

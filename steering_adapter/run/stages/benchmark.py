@@ -152,12 +152,12 @@ def _run(
     condition: ConditionFit | None,
 ) -> BenchmarkScore:
     if variant == "base":
-        return run_benchmark(ctx.model, ctx.tokenizer, request)
+        return run_benchmark(ctx.model, ctx.tokenizer, request, progress=ctx.progress)
     sampler = TransformersSampler(ctx.model, ctx.tokenizer)
     gate = {"condition": condition.direction, **condition.config_fields()} if condition is not None else {}
     sampler.add_adapter("benchmark", vectors, scale=alpha, **gate)
     sampler.activate("benchmark")
     try:
-        return run_benchmark(sampler.model, ctx.tokenizer, request)
+        return run_benchmark(sampler.model, ctx.tokenizer, request, progress=ctx.progress)
     finally:
         sampler.remove_adapters()
