@@ -5,7 +5,8 @@ endpoint going down) resumes where it stopped and ends with the same scores as a
 
 - ``answers.jsonl``: one record per prompt, ``{"key", "prompt", "prompt_id", "settings", "answers": [...]}``;
 - ``judgments.jsonl``: one record per prompt and judge, ``{"key", "prompt_key", "judge", "judgments": [...]}``;
-  a prompt whose judgments include a backend error (label 0 with ``error``) is not logged, so a re-run retries it;
+  a prompt whose judgments include a backend error (label 0 with ``error``) is not logged, so a re-run retries it,
+  and the failed answers take no weight in ``c(x)`` (a prompt with only failed judgments is "unjudged", not neutral);
 - ``scores.json``: written atomically at the end: settings, judge, ``tau``, ``threshold``, ``unparseable``,
   ``summary`` (see :func:`~steering_adapter.measure.refusal_score.summarize`) and one entry per input prompt.
 
@@ -81,12 +82,13 @@ class PromptScore:
         key: record key (hash of the prompt and the sampling settings).
         prompt: the prompt.
         prompt_id: the caller's identifier, or the prompt's position in the input list.
-        score: ``c(x)`` in ``[-1, 1]``; NaN when unjudged (no answer with a log-probability, or, with
-            ``unparseable="drop"``, none with a label other than 0).
+        score: ``c(x)`` in ``[-1, 1]``; NaN when unjudged (no answer with a log-probability and a judgment that
+            did not fail, or, with ``unparseable="drop"``, none with a label other than 0).
         label: ``"refusal"``, ``"neutral"``, ``"compliance"`` or ``"unjudged"`` (see
             :func:`~steering_adapter.measure.refusal_score.classify`).
         labels: ``[K]`` judge labels of the answers.
-        mean_logprobs: ``[K]`` mean token log-probabilities of the answers.
+        mean_logprobs: ``[K]`` mean token log-probabilities of the answers; NaN for an answer without tokens or
+            whose judgment failed (a backend error is not a label 0), so it takes no weight when rescored.
     """
 
     key: str
@@ -362,7 +364,11 @@ def score_prompts(
     scores: dict[str, PromptScore] = {}
     for key in order:
         labels = [verdict.label for verdict in judgments[key]]
-        logprobs = [answer.mean_logprob for answer in answers[key]]
+        # a failed judgment is no judgment: its answer has no weight (NaN), unlike an unparseable label 0
+        logprobs = [
+            float("nan") if verdict.error else answer.mean_logprob
+            for verdict, answer in zip(judgments[key], answers[key], strict=True)
+        ]
         score = refusal_confidence(labels, logprobs, tau=tau, unparseable=unparseable)
         prompt, prompt_id = unique[key]
         scores[key] = PromptScore(key, prompt, prompt_id, score, classify(score, threshold), labels, logprobs)
