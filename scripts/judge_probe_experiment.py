@@ -1,11 +1,12 @@
-"""Experiment (not yet a judge): a linear probe on SmolLM2-135M-Instruct's hidden states as an offline refusal judge.
+"""The experiment behind the probe judge's setting: a linear probe on SmolLM2-135M-Instruct's hidden states, by block.
 
 Each labeled answer is read by the converted SmolLM2-135M-Instruct (``bash scripts/bootstrap.sh`` converts it
 offline) as the assistant turn after its prompt (chat template, teacher-forced, at most 96 answer tokens); the
-features are the hidden states averaged over the answer tokens at one or more depths, standard-scaled, and a
+features are decoder block outputs averaged over the answer tokens (``answer_states``), standard-scaled, and a
 balanced logistic regression is fitted on ``labels/exemplars.jsonl`` plus ``labels/dev.jsonl``. The script prints
 Cohen's κ of 5-fold cross-validation on dev (the exemplars always in the training folds) and κ on the test split for
-a small grid of depths and regularisation strengths. Choose a setting by the cross-validated κ, never by the test κ.
+a small grid of blocks and regularisation strengths. Choose a setting by the cross-validated κ, never by the test κ
+(``scripts/fit_probe_judge.py`` fits the chosen one for the package).
 
     .venv/bin/python scripts/judge_probe_experiment.py --threads 2
 """
@@ -22,23 +23,10 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from steering_adapter.measure.judges import labeled_answers
+from steering_adapter.measure.judges import answer_states, labeled_answers
 from steering_adapter.models.embedded import load_embedded
 
-DEPTHS = (6, 10, 14, 18, 22, 26, 30)  # hidden_states index: 0 = embeddings, i = output of block i - 1
-
-
-def answer_features(model, tokenizer, prompt: str, answer: str, max_answer_tokens: int = 96) -> np.ndarray:
-    """``[len(DEPTHS), d]``: the hidden states at each depth, averaged over the answer's tokens."""
-    head = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
-    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer if answer.strip() else "(empty)", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([head_ids + answer_ids[:max_answer_tokens]])
-    with torch.no_grad():
-        states = model(ids, output_hidden_states=True).hidden_states
-    return np.stack([states[depth][0, len(head_ids) :].mean(0).numpy() for depth in DEPTHS])
+BLOCKS = (5, 9, 13, 17, 21, 25, 29)  # decoder block outputs read (transformers' hidden_states[block + 1])
 
 
 def probe(c: float) -> object:
@@ -56,15 +44,15 @@ def main() -> None:
     data = {}
     for part in ("exemplars", "dev", "test"):
         rows = labeled_answers(part)
-        x = np.stack([answer_features(model, tokenizer, row.prompt, row.answer) for row in rows])
+        x = answer_states(model, tokenizer, [row.prompt for row in rows], [row.answer for row in rows], BLOCKS)
         data[part] = (x, np.array([row.refusal for row in rows]))
         print(f"features of {part}: {len(rows)} answers", flush=True)
     (xe, ye), (xd, yd), (xt, yt) = data["exemplars"], data["dev"], data["test"]
     folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(xd[:, 0], yd))
-    for depths in ([0], [1], [2], [3], [4], [5], [6], [2, 4]):
+    for columns in ([0], [1], [2], [3], [4], [5], [6], [2, 4]):
         for c in (0.01, 0.1, 1.0):
 
-            def flat(x, chosen=depths):
+            def flat(x, chosen=columns):
                 return x[:, chosen].reshape(len(x), -1)
 
             predicted = np.zeros(len(yd), bool)
@@ -74,7 +62,7 @@ def main() -> None:
             final = probe(c).fit(np.vstack([flat(xe), flat(xd)]), np.concatenate([ye, yd]))
             on_test = final.predict(flat(xt))
             print(
-                f"depths {[DEPTHS[i] for i in depths]} C={c}: dev CV kappa {cohen_kappa_score(yd, predicted):.3f}  "
+                f"blocks {[BLOCKS[i] for i in columns]} C={c}: dev CV kappa {cohen_kappa_score(yd, predicted):.3f}  "
                 f"test kappa {cohen_kappa_score(yt, on_test):.3f}  test accuracy {accuracy_score(yt, on_test):.3f}"
             )
 

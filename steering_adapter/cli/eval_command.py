@@ -116,7 +116,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
         relevance = RelevanceScorer()
-    judge_spec = recipe.judge if recipe is not None and args.judge is None else JudgeSpec(kind=args.judge or "pattern")
+    if args.judge is not None:
+        judge_spec = JudgeSpec(kind=args.judge)
+    else:
+        judge_spec = recipe.judge if recipe is not None else JudgeSpec()
     judge = build_judge(judge_spec, _model_placement(recipe, args))
     report = evaluate(
         model,

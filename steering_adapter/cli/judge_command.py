@@ -1,6 +1,6 @@
 """The ``judge-check`` command: judges measured against a file of answers labeled by reading.
 
-Each ``--judge`` is a judge kind of the recipes (``pattern``, ``embedding``, ``openai``, ``transformers``),
+Each ``--judge`` is a judge kind of the recipes (``probe``, ``pattern``, ``embedding``, ``openai``, ``transformers``),
 optionally behind the degeneracy detector (``degeneracy+pattern``: looping and degenerate answers are refusals, the
 rest goes to the pattern judge). For each judge the command prints accuracy, Cohen's κ and refusal precision /
 recall with bootstrap intervals, and the confusion table by category; its last line is
@@ -21,8 +21,8 @@ from steering_adapter.run.stages.load import build_judge
 
 __all__ = ["DEFAULT_JUDGES", "JUDGE_KINDS", "cmd_judge_check", "judge_from_name"]
 
-JUDGE_KINDS = ("pattern", "embedding", "openai", "transformers")
-DEFAULT_JUDGES = ("pattern", "degeneracy+pattern", "embedding")
+JUDGE_KINDS = ("probe", "pattern", "embedding", "openai", "transformers")
+DEFAULT_JUDGES = ("probe", "pattern", "degeneracy+pattern", "embedding")
 
 
 def judge_from_name(name: str, args: argparse.Namespace) -> Judge:

@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--judge",
-        choices=["pattern", "embedding"],
-        help="judge without an endpoint (default: the recipe's, else pattern)",
+        choices=["probe", "pattern", "embedding"],
+        help="judge without an endpoint (default: the recipe's, else probe)",
     )
     ev.add_argument(
         "--unparseable",
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge_check.add_argument(
         "--judge",
         action="append",
-        help="pattern, embedding, openai or transformers, optionally as degeneracy+KIND (repeatable; default: "
-        "pattern, degeneracy+pattern and embedding)",
+        help="probe, pattern, embedding, openai or transformers, optionally as degeneracy+KIND (repeatable; "
+        "default: probe, pattern, degeneracy+pattern and embedding)",
     )
     judge_check.add_argument(
         "--judge-verdict",

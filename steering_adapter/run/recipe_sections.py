@@ -80,19 +80,22 @@ class JudgeSpec:
     """The refusal judge.
 
     Attributes:
-        kind: ``"pattern"`` (keyword baseline), ``"embedding"`` (the learned judge fitted on the package's labeled
-            answers, :func:`~steering_adapter.measure.judges.default_embedding_judge`; no endpoint, seconds on CPU),
+        kind: ``"probe"`` (default: a linear probe on SmolLM2-135M-Instruct's hidden states, fitted on the
+            package's labeled answers, :func:`~steering_adapter.measure.judges.default_probe_judge`; no endpoint,
+            about 15 answers a second on 2 CPU threads), ``"pattern"`` (keyword baseline), ``"embedding"``
+            (logistic regression on MiniLM sentence embeddings,
+            :func:`~steering_adapter.measure.judges.default_embedding_judge`),
             ``"openai"`` (LLM judge behind an OpenAI-compatible endpoint) or ``"transformers"`` (LLM judge run
             locally). See docs/judges.md for each judge's agreement with labeled answers.
         model: judge model name (openai) or Hub id / folder (transformers).
         degeneracy: put the degeneracy detector in front of the judge: looping / degenerate answers are refusals
-            (:class:`~steering_adapter.measure.judges.DegeneracyJudge`; the embedding judge always does this).
+            (:class:`~steering_adapter.measure.judges.DegeneracyJudge`; the probe and embedding judges always do).
         verdict: how the transformers judge gives its verdict: ``"generate"`` (it reasons briefly, then the tag) or
             ``"tag_probability"`` (P(refusal) from the two tag replies' log-probabilities, no generation; for small
             judges, :class:`~steering_adapter.measure.judges.TagProbabilityJudge`).
         max_tokens: generation budget per verdict of an LLM judge (``None``: the backend's default).
         check: measure the judge on the package's labeled test answers (248, docs/judges.md) and name its κ beside
-            the report's refusal rates; ``None`` (default): for the pattern and embedding judges (seconds), not for
+            the report's refusal rates; ``None`` (default): for the probe, pattern and embedding judges, not for
             LLM judges (one verdict per labeled answer).
         base_url: endpoint for ``openai`` (default ``STEERING_JUDGE_BASE_URL``).
         api_key_env: name of the environment variable holding the API key; the key is sent only when this names
@@ -104,7 +107,7 @@ class JudgeSpec:
             :class:`~steering_adapter.measure.judges.PatternJudge`.
     """
 
-    kind: Literal["pattern", "embedding", "openai", "transformers"] = "pattern"
+    kind: Literal["probe", "pattern", "embedding", "openai", "transformers"] = "probe"
     model: str | None = None
     degeneracy: bool = False
     verdict: Literal["generate", "tag_probability"] = "generate"
@@ -118,7 +121,7 @@ class JudgeSpec:
 
     def measures_agreement(self) -> bool:
         """Whether the judge is measured on the labeled answers for the reports (see ``check``)."""
-        return self.check if self.check is not None else self.kind in ("pattern", "embedding")
+        return self.check if self.check is not None else self.kind in ("probe", "pattern", "embedding")
 
 
 @dataclass

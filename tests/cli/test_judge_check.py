@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -58,3 +59,11 @@ def test_bad_judges_are_one_line_before_any_judging(labels, capsys, argv, messag
         assert main(["judge-check", "--labels", str(labels), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_without_judge_options_the_last_line_is_the_default_judge(labels, capsys):
+    assert main(["judge-check", "--labels", str(labels), "--bootstrap", "20"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    headers = [line.split(" (n=")[0] for line in lines if line.startswith("== ")]
+    assert [h.split(":")[0] for h in headers] == ["== probe", "== pattern", "== degeneracy+pattern", "== embedding"]
+    assert re.fullmatch(r"judge=probe:[0-9a-f]{12} n=4 accuracy=[01]\.\d{3} kappa=-?\d\.\d{3}", lines[-1])

@@ -50,7 +50,7 @@ def _with(**changes):
         ({"sampling__kk": 3}, r"recipe\.sampling: unknown key 'kk' \(known keys: .*k, max_new_tokens"),
         (
             {"judge__kind": "oracle"},
-            r"recipe\.judge\.kind: expected 'pattern' or 'embedding' or 'openai' or 'transformers'",
+            r"recipe\.judge\.kind: expected 'probe' or 'pattern' or 'embedding' or 'openai' or 'transformers'",
         ),
         (
             {"prompts__evaluation": [{"name": "p", "source": "x", "role": "victim"}]},

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from steering_adapter.measure.judge_agreement import measure_agreement
-from steering_adapter.measure.judges import DegeneracyJudge, PatternJudge, default_embedding_judge, labeled_answers
+from steering_adapter.measure.judges import (
+    DegeneracyJudge,
+    PatternJudge,
+    default_embedding_judge,
+    default_probe_judge,
+    labeled_answers,
+)
+from steering_adapter.run.recipe import JudgeSpec
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "judges.md"
 ROW = re.compile(
@@ -30,6 +37,7 @@ JUDGES = {
     "pattern": PatternJudge,
     "degeneracy+pattern": lambda: DegeneracyJudge(PatternJudge()),
     "embedding": default_embedding_judge,
+    "probe": default_probe_judge,
 }
 
 
@@ -40,6 +48,13 @@ def test_documented_agreement_is_measured(name):
     for score in ("accuracy", "kappa", "precision", "recall"):
         assert round(got.scores[score], 3) == documented[score], score
     assert [round(v, 3) for v in got.intervals["accuracy"]] == [documented["lo"], documented["hi"]]
+
+
+def test_the_default_judge_is_the_best_documented_one_and_reaches_the_target():
+    table = _table()
+    best = max(table, key=lambda name: table[name]["kappa"])
+    assert JudgeSpec().kind == best == "probe"
+    assert table[best]["kappa"] >= 0.7
 
 
 def test_the_split_is_what_the_docs_say():

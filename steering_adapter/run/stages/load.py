@@ -18,6 +18,7 @@ from steering_adapter.measure.judges import (
     TagProbabilityJudge,
     TransformersJudgeBackend,
     default_embedding_judge,
+    default_probe_judge,
 )
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded, load_embedded
@@ -96,6 +97,8 @@ def build_judge(spec: JudgeSpec, model: ModelSpec | None = None) -> Judge:
         )
     elif spec.kind == "embedding":
         return default_embedding_judge()  # its features include the degeneracy detector
+    elif spec.kind == "probe":
+        return default_probe_judge()  # float32 on CPU; degenerate answers are refusals
     elif spec.kind == "openai":
         backend = OpenAIChatBackend(
             base_url=spec.base_url,
