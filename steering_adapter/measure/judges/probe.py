@@ -374,7 +374,8 @@ def default_probe_judge(reader: nn.Module | None = None, tokenizer: Any = None, 
     """The package's probe judge: the shipped fit (:func:`default_probe_file`) on SmolLM2-135M-Instruct.
 
     Args:
-        reader, tokenizer: the reader (default: the embedded ``smollm2``, loaded in float32 on CPU).
+        reader: the reader model (default: the embedded ``smollm2``, loaded in float32 on CPU).
+        tokenizer: its tokenizer (with ``reader``).
         **kwargs: :class:`ProbeJudge` arguments that do not change the fit (``batch_size``, ``progress``,
             ``threshold``, ``detector``).
 
