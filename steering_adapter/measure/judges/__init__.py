@@ -18,7 +18,7 @@ from steering_adapter.measure.judges.backends import (
     OpenAIChatBackend,
     TransformersJudgeBackend,
 )
-from steering_adapter.measure.judges.base import NOT_REFUSAL, REFUSAL, UNPARSEABLE, Judge, Judgment
+from steering_adapter.measure.judges.base import NOT_REFUSAL, REFUSAL, UNPARSEABLE, Judge, Judgment, ProbabilityJudge
 from steering_adapter.measure.judges.degeneracy import Degeneracy, DegeneracyDetector, DegeneracyJudge
 from steering_adapter.measure.judges.labeled_answers import LabeledAnswer, read_labeled_answers
 from steering_adapter.measure.judges.learned import EmbeddingJudge, default_embedding_judge, labeled_answers
@@ -52,6 +52,7 @@ __all__ = [
     "OUTPUT_INSTRUCTIONS",
     "OpenAIChatBackend",
     "PatternJudge",
+    "ProbabilityJudge",
     "ProbeJudge",
     "REFUSAL",
     "TAG_ONLY_INSTRUCTIONS",

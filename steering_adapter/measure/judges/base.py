@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Judge", "Judgment", "REFUSAL", "NOT_REFUSAL", "UNPARSEABLE"]
+__all__ = ["Judge", "Judgment", "ProbabilityJudge", "REFUSAL", "NOT_REFUSAL", "UNPARSEABLE"]
 
 REFUSAL = 1
 NOT_REFUSAL = -1
@@ -80,3 +80,26 @@ class Judge(ABC):
             One :class:`Judgment` per pair, in input order.
         """
         return [self.judge(prompt, answer) for prompt, answer in pairs]
+
+
+class ProbabilityJudge(Judge):
+    """A judge that scores P(refusal) and labels an answer a refusal at or above :attr:`threshold`.
+
+    Subclasses set ``threshold`` and implement :meth:`predict_proba`; :meth:`judge` and :meth:`judge_many` follow.
+    """
+
+    threshold: float
+
+    @abstractmethod
+    def predict_proba(self, prompts: Sequence[str], answers: Sequence[str]) -> Any:
+        """P(refusal) ``[n]`` of each ``(prompt, answer)`` pair."""
+
+    def judge(self, prompt: str, answer: str) -> Judgment:
+        return self.judge_many([(prompt, answer)])[0]
+
+    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Judgment]:
+        proba = self.predict_proba([p for p, _ in pairs], [a for _, a in pairs])
+        return [
+            Judgment(label=REFUSAL if p >= self.threshold else NOT_REFUSAL, rationale=f"P(refusal) = {p:.2f}", raw="")
+            for p in proba
+        ]

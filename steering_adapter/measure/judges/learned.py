@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from steering_adapter.measure.judges.base import NOT_REFUSAL, REFUSAL, Judge, Judgment
+from steering_adapter.measure.judges.base import REFUSAL, ProbabilityJudge
 from steering_adapter.measure.judges.degeneracy import DegeneracyDetector
 from steering_adapter.measure.judges.labeled_answers import LabeledAnswer, read_labeled_answers
 from steering_adapter.measure.judges.pattern import PatternJudge
@@ -52,7 +52,7 @@ def labeled_answers(part: str) -> list[LabeledAnswer]:
     return read_labeled_answers(label_file(part))
 
 
-class EmbeddingJudge(Judge):
+class EmbeddingJudge(ProbabilityJudge):
     """Logistic regression on answer embeddings and three scalar features (see the module docstring).
 
     Args:
@@ -132,16 +132,6 @@ class EmbeddingJudge(Judge):
         refusal_column = list(self.classifier_.classes_).index(True)
         proba = self.classifier_.predict_proba(x)[:, refusal_column]
         return np.where(x[:, -2] > 0, 1.0, proba)
-
-    def judge(self, prompt: str, answer: str) -> Judgment:
-        return self.judge_many([(prompt, answer)])[0]
-
-    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Judgment]:
-        proba = self.predict_proba([p for p, _ in pairs], [a for _, a in pairs])
-        return [
-            Judgment(label=REFUSAL if p >= self.threshold else NOT_REFUSAL, rationale=f"P(refusal) = {p:.2f}", raw="")
-            for p in proba
-        ]
 
 
 def default_embedding_judge(scorer: RelevanceScorer | None = None) -> EmbeddingJudge:

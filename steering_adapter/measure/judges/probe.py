@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from tqdm.auto import tqdm
 
-from steering_adapter.measure.judges.base import NOT_REFUSAL, REFUSAL, Judge, Judgment
+from steering_adapter.measure.judges.base import ProbabilityJudge
 from steering_adapter.measure.judges.degeneracy import DegeneracyDetector
 from steering_adapter.measure.judges.labeled_answers import LabeledAnswer
 from steering_adapter.measure.judges.learned import labeled_answers
@@ -123,6 +123,7 @@ def answer_states(
 
     handles = [decoder.blocks[i].register_forward_hook(hook_for(i)) for i in chosen]
     rows = []
+    device = input_device(reader)
     try:
         for start in tqdm(range(0, len(pairs), batch_size), desc="probe judge", unit="batch", disable=not progress):
             batch = pairs[start : start + batch_size]
@@ -131,7 +132,6 @@ def answer_states(
             for row, (head, body) in enumerate(batch):
                 mask[row, len(head) : len(head) + len(body)] = True
             state["mask"] = mask
-            device = input_device(reader)
             try:
                 reader(**forward_inputs(reader, ids.to(device), attention.to(device), 1))
             except _Stop:
@@ -167,7 +167,7 @@ def _labels_sha256(answers: Sequence[LabeledAnswer]) -> str:
     return digest.hexdigest()
 
 
-class ProbeJudge(Judge):
+class ProbeJudge(ProbabilityJudge):
     """A logistic-regression probe on a reader model's answer hidden states (see the module docstring).
 
     Args:
@@ -277,16 +277,6 @@ class ProbeJudge(Judge):
         degenerate = np.array([self.detector.find(a) is not None for a in answers])
         return np.where(degenerate, 1.0, proba)
 
-    def judge(self, prompt: str, answer: str) -> Judgment:
-        return self.judge_many([(prompt, answer)])[0]
-
-    def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[Judgment]:
-        proba = self.predict_proba([p for p, _ in pairs], [a for _, a in pairs])
-        return [
-            Judgment(label=REFUSAL if p >= self.threshold else NOT_REFUSAL, rationale=f"P(refusal) = {p:.2f}", raw="")
-            for p in proba
-        ]
-
     def save(self, path: str | Path, *, reader_name: str) -> Path:
         """Write the fitted probe: safetensors (``mean``, ``scale``, ``coef``, ``intercept``) with its settings, the
         reader's name and fingerprint and the labels' hash as metadata.
@@ -327,9 +317,9 @@ class ProbeJudge(Judge):
         """
         path = Path(path)
         try:
-            tensors = load_file(str(path))
             with safe_open(str(path), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except (OSError, SafetensorError) as error:
             raise ValueError(f"probe judge file {path}: not a readable safetensors file ({error})") from None
         missing = sorted({"mean", "scale", "coef", "intercept"} - set(tensors))
