@@ -1,33 +1,21 @@
 """``vllm serve`` with a steering adapter answers steered through the OpenAI-compatible API (real HTTP over
 loopback), launched the documented way (python -m steering_adapter.runtimes.vllm.serve); concurrent requests select
-their
-own adapter with ``vllm_xargs``."""
+their own adapter with ``vllm_xargs``."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import heldout_prompts
+from conftest import heldout_prompts, vllm_server
 from test_steering import ADD, reference
 
 from steering_adapter.models.organism import ORGANISM_DIR
 
 MAX_TOKENS = 48
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -38,43 +26,13 @@ def _post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(adapter_dirs, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [
-        sys.executable,
-        "-m",
-        "steering_adapter.runtimes.vllm.serve",
-        str(ORGANISM_DIR),
-        "--adapter",
-        str(adapter_dirs["add"]),
-    ]
-    command += ["--", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256"]
-    command += ["--served-model-name", "organism"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"vllm serve did not come up in 300 s:\n{log.read_text()[-4000:]}")
-            time.sleep(2)
+    # req-ablate is declared here, not inherited: the session engine fixture declares its request adapters in this
+    # process's environment, which a server started after it would otherwise pick up
+    arguments = ["steering_adapter.runtimes.vllm.serve", str(ORGANISM_DIR), "--adapter", str(adapter_dirs["add"])]
+    arguments += ["--request-adapter", f"req-ablate={adapter_dirs['ablate']}"]
+    arguments += ["--", "--dtype", "float32", "--max-model-len", "256", "--served-model-name", "organism"]
+    with vllm_server(arguments, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _chat(server: str, prompt: str, xargs: dict | None = None) -> str:
