@@ -19,16 +19,17 @@ import torch
 from steering_adapter.measure.benchmarks.harness import check_benchmark_inputs
 from steering_adapter.measure.evaluation_report import EvaluationReport
 from steering_adapter.measure.relevance import RelevanceScorer
+from steering_adapter.measure.sampling.prompt_encoding import padding_id, stop_token_ids
 from steering_adapter.run.memory import check_recipe_memory
 from steering_adapter.run.recipe import Recipe
 from steering_adapter.run.selection.sweep import SweepResult
 from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
 from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.estimate import estimate_directions
-from steering_adapter.run.stages.folders import StageTimes
 from steering_adapter.run.stages.gate_fit import fit_recipe_condition
 from steering_adapter.run.stages.load import build_judge, build_sampler, check_recipe_layers, load_model
 from steering_adapter.run.stages.publish import evaluate_and_save
+from steering_adapter.run.stages.stage_times import StageTimes
 from steering_adapter.utils import distributed
 from steering_adapter.utils.paths import check_output_dir
 from steering_adapter.utils.records import atomic_write_json
@@ -88,6 +89,7 @@ def run_recipe(
     with times("load model, judge, embedder"):
         model, tokenizer = load_model(recipe.model)
         check_recipe_layers(recipe, model)  # before any prompt is scored
+        times.watch(model, padding_id(tokenizer, stop_token_ids(model, tokenizer)))
         judge = build_judge(recipe.judge, recipe.model)
         relevance = None
         if recipe.relevance:
@@ -118,6 +120,7 @@ def _write_timings(out: Path, started: float, times: StageTimes, error: BaseExce
     data: dict[str, object] = {
         "seconds": round(time.time() - started, 1),
         "stages": times.seconds,
+        "tokens": times.tokens,
         "torch_threads": torch.get_num_threads(),
         "completed": error is None,
     }

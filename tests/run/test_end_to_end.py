@@ -179,7 +179,11 @@ def test_a_failed_run_still_records_its_stage_timings(run_dir, tmp_path):
 
     from steering_adapter.cli import EXIT_INFEASIBLE
 
-    assert json.loads((run_dir / "timings.json").read_text())["completed"] is True
+    first = json.loads((run_dir / "timings.json").read_text())
+    assert first["completed"] is True
+    # the tokens of each stage (benchmarks/pipeline.py's input): scoring decodes, collection only runs forwards
+    assert first["tokens"]["score training prompts"]["decode"] > 0
+    assert first["tokens"]["collect activations"]["decode"] == 0 < first["tokens"]["collect activations"]["forward"]
     out = tmp_path / "infeasible"
     shutil.copytree(run_dir, out)  # scores and directions are reused; the selection is recomputed
     args = ["run", str(RECIPES / "no-political-refusal.yaml"), "--out", str(out), "--no-progress"]

@@ -24,16 +24,17 @@ if TYPE_CHECKING:
     from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
     from steering_adapter.run.stages.context import EstimatedDirections, RunContext
     from steering_adapter.run.stages.estimate import estimate_directions
-    from steering_adapter.run.stages.folders import StageTimes, fingerprint, gate_key, stage_dir, tensor_digest
+    from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
     from steering_adapter.run.stages.gate_fit import fit_recipe_condition
     from steering_adapter.run.stages.inputs import eval_sets, load_source, recipe_sampling, resolve_prompts
     from steering_adapter.run.stages.load import build_judge, build_sampler, load_model
     from steering_adapter.run.stages.publish import evaluate_and_save
+    from steering_adapter.run.stages.stage_times import StageTimes
 
 # public name -> the module that defines it, imported on first use (PEP 562)
 _EXPORTS = {
     "NoFeasibleChoiceError": "steering_adapter.run.stages.choose",
-    "StageTimes": "steering_adapter.run.stages.folders",
+    "StageTimes": "steering_adapter.run.stages.stage_times",
     "build_judge": "steering_adapter.run.stages.load",
     "build_sampler": "steering_adapter.run.stages.load",
     "EstimatedDirections": "steering_adapter.run.stages.context",

@@ -15,7 +15,7 @@ from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.measure.sampling.backend import Sampler
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.stages.folders import StageTimes
+from steering_adapter.run.stages.stage_times import StageTimes
 
 __all__ = ["EstimatedDirections", "RunContext"]
 

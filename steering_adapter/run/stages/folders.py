@@ -1,12 +1,11 @@
-"""Resumable stage folders: fingerprints of a stage's inputs, folders moved aside when they change, wall times."""
+"""Resumable stage folders: fingerprints of a stage's inputs, folders moved aside when they change."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from steering_adapter.utils.records import atomic_write_json, json_safe, stable_
 if TYPE_CHECKING:
     from steering_adapter.directions.conditions import ConditionFit
 
-__all__ = ["STAGE_FILE", "StageTimes", "fingerprint", "gate_key", "stage_dir", "tensor_digest"]
+__all__ = ["STAGE_FILE", "fingerprint", "gate_key", "stage_dir", "tensor_digest"]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -37,21 +36,6 @@ def tensor_digest(tensors: dict[Any, torch.Tensor]) -> str:
 
 
 STAGE_FILE = "stage.json"
-
-
-class StageTimes:
-    """Wall time per pipeline stage (``with times("select"): ...``), accumulated and written to ``timings.json``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
 
 
 def stage_dir(path: Path, fingerprint: str, log: Callable[[str], None]) -> Path:
