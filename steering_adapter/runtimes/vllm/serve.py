@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ[REQUEST_ADAPTERS_ENV] = json.dumps(declared)
         if args.no_gating:
             parser.error("request adapters need prefix caching off: drop --no-gating")
+    else:  # the server accepts exactly the request adapters its command line declares, none inherited
+        os.environ.pop(REQUEST_ADAPTERS_ENV, None)
     flags = [*serve_flags(args.adapter, gated=not args.no_gating), *rest]
     try:
         version("vllm")

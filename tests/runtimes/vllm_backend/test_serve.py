@@ -26,8 +26,8 @@ def _post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(adapter_dirs, tmp_path_factory):
-    # req-ablate is declared here, not inherited: the session engine fixture declares its request adapters in this
-    # process's environment, which a server started after it would otherwise pick up
+    # req-ablate is declared here: serve takes exactly the request adapters its command line declares (see
+    # test_serve_declares_exactly_its_request_adapters)
     arguments = ["steering_adapter.runtimes.vllm.serve", str(ORGANISM_DIR), "--adapter", str(adapter_dirs["add"])]
     arguments += ["--request-adapter", f"req-ablate={adapter_dirs['ablate']}"]
     arguments += ["--", "--dtype", "float32", "--max-model-len", "256", "--served-model-name", "organism"]
@@ -68,3 +68,26 @@ def test_undeclared_request_adapter_is_a_400(server):
         _chat(server, "hello", {"steering_adapter": "org/unknown"})
     assert error.value.code == 400
     assert "unknown steering adapter 'org/unknown'" in error.value.read().decode()
+
+
+class _Exec(Exception):
+    """Raised instead of replacing the process with vLLM's server."""
+
+
+def test_serve_declares_exactly_its_request_adapters(monkeypatch):
+    """Started without ``--request-adapter``, serve drops a declaration inherited from its caller's environment
+    (the server would otherwise accept adapters no flag named); with one, the variable holds exactly its flags."""
+    from steering_adapter.runtimes.vllm import serve
+    from steering_adapter.runtimes.vllm.batch import REQUEST_ADAPTERS_ENV
+
+    def fake_exec(path, arguments):
+        raise _Exec
+
+    monkeypatch.setattr(serve.os, "execv", fake_exec)
+    monkeypatch.setenv(REQUEST_ADAPTERS_ENV, json.dumps([{"name": "inherited", "path": "/elsewhere"}]))
+    with pytest.raises(_Exec):
+        serve.main([str(ORGANISM_DIR)])
+    assert REQUEST_ADAPTERS_ENV not in serve.os.environ
+    with pytest.raises(_Exec):
+        serve.main([str(ORGANISM_DIR), "--request-adapter", "mine=/adapters/mine"])
+    assert json.loads(serve.os.environ[REQUEST_ADAPTERS_ENV]) == [{"name": "mine", "path": "/adapters/mine"}]
