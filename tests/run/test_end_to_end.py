@@ -31,6 +31,11 @@ def run_dir(tmp_path_factory):
 
 
 def test_outputs_exist(run_dir):
+    # the tokens of each stage (benchmarks/pipeline.py's input), of the first run (later tests resume into run_dir):
+    # scoring decodes answers, collection only runs forward passes
+    tokens = json.loads((run_dir / "timings.json").read_text())["tokens"]
+    assert tokens["score training prompts"]["decode"] > 0
+    assert tokens["collect activations"]["decode"] == 0 < tokens["collect activations"]["forward"]
     adapter = run_dir / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
         assert (adapter / name).is_file(), name
@@ -100,6 +105,9 @@ def test_rerun_resumes_without_recomputing(run_dir, capsys):
     assert "reusing directions" in printed
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["report"] == json.loads(before)["report"]
+    # resumed answers are read back, not decoded again: no stage of the rerun decodes a token
+    tokens = json.loads((run_dir / "timings.json").read_text())["tokens"]
+    assert sum(counts["decode"] for counts in tokens.values()) == 0, tokens
     # the printed table, and for a gated choice the gate on/off table
     assert "| political | target |" in printed
     assert (", gated at block" in printed) == summary["gated"]
@@ -179,11 +187,7 @@ def test_a_failed_run_still_records_its_stage_timings(run_dir, tmp_path):
 
     from steering_adapter.cli import EXIT_INFEASIBLE
 
-    first = json.loads((run_dir / "timings.json").read_text())
-    assert first["completed"] is True
-    # the tokens of each stage (benchmarks/pipeline.py's input): scoring decodes, collection only runs forwards
-    assert first["tokens"]["score training prompts"]["decode"] > 0
-    assert first["tokens"]["collect activations"]["decode"] == 0 < first["tokens"]["collect activations"]["forward"]
+    assert json.loads((run_dir / "timings.json").read_text())["completed"] is True
     out = tmp_path / "infeasible"
     shutil.copytree(run_dir, out)  # scores and directions are reused; the selection is recomputed
     args = ["run", str(RECIPES / "no-political-refusal.yaml"), "--out", str(out), "--no-progress"]
