@@ -35,6 +35,9 @@ class StageTimes:
         self.seconds: dict[str, float] = {}
         self.tokens: dict[str, dict[str, int]] = {}
         self._totals = dict.fromkeys(TOKEN_KINDS, 0)
+        # padding counts still on the model's device: read once per stage, not once per decoding step (reading a
+        # GPU tensor on the host waits for the GPU)
+        self._pending_padding: dict[torch.device, torch.Tensor] = {}
         self._handle: Any = None
 
     def watch(self, model: nn.Module, pad_id: int | None) -> None:
@@ -55,19 +58,29 @@ class StageTimes:
                 return
             totals["decode" if ids.shape[1] == 1 else "forward"] += ids.numel()
             if pad_id is not None:
-                totals["padding"] += int((ids == pad_id).sum())
+                pads = (ids == pad_id).sum()
+                pending = self._pending_padding.get(pads.device)
+                self._pending_padding[pads.device] = pads if pending is None else pending + pads
 
         self._handle = model.get_input_embeddings().register_forward_pre_hook(count)
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
+        self._flush_padding()
         before = dict(self._totals)
         try:
             yield
         finally:
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
             if self._handle is not None:
+                self._flush_padding()
                 counts = self.tokens.setdefault(stage, dict.fromkeys(TOKEN_KINDS, 0))
                 for kind in TOKEN_KINDS:
                     counts[kind] += self._totals[kind] - before[kind]
+
+    def _flush_padding(self) -> None:
+        """Add the padding counts still on a device to the host totals."""
+        for pads in self._pending_padding.values():
+            self._totals["padding"] += int(pads)
+        self._pending_padding.clear()
