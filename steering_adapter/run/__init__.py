@@ -47,8 +47,8 @@ if TYPE_CHECKING:
         recipe_from_dict,
         recipe_sources,
     )
-    from steering_adapter.run.selection.objective import SelectionObjective, SweepPoint, default_alphas
-    from steering_adapter.run.selection.sweep import SweepResult, save_sweep, sweep_layers_and_scale
+    from steering_adapter.run.selection.objective import SelectionObjective, SweepPoint, SweepResult, default_alphas
+    from steering_adapter.run.selection.sweep import save_sweep, sweep_layers_and_scale
     from steering_adapter.run.selection.sweep_settings import SweepSettings
     from steering_adapter.run.stages.choose import NoFeasibleChoiceError
 
@@ -73,7 +73,7 @@ _EXPORTS = {
     "SelectionSpec": "steering_adapter.run.recipe",
     "StageMemory": "steering_adapter.run.memory",
     "SweepPoint": "steering_adapter.run.selection.objective",
-    "SweepResult": "steering_adapter.run.selection.sweep",
+    "SweepResult": "steering_adapter.run.selection.objective",
     "SweepSettings": "steering_adapter.run.selection.sweep_settings",
     "check_recipe_memory": "steering_adapter.run.memory",
     "default_alphas": "steering_adapter.run.selection.objective",

@@ -22,7 +22,7 @@ from steering_adapter.measure.relevance import RelevanceScorer
 from steering_adapter.measure.sampling.prompt_encoding import padding_id, stop_token_ids
 from steering_adapter.run.memory import check_recipe_memory
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.selection.sweep import SweepResult
+from steering_adapter.run.selection.objective import SweepResult
 from steering_adapter.run.stages.choose import NoFeasibleChoiceError, select_layers_and_alpha
 from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.estimate import estimate_directions

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from steering_adapter.tuner.config import SteeringConfig
 from steering_adapter.tuner.files import direction_problem
 from steering_adapter.tuner.gate import GateState
+
+if TYPE_CHECKING:  # annotations only: the layer reads a config's fields, it never builds one
+    from steering_adapter.tuner.config import SteeringConfig
 
 # One step of the steering plan applied to a block's output: ("add", delta[d], gate) or ("ablate", unit[d], gate),
 # where gate is the GateState of a condition-gated adapter (steer only the sequences it selects) or None.

@@ -247,8 +247,7 @@ def test_max_drop_rejects_the_damaging_point(organism, damaging_adapter, tmp_pat
     from safetensors.torch import load_file
 
     from steering_adapter.run.recipe import BenchmarksSpec, Recipe
-    from steering_adapter.run.selection.objective import SelectionObjective, SweepPoint
-    from steering_adapter.run.selection.sweep import SweepResult
+    from steering_adapter.run.selection.objective import SelectionObjective, SweepPoint, SweepResult
     from steering_adapter.run.stages.benchmark import enforce_max_drop
     from steering_adapter.run.stages.context import RunContext
 

@@ -22,13 +22,13 @@ table is saved as JSON and CSV with a Pareto plot, and :meth:`SweepResult.metada
 
 Modules:
 
-- :mod:`.objective`: :class:`SelectionObjective`, :class:`SweepPoint`, the constraints
-  (:func:`check_constraints`, :func:`quality_limits`), the choice (:func:`choose`, :func:`objective_value`) and the
-  blocks the sweep may steer (:func:`steering_candidates`);
+- :mod:`.objective`: :class:`SelectionObjective`, :class:`SweepPoint`, the sweep's :class:`SweepResult`, the
+  constraints (:func:`check_constraints`, :func:`quality_limits`), the choice (:func:`choose`,
+  :func:`objective_value`) and the blocks the sweep may steer (:func:`steering_candidates`);
 - :mod:`.refinement`: the golden-section search of α (:func:`bracketed_minimum`, :func:`refinement_bracket`);
 - :mod:`.sweep_settings`: :class:`SweepSettings`, what the sweep tries (layer counts, α grid, refinement steps,
   adapter mode, gated / ungated variants) and its objective;
-- :mod:`.sweep`: :func:`sweep_layers_and_scale`, its :class:`SweepResult` and the saved table and plot
+- :mod:`.sweep`: :func:`sweep_layers_and_scale` and the saved table and plot
   (:func:`save_sweep`, :func:`plot_pareto`).
 """
 
@@ -37,6 +37,7 @@ from steering_adapter.run.selection.objective import (
     GOALS,
     SelectionObjective,
     SweepPoint,
+    SweepResult,
     check_constraints,
     choose,
     default_alphas,
@@ -45,7 +46,7 @@ from steering_adapter.run.selection.objective import (
     steering_candidates,
 )
 from steering_adapter.run.selection.refinement import GOLDEN, bracketed_minimum, refinement_bracket
-from steering_adapter.run.selection.sweep import SweepResult, plot_pareto, save_sweep, sweep_layers_and_scale
+from steering_adapter.run.selection.sweep import plot_pareto, save_sweep, sweep_layers_and_scale
 from steering_adapter.run.selection.sweep_settings import SweepSettings
 
 __all__ = [

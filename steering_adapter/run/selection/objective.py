@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 GOALS = ("remove", "induce")
@@ -100,6 +100,48 @@ class SweepPoint:
     gated: bool = False
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     refined: bool = False
+
+
+@dataclass
+class SweepResult:
+    """The whole sweep: base rates, every point, the objective and the choice (``None`` if nothing is feasible).
+
+    ``gate_closed`` counts, per set, the prompts whose base answers the gated points reused (their gate is closed).
+    """
+
+    objective: SelectionObjective
+    base_refusal_pct: dict[str, float]
+    roles: dict[str, str]
+    points: list[SweepPoint]
+    choice: SweepPoint | None
+    ranking: list[int]
+    condition: dict[str, Any] | None = None
+    quality_limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_quality: dict[str, dict[str, Any]] = field(default_factory=dict)
+    near_tie: float = 0.0
+    gate_closed: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def metadata(self) -> dict[str, Any]:
+        """The record of the choice stored in the adapter's ``steering_metadata["selection"]``."""
+        chosen = None
+        if self.choice is not None:
+            keep = ("layers", "alpha", "refusal_pct", "kl", "gated", "quality", "refined")
+            chosen = {k: v for k, v in asdict(self.choice).items() if k in keep}
+        return {
+            "objective": asdict(self.objective),
+            "layer_ranking": self.ranking,
+            "base_refusal_pct": self.base_refusal_pct,
+            "roles": self.roles,
+            "chosen": chosen,
+            "n_points": len(self.points),
+            "n_feasible": sum(point.feasible for point in self.points),
+            "quality_limits": self.quality_limits,
+            "near_tie": self.near_tie,
+            "condition": self.condition,
+        }
 
 
 def steering_candidates(ranking: Sequence[int], depth: int, min_depth_fraction: float | None) -> list[int]:

@@ -11,7 +11,7 @@ import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.run.selection.objective import (
-    SelectionObjective,
     SweepPoint,
+    SweepResult,
     check_constraints,
     choose,
     objective_value,
@@ -35,48 +35,6 @@ from steering_adapter.run.selection.objective import (
 from steering_adapter.run.selection.refinement import bracketed_minimum, refinement_bracket
 from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.utils.records import atomic_write_json
-
-
-@dataclass
-class SweepResult:
-    """The whole sweep: base rates, every point, the objective and the choice (``None`` if nothing is feasible).
-
-    ``gate_closed`` counts, per set, the prompts whose base answers the gated points reused (their gate is closed).
-    """
-
-    objective: SelectionObjective
-    base_refusal_pct: dict[str, float]
-    roles: dict[str, str]
-    points: list[SweepPoint]
-    choice: SweepPoint | None
-    ranking: list[int]
-    condition: dict[str, Any] | None = None
-    quality_limits: dict[str, dict[str, float]] = field(default_factory=dict)
-    base_quality: dict[str, dict[str, Any]] = field(default_factory=dict)
-    near_tie: float = 0.0
-    gate_closed: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def metadata(self) -> dict[str, Any]:
-        """The record of the choice stored in the adapter's ``steering_metadata["selection"]``."""
-        chosen = None
-        if self.choice is not None:
-            keep = ("layers", "alpha", "refusal_pct", "kl", "gated", "quality", "refined")
-            chosen = {k: v for k, v in asdict(self.choice).items() if k in keep}
-        return {
-            "objective": asdict(self.objective),
-            "layer_ranking": self.ranking,
-            "base_refusal_pct": self.base_refusal_pct,
-            "roles": self.roles,
-            "chosen": chosen,
-            "n_points": len(self.points),
-            "n_feasible": sum(point.feasible for point in self.points),
-            "quality_limits": self.quality_limits,
-            "near_tie": self.near_tie,
-            "condition": self.condition,
-        }
 
 
 def sweep_layers_and_scale(

@@ -23,8 +23,7 @@ from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.benchmarks.harness import BenchmarkRequest, BenchmarkScore, run_benchmark
 from steering_adapter.measure.sampling.backend import TransformersSampler
 from steering_adapter.run.recipe import Recipe
-from steering_adapter.run.selection.objective import SweepPoint, choose
-from steering_adapter.run.selection.sweep import SweepResult
+from steering_adapter.run.selection.objective import SweepPoint, SweepResult, choose
 from steering_adapter.run.stages.context import RunContext
 from steering_adapter.run.stages.folders import fingerprint, gate_key, tensor_digest
 from steering_adapter.utils import distributed

@@ -11,8 +11,8 @@ import dataclasses
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.sampling.settings import SamplingSettings
-from steering_adapter.run.selection.objective import default_alphas, steering_candidates
-from steering_adapter.run.selection.sweep import SweepResult, save_sweep, sweep_layers_and_scale
+from steering_adapter.run.selection.objective import SweepResult, default_alphas, steering_candidates
+from steering_adapter.run.selection.sweep import save_sweep, sweep_layers_and_scale
 from steering_adapter.run.selection.sweep_settings import SweepSettings
 from steering_adapter.run.stages.benchmark import enforce_max_drop
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext

@@ -23,7 +23,7 @@ from steering_adapter.measure.judge_agreement import judge_agreement_summary
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.measure.sampling.settings import SamplingSettings
 from steering_adapter.models.embedded import is_embedded
-from steering_adapter.run.selection.sweep import SweepResult
+from steering_adapter.run.selection.objective import SweepResult
 from steering_adapter.run.stages.benchmark import benchmark_choice
 from steering_adapter.run.stages.context import EstimatedDirections, RunContext
 from steering_adapter.run.stages.folders import fingerprint, gate_key, stage_dir, tensor_digest
