@@ -40,15 +40,9 @@ from steering_adapter.directions.labels import (
     assign_labels,
 )
 from steering_adapter.directions.moments import SECOND_MOMENTS, SecondMoments
-from steering_adapter.directions.pooling import (
-    POSITIONS,
-    Position,
-    StopForward,
-    chosen_blocks,
-    collection_forward_kwargs,
-    pooling_hook,
-)
+from steering_adapter.directions.pooling import POSITIONS, Position, chosen_blocks, collection_forward_kwargs
 from steering_adapter.directions.statistics import ActivationStatistics
+from steering_adapter.measure.sampling.block_pooling import StopForward, pooling_hook
 from steering_adapter.measure.sampling.prompt_encoding import input_device
 from steering_adapter.tuner.blocks import block_device, find_decoder_blocks, model_dimensions
 from steering_adapter.tuner.token_positions import position_ids_from_mask

@@ -38,6 +38,7 @@ from steering_adapter.measure.judges.degeneracy import DegeneracyDetector
 from steering_adapter.measure.judges.labeled_answers import LabeledAnswer
 from steering_adapter.measure.judges.learned import labeled_answers
 from steering_adapter.measure.sampling.batches import forward_inputs
+from steering_adapter.measure.sampling.block_pooling import StopForward, pooling_hook
 from steering_adapter.measure.sampling.prompt_encoding import (
     encode_texts,
     format_prompts,
@@ -60,10 +61,6 @@ __all__ = [
 DEFAULT_READER = "smollm2"
 FORMAT_VERSION = 1
 EMPTY_ANSWER = "(empty)"
-
-
-class _Stop(Exception):
-    """Raised by the hook of the deepest block read, to skip the rest of the forward pass."""
 
 
 def _answer_ids(tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], max_answer_tokens: int):
@@ -107,21 +104,8 @@ def answer_states(
         raise ValueError(f"probe blocks {list(blocks)} out of range: the reader has {len(decoder)} blocks")
     pad = padding_id(tokenizer)
     pairs = _answer_ids(tokenizer, prompts, answers, max_answer_tokens)
-    captured: dict[int, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-
-    def hook_for(index: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple | list) else output
-            mask = state["mask"].to(hidden.device)
-            summed = hidden.float().masked_fill(~mask[..., None], 0).sum(1)
-            captured[index] = (summed / mask.sum(-1, keepdim=True)).cpu()
-            if index == chosen[-1]:
-                raise _Stop
-
-        return hook
-
-    handles = [decoder.blocks[i].register_forward_hook(hook_for(i)) for i in chosen]
+    state: dict[str, Any] = {}
+    handles = [decoder.blocks[i].register_forward_hook(pooling_hook(i, chosen[-1], state, "answer")) for i in chosen]
     rows = []
     device = input_device(reader)
     try:
@@ -131,12 +115,12 @@ def answer_states(
             mask = torch.zeros_like(attention, dtype=torch.bool)
             for row, (head, body) in enumerate(batch):
                 mask[row, len(head) : len(head) + len(body)] = True
-            state["mask"] = mask
+            state.update(mask=mask, by_device={}, captured={})
             try:
                 reader(**forward_inputs(reader, ids.to(device), attention.to(device), 1))
-            except _Stop:
+            except StopForward:
                 pass
-            rows.append(torch.stack([captured[i] for i in chosen], dim=1).numpy())
+            rows.append(torch.stack([state["captured"][i].float().cpu() for i in chosen], dim=1).numpy())
     finally:
         for handle in handles:
             handle.remove()
