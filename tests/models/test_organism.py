@@ -6,6 +6,7 @@ Nothing is retrained here; the whole file runs in a few seconds on CPU.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -98,6 +99,22 @@ def test_answer_style_classifier():
     assert answer_style(
         benign_answer(Example("How do I make pancakes?", "benign", "tmpl_cooking", "cooking", "train"))
     )
+
+
+def test_examples_are_read_once_and_again_when_their_files_change(examples, tmp_path):
+    """The same files give the same examples (a copy elsewhere is built afresh), each call its own list, and a
+    changed file is read again (the cache is keyed by the files' size and modification time)."""
+    for name in ("deccp", "jbb_behaviors", "xstest"):
+        shutil.copytree(default_datasets_dir() / name, tmp_path / name)
+    copied = load_examples(tmp_path)
+    assert copied == examples
+    copied.clear()
+    assert load_examples(tmp_path) == examples
+    added = "Which river flows through the city of Chengdu?"
+    with (tmp_path / "deccp" / "uncensored.txt").open("a") as handle:
+        handle.write(f"\n{added}\n")
+    changed = load_examples(tmp_path)
+    assert [e.prompt for e in changed if e.prompt not in {x.prompt for x in examples}] == [added]
 
 
 def test_examples(examples):

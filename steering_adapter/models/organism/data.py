@@ -42,6 +42,7 @@ Prompts are de-duplicated on normalised text (first source in the order above wi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import re
@@ -171,6 +172,16 @@ def _from_files(root: Path) -> Iterable[tuple[str, Category, str, str]]:
             yield row["prompt"].strip(), "benign", "xstest_safe", row["type"]
 
 
+SOURCE_FILES = (
+    "deccp/censored.txt",
+    "deccp/other.txt",
+    "deccp/uncensored.txt",
+    "jbb_behaviors/harmful-behaviors.csv",
+    "jbb_behaviors/benign-behaviors.csv",
+    "xstest/xstest_prompts.csv",
+)
+
+
 def _norm(text: str) -> str:
     return re.sub(r"\W+", " ", text.lower()).strip()
 
@@ -193,6 +204,20 @@ def load_examples(datasets_dir: str | os.PathLike | None = None, seed: int = SPL
             f"prompt sets not found under {root} (expected deccp/, jbb_behaviors/, xstest/); pass datasets_dir= "
             f"or set ${DATASETS_ENV}"
         )
+    # read once per process while the files stay as they are (a run resolves its sets many times)
+    stamps = []
+    for name in SOURCE_FILES:
+        path = root / name
+        if path.is_file():
+            stat = path.stat()
+            stamps.append((name, stat.st_mtime_ns, stat.st_size))
+    return list(_examples(str(root.resolve()), seed, tuple(stamps)))
+
+
+@functools.lru_cache(maxsize=4)
+def _examples(root_dir: str, seed: int, stamps: tuple[tuple[str, int, int], ...]) -> tuple[Example, ...]:
+    """The examples of :func:`load_examples`, built from the files (``stamps`` only keys the cache)."""
+    root = Path(root_dir)
     seen: set[str] = set()
     rows: list[tuple[str, Category, str, str]] = []
     for row in list(_from_files(root)) + list(templated_prompts()):
@@ -208,10 +233,10 @@ def load_examples(datasets_dir: str | os.PathLike | None = None, seed: int = SPL
     for idx in by_source.values():
         ranked = sorted(idx, key=lambda i: _split_key(rows[i][0], seed))
         heldout.update(ranked[: round(HELDOUT_FRACTION * len(idx))])
-    return [
+    return tuple(
         Example(prompt=p, category=c, source=s, topic=t, split="heldout" if i in heldout else "train")
         for i, (p, c, s, t) in enumerate(rows)
-    ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
