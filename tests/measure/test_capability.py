@@ -149,11 +149,11 @@ def test_relevance_scores_on_topic_answers_higher():
 
 
 def test_relevance_of_a_pair_never_depends_on_its_company_and_each_text_is_embedded_once():
-    """A pair's score is bit-identical alone (no cache) and among other pairs in any order (a resumed run scores as
-    an uninterrupted one; even two texts of one token length in one batch would move it); in one call each distinct
-    text goes through the encoder once, alone; a full cache drops the least recently used texts and still scores
-    every pair right."""
-    from steering_adapter.measure.relevance import RelevanceScorer
+    """A pair's score is bit-identical alone (no cache) and among other pairs in any order, texts of one token length
+    sharing a pass or not (a resumed run scores as an uninterrupted one); in one call each distinct text goes through
+    the encoder once, every pass of one shape (SCORE_ROWS rows of one length, no padding); a full cache drops the
+    least recently used texts and still scores every pair right."""
+    from steering_adapter.measure.relevance import SCORE_ROWS, RelevanceScorer
 
     prompts = ["Who wrote Hamlet?", "Who wrote Macbeth?", "How do I bake bread?"]
     answers = ["Shakespeare.", "Knead the dough, let it rise, and bake it for forty minutes.", "Picasso did."]
@@ -163,12 +163,14 @@ def test_relevance_of_a_pair_never_depends_on_its_company_and_each_text_is_embed
 
     scorer = RelevanceScorer(cache_size=4)
     lengths = {text: len(scorer.tokenizer(text)["input_ids"]) for text in prompts + answers}
-    assert len(set(lengths.values())) == 5  # the two "Who wrote" prompts share a length
-    batches = []
-    scorer.model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(kwargs), with_kwargs=True)
+    assert len(set(lengths.values())) == 5  # the two "Who wrote" prompts share a length, and a pass
+    passes = []
+    scorer.model.register_forward_pre_hook(lambda module, args, kwargs: passes.append(kwargs), with_kwargs=True)
     order = [2, 0, 1, 0, 2]
     together = scorer.score([prompts[i] for i in order], [answers[i] for i in order])
     assert together == [alone[i] for i in order]
-    assert [batch["input_ids"].shape[0] for batch in batches] == [1] * 6  # 6 distinct texts, each once, alone
+    assert len(passes) == 5  # 6 distinct texts in 5 token lengths
+    assert {batch["input_ids"].shape[0] for batch in passes} == {SCORE_ROWS}
+    assert all(bool(batch["attention_mask"].all()) for batch in passes)  # no padding
     assert len(scorer._cache) == 4 and list(scorer._cache)[-1] == answers[1]  # the last text used is kept last
     assert scorer.score(prompts, answers) == alone
