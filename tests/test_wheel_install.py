@@ -40,7 +40,7 @@ URLS = ("Homepage", "Documentation", "Source", "Issues")
 
 def run(command: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800):
     """Run ``command``; fail the test with its output when it exits non-zero (a safety net for a hung command:
-    on a busy shared machine the main job takes many times its 51 s)."""
+    on a busy shared machine the main job takes many times its 49 s)."""
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         pytest.fail(
