@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -87,12 +87,17 @@ class RelevanceScorer:
             return torch.empty(0, 0)
         return torch.cat(rows)
 
-    @torch.no_grad()
     def _forward(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[n, dim]`` unit-norm embeddings of ``texts`` in one forward pass."""
+        """``[n, dim]`` unit-norm embeddings of ``texts`` in one forward pass (padded to the longest)."""
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        )
+        return self._pooled(batch)
+
+    @torch.no_grad()
+    def _pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[n, dim]`` unit-norm mean-pooled embeddings of one tokenised batch."""
+        batch = {key: value.to(self.device) for key, value in batch.items()}
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -108,26 +113,26 @@ class RelevanceScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         if not prompts:
             return []
-        left, right = self._embed_each(prompts), self._embed_each(answers)
+        vectors = self._embed_each([*prompts, *answers])  # one call: prompts and answers of one length share passes
+        left, right = vectors[: len(prompts)], vectors[len(prompts) :]
         return (left * right).sum(-1).tolist()
 
     def _embed_each(self, texts: Sequence[str]) -> torch.Tensor:
         """``[n, dim]`` embeddings, each distinct text embedded once in a pass of fixed shape (class docstring)."""
-        found: dict[str, torch.Tensor] = {}
-        by_length: dict[int, list[str]] = {}
-        for text in dict.fromkeys(texts):
-            vector = self._cache.pop(text, None)
-            if vector is not None:
-                found[text] = vector
-            else:
-                length = len(self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"])
-                by_length.setdefault(length, []).append(text)
-        for group in by_length.values():
-            for start in range(0, len(group), SCORE_ROWS):
-                chunk = group[start : start + SCORE_ROWS]
+        distinct = list(dict.fromkeys(texts))
+        found = {text: self._cache.pop(text) for text in distinct if text in self._cache}
+        missing = [text for text in distinct if text not in found]
+        encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length) if missing else {}
+        by_length: dict[int, list[int]] = {}
+        for row, ids in enumerate(encoded.get("input_ids", [])):
+            by_length.setdefault(len(ids), []).append(row)
+        for rows in by_length.values():
+            for start in range(0, len(rows), SCORE_ROWS):
+                chunk = rows[start : start + SCORE_ROWS]
                 filled = chunk + [chunk[-1]] * (SCORE_ROWS - len(chunk))
-                found.update(zip(chunk, self._forward(filled)[: len(chunk)], strict=True))
-        for text in dict.fromkeys(texts):
+                batch = {key: torch.tensor([values[row] for row in filled]) for key, values in encoded.items()}
+                found.update(zip((missing[row] for row in chunk), self._pooled(batch)[: len(chunk)], strict=True))
+        for text in distinct:
             self._cache[text] = found[text]  # the texts of this call are now the most recently used
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
