@@ -172,14 +172,8 @@ def _from_files(root: Path) -> Iterable[tuple[str, Category, str, str]]:
             yield row["prompt"].strip(), "benign", "xstest_safe", row["type"]
 
 
-SOURCE_FILES = (
-    "deccp/censored.txt",
-    "deccp/other.txt",
-    "deccp/uncensored.txt",
-    "jbb_behaviors/harmful-behaviors.csv",
-    "jbb_behaviors/benign-behaviors.csv",
-    "xstest/xstest_prompts.csv",
-)
+# the folders under the datasets folder that _from_files reads
+SOURCE_DIRS = ("deccp", "jbb_behaviors", "xstest")
 
 
 def _norm(text: str) -> str:
@@ -205,13 +199,10 @@ def load_examples(datasets_dir: str | os.PathLike | None = None, seed: int = SPL
             f"or set ${DATASETS_ENV}"
         )
     # read once per process while the files stay as they are (a run resolves its sets many times)
-    stamps = []
-    for name in SOURCE_FILES:
-        path = root / name
-        if path.is_file():
-            stat = path.stat()
-            stamps.append((name, stat.st_mtime_ns, stat.st_size))
-    return list(_examples(str(root.resolve()), seed, tuple(stamps)))
+    files = sorted(path for name in SOURCE_DIRS for path in (root / name).rglob("*") if path.is_file())
+    stats = [(str(path), path.stat()) for path in files]
+    stamps = tuple((name, stat.st_mtime_ns, stat.st_size) for name, stat in stats)
+    return list(_examples(str(root.resolve()), seed, stamps))
 
 
 @functools.lru_cache(maxsize=4)
