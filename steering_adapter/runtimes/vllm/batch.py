@@ -7,7 +7,7 @@ for it. vLLM tells logits processors (a supported extension point, ``logits_proc
 their prompt token ids and sampling parameters), removed and moved. :class:`SteeringBatchTracker` keeps that
 mirror of the batch, per worker process, and changes no logits. The token rows of batch slot ``i`` are
 ``query_start_loc[i]:query_start_loc[i + 1]`` of the step's attention metadata (see
-:func:`steering_adapter.runtimes.vllm.runtime.step_layout`).
+:func:`step_layout`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TRACKER_QUALNAME",
     "current_tracker",
     "request_adapter_specs",
+    "step_layout",
 ]
 
 TRACKER_QUALNAME = "steering_adapter.runtimes.vllm.batch:SteeringBatchTracker"
@@ -80,6 +82,8 @@ class RequestState:
         decisions: gate decisions ``{adapter name: steer}`` taken during its prompt's forward pass.
         arrival: when the request first entered the batch (:data:`CLOCK`); a gate attached later has no decision
             for it.
+        steering_id: its row in the compiled mode's per-request buffers (see
+            :mod:`steering_adapter.runtimes.vllm.slots`), given at its first step.
     """
 
     prompt_len: int
@@ -88,6 +92,7 @@ class RequestState:
     output_ids: list[int] = field(repr=False)
     decisions: dict[str, bool] = field(default_factory=dict)
     arrival: int = field(default_factory=lambda: next(CLOCK))
+    steering_id: int | None = None
 
 
 class SteeringBatchTracker(LogitsProcessor):
@@ -162,6 +167,18 @@ class SteeringBatchTracker(LogitsProcessor):
         while len(self._parked) > _PARKED_LIMIT:
             self._parked.popitem(last=False)
 
+    def forget_parked(self, count: int) -> list[RequestState]:
+        """Forget the ``count`` requests that left the batch longest ago (finished ones, mostly) and return them; one
+        that comes back later is a new request to the steering (its gates undecided)."""
+        forgotten = []
+        while self._parked and len(forgotten) < count:
+            forgotten.append(self._parked.popitem(last=False)[1])
+        return forgotten
+
+    def known(self) -> list[RequestState]:
+        """Every request the mirror holds: the batch's and those that left it and may come back."""
+        return [state for state in self.slots if state is not None] + list(self._parked.values())
+
     def requests(self, count: int) -> list[RequestState]:
         """The states of batch slots ``0..count-1`` (the requests of the current step, in row order).
 
@@ -179,3 +196,29 @@ class SteeringBatchTracker(LogitsProcessor):
 def current_tracker() -> SteeringBatchTracker | None:
     """The tracker of this worker process (``None`` when the engine was started without it)."""
     return _TRACKERS[-1] if _TRACKERS else None
+
+
+def step_layout(rows: int) -> list[tuple[int, int]] | None:
+    """Row range ``(start, end)`` of each request of the current forward pass, in batch-slot order.
+
+    Returns:
+        ``None`` outside a real step (vLLM's warm-up and profiling passes have no attention metadata).
+
+    Raises:
+        RuntimeError: micro-batched steps (several metadata lists), or metadata without ``query_start_loc``.
+    """
+    if not is_forward_context_available():
+        return None
+    metadata = get_forward_context().attn_metadata
+    if metadata is None:
+        return None
+    if isinstance(metadata, list):
+        raise RuntimeError("steering: gated or per-request adapters do not support micro-batching (ubatching)")
+    first = next(iter(metadata.values())) if isinstance(metadata, dict) else metadata
+    starts = getattr(first, "query_start_loc", None)
+    if starts is None:
+        raise RuntimeError(f"steering: attention metadata {type(first).__name__} has no query_start_loc")
+    bounds = starts.tolist()
+    if bounds[-1] > rows:
+        raise RuntimeError(f"steering: the step has {bounds[-1]} tokens but the block output has {rows} rows")
+    return list(zip(bounds[:-1], bounds[1:], strict=True))

@@ -12,8 +12,11 @@ condition block from each request's prompt; request-selected adapters apply, aft
 rows of the requests that name them, with each request's own α (see :mod:`steering_adapter.runtimes.vllm.batch` for how
 rows map to requests).
 
-The hooks are plain Python in the forward pass, so they need vLLM's eager mode (``enforce_eager=True``): a compiled
-or CUDA-graph-captured model would not call them per step. :func:`attach` refuses any other mode.
+In vLLM's eager mode (``enforce_eager=True``) the steps run as plain Python forward hooks. A compiled or
+CUDA-graph-captured model never calls a hook attached after it was traced: there the loader builds the steering into
+the graph when the model loads (:mod:`steering_adapter.runtimes.vllm.slots`) and the runtime writes the same steps
+into its buffers (:class:`~steering_adapter.runtimes.vllm.compiled.SlotProgram`). :func:`attach` refuses a compiled
+engine without them.
 """
 
 from __future__ import annotations
@@ -25,43 +28,13 @@ import torch
 from torch import nn
 
 from steering_adapter.runtimes.vllm.adapters import AdapterSpec, AdapterVectors, parse_adapter_specs, read_adapter
+from steering_adapter.runtimes.vllm.compiled import SlotProgram, compiled_mode, get_program
 from steering_adapter.tuner.blocks import find_decoder_blocks
 from steering_adapter.tuner.layer import apply_plan, build_plan
 
-__all__ = ["SteeringRuntime", "TokenGate", "attach", "check_engine_config", "get_runtime", "step_layout"]
+__all__ = ["SteeringRuntime", "TokenGate", "attach", "check_engine_config", "get_runtime"]
 
 _RUNTIME_ATTR = "_steering_adapter_runtime"
-
-
-def step_layout(rows: int) -> list[tuple[int, int]] | None:
-    """Row range ``(start, end)`` of each request of the current forward pass, in batch-slot order.
-
-    Returns:
-        ``None`` outside a real step (vLLM's warm-up and profiling passes have no attention metadata).
-
-    Raises:
-        RuntimeError: micro-batched steps (several metadata lists), or metadata without ``query_start_loc``.
-    """
-    from vllm.forward_context import (  # lazy: vllm is an optional dependency
-        get_forward_context,
-        is_forward_context_available,
-    )
-
-    if not is_forward_context_available():
-        return None
-    metadata = get_forward_context().attn_metadata
-    if metadata is None:
-        return None
-    if isinstance(metadata, list):
-        raise RuntimeError("steering: gated or per-request adapters do not support micro-batching (ubatching)")
-    first = next(iter(metadata.values())) if isinstance(metadata, dict) else metadata
-    starts = getattr(first, "query_start_loc", None)
-    if starts is None:
-        raise RuntimeError(f"steering: attention metadata {type(first).__name__} has no query_start_loc")
-    bounds = starts.tolist()
-    if bounds[-1] > rows:
-        raise RuntimeError(f"steering: the step has {bounds[-1]} tokens but the block output has {rows} rows")
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 class TokenGate:
@@ -96,7 +69,7 @@ class TokenGate:
             RuntimeError: no batch tracker, a prompt split over several steps (chunked prefill), a continuing request
                 with no decision (a prefix-cache hit), or positions missing.
         """
-        from steering_adapter.runtimes.vllm.batch import current_tracker  # lazy: batch.py imports vLLM
+        from steering_adapter.runtimes.vllm.batch import current_tracker, step_layout  # lazy: batch.py imports vLLM
 
         self.mask = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         layout = step_layout(hidden.shape[0])
@@ -159,10 +132,17 @@ class SteeringRuntime:
         hidden_size: its hidden size.
         num_hidden_layers: its number of decoder blocks.
         blocks_path: dotted path of its decoder blocks (found automatically when ``None``).
+        program: the steering slots installed at load time (vLLM's compiled modes): adapters are written into
+            their buffers instead of being run by forward hooks.
     """
 
     def __init__(
-        self, model: nn.Module, hidden_size: int, num_hidden_layers: int, blocks_path: str | None = None
+        self,
+        model: nn.Module,
+        hidden_size: int,
+        num_hidden_layers: int,
+        blocks_path: str | None = None,
+        program: SlotProgram | None = None,
     ) -> None:
         self.blocks = find_decoder_blocks(model, blocks_path)
         if len(self.blocks) != num_hidden_layers:
@@ -174,10 +154,22 @@ class SteeringRuntime:
         self.num_layers = int(num_hidden_layers)
         self.adapters: list[AdapterVectors] = []
         self.request_adapters: dict[str, AdapterVectors] = {}
-        self.enabled = True
+        self.program = program
+        self._enabled = True
         self._gates: dict[str, TokenGate] = {}
         self._handles: list[Any] = []
         self._plans: dict[tuple[int, torch.dtype, torch.device], list] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """``False``: every attached adapter is off (the base model exactly)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        if self.program is not None:
+            self.program.slots.enabled.fill_(1.0 if self._enabled else 0.0)
 
     # ------------------------------------------------------------------------------------------- adapters
     def read(self, specs: Sequence[AdapterSpec]) -> list[AdapterVectors]:
@@ -194,6 +186,10 @@ class SteeringRuntime:
         names = [adapter.name for adapter in adapters] + list(self.request_adapters)
         if len(set(names)) != len(names):
             raise ValueError(f"steering adapter names must be unique (request adapters included), got {names}")
+        if self.program is not None:  # refuses what does not fit before anything changes
+            self.program.write(adapters, list(self.request_adapters.values()), keep_gates=False)
+            self.adapters = adapters
+            return self.describe()
         self.adapters = adapters
         self._rebuild()
         return self.describe()
@@ -205,6 +201,8 @@ class SteeringRuntime:
                 adapter.config.scale = float(scale)
                 adapter.config.validate()
                 self._plans.clear()
+                if self.program is not None:
+                    self.program.write(self.adapters, list(self.request_adapters.values()), keep_gates=True)
                 return
         raise ValueError(f"no steering adapter named {name!r}; attached: {[a.name for a in self.adapters]}")
 
@@ -283,7 +281,7 @@ class SteeringRuntime:
     ) -> torch.Tensor:
         """Steer the rows of the requests that selected one of ``adapters`` (with their own α), as the tuner's plan
         would: ``h + (α s_i) v_i`` or ``h - (h.u)u`` on those rows, the other rows untouched."""
-        from steering_adapter.runtimes.vllm.batch import current_tracker  # lazy: batch.py imports vLLM
+        from steering_adapter.runtimes.vllm.batch import current_tracker, step_layout  # lazy: batch.py imports vLLM
 
         layout = step_layout(hidden.shape[0])
         if layout is None:
@@ -328,26 +326,38 @@ def get_runtime(model: nn.Module) -> SteeringRuntime | None:
     return getattr(model, _RUNTIME_ATTR, None)
 
 
-def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False) -> None:
-    """Refuse engine settings under which the hooks would not steer exactly.
+def check_engine_config(vllm_config: Any, gated: bool, per_request: bool = False, slots: bool = False) -> None:
+    """Refuse engine settings under which the adapters would not steer exactly.
+
+    Args:
+        slots: the steering slots were installed at load time (``load_format="steering"``), which compiled and
+            CUDA-graph modes need.
 
     Raises:
-        ValueError: a compiled / CUDA-graph model (hooks are Python, called per step only in eager mode); for gated
-            adapters also prefix caching, chunked prefill or a missing batch tracker; for request-selected adapters
-            prefix caching (a cached prompt may have been computed under another adapter) or a missing tracker.
+        ValueError: a compiled / CUDA-graph model without the slots (forward hooks attached later are never called
+            by the traced step), or with full CUDA graphs (only piecewise graphs leave the step's buffer writes
+            outside the replayed region); for gated adapters also prefix caching, chunked prefill or a missing
+            batch tracker; for request-selected adapters prefix caching (a cached prompt may have been computed
+            under another adapter) or a missing tracker.
     """
-    from vllm.config import CompilationMode  # lazy: vllm is an optional dependency
-
     from steering_adapter.runtimes.vllm.batch import (  # lazy: batch.py imports vLLM
         TRACKER_QUALNAME,
         SteeringBatchTracker,
     )
 
     model_config = vllm_config.model_config
-    if not model_config.enforce_eager or vllm_config.compilation_config.mode != CompilationMode.NONE:
+    if compiled_mode(vllm_config) and not slots:
         raise ValueError(
-            "steering adapters in vLLM need eager mode: pass enforce_eager=True (CLI: --enforce-eager). A compiled or "
-            "CUDA-graph model replays the traced step and would skip the steering hooks."
+            "steering adapters in a compiled or CUDA-graph vLLM engine must be built into the model when it loads: "
+            "start the engine with load_format='steering' (CLI: --load-format steering), or pass enforce_eager=True "
+            "(CLI: --enforce-eager)"
+        )
+    cudagraphs = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
+    if slots and cudagraphs is not None and cudagraphs.has_full_cudagraphs():
+        raise ValueError(
+            "steering slots are written before each step by a hook on the model, which a full CUDA graph replays "
+            f"past (cudagraph_mode={cudagraphs.name}): pass compilation_config={{'cudagraph_mode': 'PIECEWISE'}} "
+            "(CLI: -cc.cudagraph_mode=PIECEWISE)"
         )
     if not (gated or per_request):
         return
@@ -379,14 +389,14 @@ def attach(model: nn.Module, vllm_config: Any, specs: Sequence[AdapterSpec]) -> 
     runtime = get_runtime(model)
     if runtime is None:
         text = vllm_config.model_config.hf_text_config
-        runtime = SteeringRuntime(model, text.hidden_size, text.num_hidden_layers)
+        runtime = SteeringRuntime(model, text.hidden_size, text.num_hidden_layers, program=get_program(model))
         setattr(model, _RUNTIME_ATTR, runtime)
     from steering_adapter.runtimes.vllm.batch import request_adapter_specs  # lazy: batch.py imports vLLM
 
     adapters = runtime.read(specs)
     per_request = runtime.read(parse_adapter_specs(request_adapter_specs()))
     gated = any(adapter.gated for adapter in [*adapters, *per_request])
-    check_engine_config(vllm_config, gated=gated, per_request=bool(per_request))
+    check_engine_config(vllm_config, gated=gated, per_request=bool(per_request), slots=runtime.program is not None)
     runtime.request_adapters = {adapter.name: adapter for adapter in per_request}
     runtime.set_adapters(adapters)
     return runtime

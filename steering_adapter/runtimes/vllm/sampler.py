@@ -47,31 +47,51 @@ from steering_adapter.measure.sampling.prompt_encoding import encode_texts, form
 from steering_adapter.models.embedded import resolve_embedded
 from steering_adapter.runtimes.vllm.adapters import AdapterSpec, parse_adapter_specs, write_adapter
 from steering_adapter.runtimes.vllm.batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
+from steering_adapter.runtimes.vllm.compiled import GATES_KEY, SLOTS_KEY
 from steering_adapter.runtimes.vllm.worker import EXTRA_CONFIG_KEY, LOAD_FORMAT, WORKER_EXTENSION
 
 __all__ = ["VllmSampler", "engine_kwargs"]
 
 
-def engine_kwargs(adapters: Sequence[Any] = (), *, gated: bool = True) -> dict[str, Any]:
+def engine_kwargs(
+    adapters: Sequence[Any] = (),
+    *,
+    gated: bool = True,
+    compiled: bool = True,
+    slots: int | None = None,
+    gates: int | None = None,
+) -> dict[str, Any]:
     """The ``vllm.LLM`` / ``vllm serve`` settings that attach steering adapters.
 
     Args:
         adapters: adapter paths or ``{"path", "name", "scale", "revision"}`` dicts, applied in this order.
         gated: make the engine able to run condition-gated (and later attached) adapters exactly: prefix caching
             and chunked prefill off.
+        compiled: vLLM's compiled mode (torch.compile; CUDA graphs on GPUs) with the steering built into the graph
+            (:mod:`steering_adapter.runtimes.vllm.slots`); ``False``: eager mode with forward hooks.
+        slots: steering slots per decoder block in compiled mode (the engine's adapters' plan steps plus one per
+            request adapter); default: enough for the adapters it starts with, at least 4.
+        gates: condition gates in compiled mode; default: enough for the adapters it starts with, at least 1.
 
     Returns:
-        ``load_format="steering"`` with the adapters in ``model_loader_extra_config``, the worker extension, the
-        batch tracker, ``enforce_eager=True`` and raw log-probabilities.
+        ``load_format="steering"`` with the adapters (and the slot sizes) in ``model_loader_extra_config``, the
+        worker extension, the batch tracker, ``enforce_eager`` (with piecewise CUDA graphs when compiled) and raw
+        log-probabilities.
     """
+    extra: dict[str, Any] = {EXTRA_CONFIG_KEY: [spec.to_dict() for spec in parse_adapter_specs(adapters)]}
+    for key, value in ((SLOTS_KEY, slots), (GATES_KEY, gates)):
+        if value is not None:
+            extra[key] = value
     kwargs: dict[str, Any] = {
         "load_format": LOAD_FORMAT,
-        "model_loader_extra_config": {EXTRA_CONFIG_KEY: [spec.to_dict() for spec in parse_adapter_specs(adapters)]},
+        "model_loader_extra_config": extra,
         "worker_extension_cls": WORKER_EXTENSION,
         "logits_processors": [TRACKER_QUALNAME],
-        "enforce_eager": True,
+        "enforce_eager": not compiled,
         "logprobs_mode": "raw_logprobs",
     }
+    if compiled:  # full CUDA graphs would replay past the hook that writes each step's steering buffers
+        kwargs["compilation_config"] = {"cudagraph_mode": "PIECEWISE"}
     if gated:
         kwargs.update(enable_prefix_caching=False, enable_chunked_prefill=False)
     return kwargs

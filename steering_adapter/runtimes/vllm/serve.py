@@ -28,12 +28,13 @@ from steering_adapter.runtimes.vllm.worker import EXTRA_CONFIG_KEY, LOAD_FORMAT,
 __all__ = ["main", "serve_flags"]
 
 
-def serve_flags(adapters: Sequence[Any], *, gated: bool = True) -> list[str]:
+def serve_flags(adapters: Sequence[Any], *, gated: bool = True, compiled: bool = True) -> list[str]:
     """``vllm serve`` options that attach ``adapters`` (paths or dicts, applied in this order).
 
     Args:
         adapters: as for :func:`steering_adapter.runtimes.vllm.engine_kwargs`.
         gated: allow condition-gated adapters (prefix caching and chunked prefill off).
+        compiled: vLLM's compiled mode with the steering in the graph; ``False`` adds ``--enforce-eager``.
 
     Returns:
         The options, e.g. ``["--load-format", "steering", "--model-loader-extra-config", "{...}", ...]``.
@@ -48,10 +49,13 @@ def serve_flags(adapters: Sequence[Any], *, gated: bool = True) -> list[str]:
         WORKER_EXTENSION,
         "--logits-processors",
         TRACKER_QUALNAME,
-        "--enforce-eager",
         "--logprobs-mode",
         "raw_logprobs",
     ]
+    if compiled:  # full CUDA graphs would replay past the hook that writes each step's steering buffers
+        flags += ["--compilation-config", json.dumps({"cudagraph_mode": "PIECEWISE"})]
+    else:
+        flags.append("--enforce-eager")
     if gated:
         flags += ["--no-enable-prefix-caching", "--no-enable-chunked-prefill"]
     return flags
@@ -68,7 +72,7 @@ def _adapter(text: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse ``MODEL --adapter ... [--no-gating] [-- vllm options]`` and exec ``vllm serve``."""
+    """Parse ``MODEL --adapter ... [--no-gating] [--eager] [-- vllm options]`` and exec ``vllm serve``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     rest: list[str] = []
     if "--" in argv:
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="an adapter requests may select with vllm_xargs={'steering_adapter': NAME, 'steering_scale': A}",
     )
     parser.add_argument("--no-gating", action="store_true", help="keep prefix caching / chunked prefill (no gates)")
+    parser.add_argument("--eager", action="store_true", help="vLLM's eager mode (steering by forward hooks)")
     args = parser.parse_args(argv)
     declared = []
     for text in args.request_adapter:
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("request adapters need prefix caching off: drop --no-gating")
     else:  # the server accepts exactly the request adapters its command line declares, none inherited
         os.environ.pop(REQUEST_ADAPTERS_ENV, None)
-    flags = [*serve_flags(args.adapter, gated=not args.no_gating), *rest]
+    flags = [*serve_flags(args.adapter, gated=not args.no_gating, compiled=not args.eager), *rest]
     try:
         version("vllm")
     except PackageNotFoundError:

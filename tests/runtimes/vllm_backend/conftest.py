@@ -29,6 +29,7 @@ HIDDEN = 256
 ADD_LAYERS = (2, 3)
 ABLATE_LAYER = 4
 COND_LAYER = 1
+MAX_SEQS = 8
 
 
 def heldout_prompts(n: int) -> list[str]:
@@ -46,13 +47,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def vllm_server(arguments: Sequence[str], log: Path, startup_s: float = 300.0) -> Iterator[str]:
+def vllm_server(
+    arguments: Sequence[str], log: Path, startup_s: float = 300.0, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run ``python -m <arguments>`` (an OpenAI-compatible vLLM server on a free port, passed as ``--port``), wait
     for its ``/health`` and yield its URL; the server is stopped on exit. A server that exits or does not come up in
-    ``startup_s`` fails the test with the end of its log."""
+    ``startup_s`` fails the test with the end of its log. ``env`` adds to the server's environment."""
     port = free_port()
     command = [sys.executable, "-m", *arguments, "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -105,8 +108,9 @@ def vectors(organism) -> dict[str, dict[int, torch.Tensor]]:
 
 @pytest.fixture(scope="session")
 def engine(adapter_dirs) -> Iterator:
-    """One vLLM engine on the organism (float32, eager, gated adapters allowed) for the whole session, on which
-    requests may select the adapters ``req-add`` and ``req-ablate``."""
+    """One vLLM engine on the organism (float32, vLLM's compiled mode with the steering slots, gated adapters
+    allowed) for the whole session, on which requests may select the adapters ``req-add`` and ``req-ablate``. At
+    most 8 requests run at once, so in every batch of more prompts requests arrive while others decode."""
     from steering_adapter.runtimes.vllm import VllmSampler
 
     request_adapters = [
@@ -114,7 +118,12 @@ def engine(adapter_dirs) -> Iterator:
         {"name": "req-ablate", "path": str(adapter_dirs["ablate"])},
     ]
     sampler = VllmSampler(
-        str(ORGANISM_DIR), dtype="float32", max_model_len=256, seed=0, request_adapters=request_adapters
+        str(ORGANISM_DIR),
+        dtype="float32",
+        max_model_len=256,
+        max_num_seqs=MAX_SEQS,
+        seed=0,
+        request_adapters=request_adapters,
     )
     yield sampler
     sampler.close()

@@ -31,7 +31,10 @@ def server(adapter_dirs, tmp_path_factory):
     arguments = ["steering_adapter.runtimes.vllm.serve", str(ORGANISM_DIR), "--adapter", str(adapter_dirs["add"])]
     arguments += ["--request-adapter", f"req-ablate={adapter_dirs['ablate']}"]
     arguments += ["--", "--dtype", "float32", "--max-model-len", "256", "--served-model-name", "organism"]
-    with vllm_server(arguments, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+    # dev mode: vLLM's POST /collective_rpc, through which a running server changes its adapters
+    with vllm_server(
+        arguments, tmp_path_factory.mktemp("serve") / "serve.log", env={"VLLM_SERVER_DEV_MODE": "1"}
+    ) as url:
         yield url
 
 
@@ -61,6 +64,22 @@ def test_served_answers_are_steered_per_request(server, organism, vectors):
     assert served == expected
     assert sum(a != p.answers[0].text for a, p in zip(served, plain, strict=False)) >= 2
     assert sum(s.answers[0].text != b.answers[0].text for s, b in zip(steered, both, strict=True)) >= 1
+
+
+def test_the_running_server_switches_adapters(server, organism, vectors, adapter_dirs):
+    """Replace the server's adapter (compiled mode: the slots are rewritten, nothing is compiled again) through
+    vLLM's /collective_rpc and the worker extension; answers follow the new adapter, then the old one again."""
+    prompts = heldout_prompts(4)
+    settings = dict(k=1, temperature=0.0, max_new_tokens=MAX_TOKENS)
+    for folder, hooks in (
+        (adapter_dirs["ablate"], [{"vectors": vectors["ablate"], "mode": "ablate"}]),
+        (adapter_dirs["add"], [{"vectors": vectors["add"], **ADD}]),
+    ):
+        body = {"method": "steering_set_adapters", "args": [json.dumps([str(folder)])]}
+        described = _post(f"{server}/collective_rpc", body)["results"][0]
+        assert [a["mode"] for a in described] == [h["mode"] for h in hooks]
+        served = [_chat(server, prompt) for prompt in prompts]
+        assert served == [s.answers[0].text for s in reference(organism, prompts, hooks, **settings)]
 
 
 def test_undeclared_request_adapter_is_a_400(server):

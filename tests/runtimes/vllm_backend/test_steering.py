@@ -198,8 +198,9 @@ def _config(
 def test_engine_settings_that_cannot_steer_exactly_are_refused():
     check_engine_config(_config(), gated=True)
     check_engine_config(_config(prefix=True, chunked=True, processors=()), gated=False)
-    with pytest.raises(ValueError, match="enforce_eager=True"):
+    with pytest.raises(ValueError, match="load_format='steering'.*enforce_eager=True"):
         check_engine_config(_config(enforce_eager=False, mode=3), gated=False)
+    check_engine_config(_config(enforce_eager=False, mode=2), gated=True, slots=True)  # compiled, slots built in
     with pytest.raises(ValueError, match="prefix caching.*chunked prefill.*batch tracker"):
         check_engine_config(_config(prefix=True, chunked=True, processors=()), gated=True)
 
