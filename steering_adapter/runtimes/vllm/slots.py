@@ -95,7 +95,7 @@ class SteeringSlots:
         self.dtype = dtype
         self.device = device
         L, S, G, N = num_layers, capacity.slots, capacity.gates, capacity.ids  # noqa: N806
-        R, T = capacity.max_requests, max(capacity.max_tokens, 1)  # noqa: N806
+        T = max(capacity.max_tokens, 1)  # noqa: N806
         f32 = dict(dtype=torch.float32, device=device)
         index = dict(dtype=torch.long, device=device)
         # per slot
@@ -113,14 +113,16 @@ class SteeringSlots:
         self.gate_layer = torch.full((G,), -1, **index)
         self.decision = torch.zeros(G + 1, N, **f32)
         self.decision[G] = 1.0
-        # per step (written by prepare_step)
+        # per step (written by prepare_step; the graph reads the first `rows` entries). A request has at least one
+        # row, so the per-request entries of a step also fit in `rows`: nothing is sized by max_requests.
         self.token_id = torch.full((T,), PADDING, **index)
-        self.token_request = torch.full((T,), R, **index)  # R: the dummy request row of the pooling sums
+        self.token_request = torch.zeros(T, **index)  # the request row a prompt token is pooled into
         self.token_pool = torch.zeros(T, **f32)
-        self.request_id = torch.full((R + 1,), PADDING, **index)
-        self.request_first = torch.zeros(R + 1, **index)
-        self.request_last = torch.zeros(R + 1, **index)
-        self.request_deciding = torch.zeros(R + 1, **f32)
+        self.request_id = torch.full((T,), PADDING, **index)
+        self.request_first = torch.zeros(T, **index)
+        self.request_last = torch.zeros(T, **index)
+        self.request_deciding = torch.zeros(T, **f32)
+        self._written: tuple | None = None
         self._free = list(range(capacity.ids - 1, _FIRST_ID - 1, -1))
         self._handles: list[Any] = []
 
@@ -130,18 +132,19 @@ class SteeringSlots:
         ``stream`` ``[tokens, d]`` is the residual stream after the block, ``positions`` ``[tokens]``."""
         rows = stream.shape[0]
         hidden = stream.float()
-        fresh = self.request_deciding * (positions[self.request_first] == 0).float()
-        last = hidden[self.request_last]
-        sums = torch.zeros(self.capacity.max_requests + 1, self.hidden_size, dtype=torch.float32, device=hidden.device)
+        request_id = self.request_id[:rows]
+        fresh = self.request_deciding[:rows] * (positions[self.request_first[:rows]] == 0).float()
+        last = hidden[self.request_last[:rows]]
+        sums = torch.zeros_like(hidden)  # [rows, d]: one row per request of the step (the rest stay unused)
         mean = sums.index_add(0, self.token_request[:rows], hidden * self.token_pool[:rows, None])
-        old = self.decision[:-1, :][:, self.request_id]  # [G, R + 1]
+        old = self.decision[:-1, :][:, request_id]  # [G, rows]
         for gate in range(self.capacity.gates):
             pooled = torch.where(self.gate_mean[gate] > 0, mean, last)
             projection = (pooled @ self.gate_unit[gate]).double()
             steer = (projection * self.gate_sign[gate] > self.gate_threshold[gate] * self.gate_sign[gate]).float()
             here = fresh * (self.gate_layer[gate] == layer).float()
             new = torch.where(here > 0, steer, old[gate])
-            self.decision.index_put_((torch.full_like(self.request_id, gate), self.request_id), new)
+            self.decision.index_put_((torch.full_like(request_id, gate), request_id), new)
 
     def steer(self, layer: int, stream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The steered residual stream ``[tokens, d]`` of block ``layer`` and the bool ``[tokens]`` rows it changed."""
@@ -233,31 +236,38 @@ class SteeringSlots:
         capacity = self.capacity
         if rows > self.token_id.shape[0]:
             raise RuntimeError(f"steering: a step of {rows} token rows exceeds max_tokens={capacity.max_tokens}")
-        tokens = self.token_id.shape[0]
-        token_id = np.full(tokens, PADDING, dtype=np.int64)
-        token_request = np.full(tokens, capacity.max_requests, dtype=np.int64)
-        token_pool = np.zeros(tokens, dtype=np.float32)
-        size = capacity.max_requests + 1
-        request_id = np.full(size, PADDING, dtype=np.int64)
-        request_first = np.zeros(size, dtype=np.int64)
-        request_last = np.zeros(size, dtype=np.int64)
-        request_deciding = np.zeros(size, dtype=np.float32)
-        if layout is not None:
-            if len(layout) > capacity.max_requests:
-                raise RuntimeError(
-                    f"steering: a step of {len(layout)} requests exceeds max_requests={capacity.max_requests}"
-                )
-            for index, ((start, end), request, prompt_len) in enumerate(
-                zip(layout, requests, prompt_lens, strict=True)
-            ):
-                token_id[start:end] = request
-                request_id[index] = request
-                request_first[index] = start
-                if capacity.gates and prompt_len >= 1 and end - start >= prompt_len:
-                    token_request[start : start + prompt_len] = index
-                    token_pool[start : start + prompt_len] = 1.0 / prompt_len
-                    request_last[index] = start + prompt_len - 1
-                    request_deciding[index] = 1.0
+        if layout is not None and len(layout) > capacity.max_requests:
+            raise RuntimeError(
+                f"steering: a step of {len(layout)} requests exceeds max_requests={capacity.max_requests}"
+            )
+        deciding = capacity.gates > 0
+        key = (
+            rows,
+            None if layout is None else tuple(layout),
+            tuple(requests),
+            tuple(
+                n if deciding and n >= 1 and end - start >= n else 0
+                for (start, end), n in zip(layout or [], prompt_lens, strict=True)
+            ),
+        )
+        if key == self._written:  # steady decoding: the same requests, one row each, nothing to decide
+            return
+        token_id = np.full(rows, PADDING, dtype=np.int64)
+        token_request = np.zeros(rows, dtype=np.int64)
+        token_pool = np.zeros(rows, dtype=np.float32)
+        request_id = np.full(rows, PADDING, dtype=np.int64)
+        request_first = np.zeros(rows, dtype=np.int64)
+        request_last = np.zeros(rows, dtype=np.int64)
+        request_deciding = np.zeros(rows, dtype=np.float32)
+        for index, ((start, end), request, prompt_len) in enumerate(zip(layout or [], requests, key[3], strict=True)):
+            token_id[start:end] = request
+            request_id[index] = request
+            request_first[index] = start
+            if prompt_len:
+                token_request[start : start + prompt_len] = index
+                token_pool[start : start + prompt_len] = 1.0 / prompt_len
+                request_last[index] = start + prompt_len - 1
+                request_deciding[index] = 1.0
         for buffer, values in (
             (self.token_id, token_id),
             (self.token_request, token_request),
@@ -267,4 +277,5 @@ class SteeringSlots:
             (self.request_last, request_last),
             (self.request_deciding, request_deciding),
         ):
-            buffer.copy_(torch.from_numpy(values), non_blocking=True)
+            buffer[:rows].copy_(torch.from_numpy(values), non_blocking=True)
+        self._written = key
