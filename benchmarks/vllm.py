@@ -274,6 +274,8 @@ def main() -> None:
         action="store_true",
         help="a random Llama-shaped 1.2 B model in bfloat16 instead of the organism (the GPU run; implies --compiled)",
     )
+    parser.add_argument("--slots", type=int, help="steering slots per block of the steering engines (default: 4)")
+    parser.add_argument("--gates", type=int, help="condition gates of the steering engines (default: 1)")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     args.compiled = args.compiled or args.random_llama
@@ -281,6 +283,7 @@ def main() -> None:
     from steering_adapter.runtimes.vllm import VllmSampler
 
     prompts = _prompts(args.prompts)
+    capacity = {"slots": args.slots, "gates": args.gates}
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         if args.random_llama:
@@ -289,7 +292,7 @@ def main() -> None:
         else:
             model = organism_model()
         start = time.perf_counter()
-        sampler = VllmSampler(model.folder, **model.settings)
+        sampler = VllmSampler(model.folder, **model.settings, **capacity)
         print(f"engine start (compiled, steering slots): {time.perf_counter() - start:.1f} s")
         try:
             results["steering"] = steering_overhead(sampler, model, prompts, args.tokens, args.repeats, Path(folder))

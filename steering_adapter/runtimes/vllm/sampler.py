@@ -114,6 +114,8 @@ class VllmSampler:
             :meth:`close` (the engine's processes inherit it; engines started meanwhile in this process see the
             same declaration) and need prefix caching off.
         work_dir: where adapters built with :meth:`add_adapter` are written (default: a temporary folder).
+        slots: steering slots per block in compiled mode (see :func:`engine_kwargs`).
+        gates: condition gates in compiled mode (see :func:`engine_kwargs`).
         **engine: more ``vllm.LLM`` arguments (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
             ...); they override the defaults above.
     """
@@ -129,6 +131,8 @@ class VllmSampler:
         gated: bool = True,
         request_adapters: Sequence[Mapping[str, Any]] = (),
         work_dir: str | os.PathLike | None = None,
+        slots: int | None = None,
+        gates: int | None = None,
         **engine: Any,
     ) -> None:
         from vllm import LLM  # lazy: vllm is an optional dependency
@@ -153,7 +157,7 @@ class VllmSampler:
             self._previous_env = (os.environ.get(REQUEST_ADAPTERS_ENV),)
             os.environ[REQUEST_ADAPTERS_ENV] = json.dumps([spec.to_dict() for spec in declared])
         settings = {"model": self.model_path, "dtype": dtype, "revision": revision, "max_logprobs": -1}
-        settings.update(engine_kwargs(self._initial, gated=gated))
+        settings.update(engine_kwargs(self._initial, gated=gated, slots=slots, gates=gates))
         settings.update(engine)
         try:
             self.llm = LLM(**settings)
