@@ -129,40 +129,45 @@ class SteeringSlots:
     # -------------------------------------------------------------------------------------------- in the graph
     def decide(self, layer: int, stream: torch.Tensor, positions: torch.Tensor) -> None:
         """Decide the gates whose condition block is ``layer`` for the requests whose whole prompt is in this step;
-        ``stream`` ``[tokens, d]`` is the residual stream after the block, ``positions`` ``[tokens]``."""
+        ``stream`` ``[tokens, d]`` is the residual stream after the block, ``positions`` ``[tokens]``.
+
+        Every row is projected on every gate's unit first (one ``[tokens, d] @ [d, gates]`` product); the prompt mean
+        is then pooled from those scalar projections (the projection of the mean, up to float rounding), so nothing
+        of size ``[tokens, d]`` is written."""
         rows = stream.shape[0]
-        hidden = stream.float()
         request_id = self.request_id[:rows]
-        fresh = self.request_deciding[:rows] * (positions[self.request_first[:rows]] == 0).float()
-        last = hidden[self.request_last[:rows]]
-        sums = torch.zeros_like(hidden)  # [rows, d]: one row per request of the step (the rest stay unused)
-        mean = sums.index_add(0, self.token_request[:rows], hidden * self.token_pool[:rows, None])
-        old = self.decision[:-1, :][:, request_id]  # [G, rows]
-        for gate in range(self.capacity.gates):
-            pooled = torch.where(self.gate_mean[gate] > 0, mean, last)
-            projection = (pooled @ self.gate_unit[gate]).double()
-            steer = (projection * self.gate_sign[gate] > self.gate_threshold[gate] * self.gate_sign[gate]).float()
-            here = fresh * (self.gate_layer[gate] == layer).float()
-            new = torch.where(here > 0, steer, old[gate])
-            self.decision.index_put_((torch.full_like(request_id, gate), request_id), new)
+        projection = stream.float() @ self.gate_unit.T  # [rows, G]
+        pooled_mean = torch.zeros_like(projection).index_add(
+            0, self.token_request[:rows], projection * self.token_pool[:rows, None]
+        )
+        pooled = torch.where(self.gate_mean > 0, pooled_mean, projection[self.request_last[:rows]]).double()
+        steer = (pooled * self.gate_sign > self.gate_threshold * self.gate_sign).float()  # [rows, G]
+        fresh = self.request_deciding[:rows] * (positions[self.request_first[:rows]] == 0).float()  # [rows]
+        here = fresh[:, None] * (self.gate_layer == layer).float()  # [rows, G]
+        gates = torch.arange(self.capacity.gates, device=stream.device)
+        old = self.decision[gates[None, :], request_id[:, None]]  # [rows, G]
+        self.decision.index_put_(
+            (gates[None, :].expand_as(old), request_id[:, None].expand_as(old)), torch.where(here > 0, steer, old)
+        )
 
     def steer(self, layer: int, stream: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The steered residual stream ``[tokens, d]`` of block ``layer`` and the bool ``[tokens]`` rows it changed."""
+        """The steered residual stream ``[tokens, d]`` of block ``layer`` and the bool ``[tokens]`` rows it changed.
+
+        A row whose coefficient is 0 keeps its values exactly through a slot (``h - 0 u + 0 w = h`` for finite h).
+        Projections are elementwise products summed over the hidden size, which the compiler fuses with the update
+        (a matrix-vector product would be a separate library call per slot)."""
         rows = stream.shape[0]
         ids = self.token_id[:rows]
-        touched = torch.zeros(rows, dtype=torch.bool, device=stream.device)
+        coef = self.coef[layer][:, ids] * self.decision[self.slot_gate[layer][:, None], ids[None, :]]  # [S, rows]
+        coef = coef * self.enabled
         hidden = stream
         for slot in range(self.capacity.slots):
-            gate = self.slot_gate[layer, slot].expand_as(ids)  # a tensor index: no value leaves the graph
-            coef = self.coef[layer, slot][ids] * self.decision[gate, ids] * self.enabled
             unit = self.unit[layer, slot]
-            projection = torch.matmul(hidden, unit) * coef.to(hidden.dtype)
-            delta = (self.add[layer, slot][None, :] * coef[:, None]).to(hidden.dtype)
-            steered = hidden - projection.unsqueeze(-1) * unit + delta
-            on = coef != 0
-            hidden = torch.where(on[:, None], steered, hidden)
-            touched = touched | on
-        return hidden, touched
+            c = coef[slot].to(hidden.dtype)[:, None]
+            projection = (hidden * unit).sum(-1, keepdim=True) * c
+            delta = (self.add[layer, slot][None, :] * coef[slot][:, None]).to(hidden.dtype)
+            hidden = hidden - projection * unit + delta
+        return hidden, (coef != 0).any(0)
 
     def install(self, blocks: Sequence[nn.Module]) -> None:
         """Add the traced steering hook to each of ``blocks`` (before vLLM compiles the model)."""
