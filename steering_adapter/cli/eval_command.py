@@ -11,9 +11,9 @@ from typing import Any
 
 from steering_adapter.cli.exit_codes import EXIT_OK
 from steering_adapter.cli.model_loading import (
-    base_model_spec,
     check_model_and_adapters,
     load_model_and_adapters,
+    open_vllm_sampler,
     placement_overrides,
 )
 from steering_adapter.measure.benchmarks.harness import (
@@ -95,14 +95,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
 
     if backend == "vllm":
-        from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
-
-        spec = base_model_spec(args.model, [args.adapter], ADAPTER_ARGUMENT)
-        if recipe is not None:
-            spec = dataclasses.replace(recipe.model, name_or_path=spec.name_or_path, revision=spec.revision)
-        spec = dataclasses.replace(spec, **placement_overrides(args))
-        engine = dict(sampling.engine_args or {}) if sampling is not None else {}
-        model = VllmSampler.from_model_spec(spec, adapters=[{"path": args.adapter, "scale": args.scale}], **engine)
+        model = open_vllm_sampler(
+            args.model,
+            [args.adapter],
+            args.scale,
+            recipe.model if recipe is not None else None,
+            placement_overrides(args),
+            adapter_option=ADAPTER_ARGUMENT,
+            engine=dict(sampling.engine_args or {}) if sampling is not None else None,
+        )
         tokenizer = model.tokenizer
     else:
         model, tokenizer = load_model_and_adapters(

@@ -253,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "generate":
             gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         gen.add_argument("--no-progress", action="store_true", help="hide progress bars (model loading)")
+        gen.add_argument(
+            "--backend",
+            choices=["transformers", "vllm"],
+            default="transformers",
+            help="the transformers model (default) or a vLLM engine with the adapters (compiled mode, the steering "
+            "built into its graph; needs steering-adapter[vllm])",
+        )
         _add_placement_options(gen)
         gen.set_defaults(func=func)
 

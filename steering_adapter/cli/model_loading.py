@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,10 +12,17 @@ from steering_adapter.adapter.hub_access import hub_errors_as_one_line, resolve_
 from steering_adapter.models.embedded import canonical_name
 from steering_adapter.run.recipe import ModelSpec
 from steering_adapter.run.stages.load import load_model
+from steering_adapter.runtimes.vllm import require_vllm
 from steering_adapter.tuner.files import read_config_dict
 from steering_adapter.tuner.model import set_adapter_scale
 
-__all__ = ["base_model_spec", "check_model_and_adapters", "load_model_and_adapters", "placement_overrides"]
+__all__ = [
+    "base_model_spec",
+    "check_model_and_adapters",
+    "load_model_and_adapters",
+    "open_vllm_sampler",
+    "placement_overrides",
+]
 
 
 def _adapter_source(adapter: str, option: str) -> tuple[str, dict[str, Any]]:
@@ -62,6 +70,22 @@ def base_model_spec(model_name: str | None, adapters: Sequence[str], adapter_opt
     return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 
+def _placed_spec(
+    model_name: str | None,
+    adapters: Sequence[str],
+    spec: Any,
+    placement: dict[str, str] | None,
+    adapter_option: str,
+) -> ModelSpec:
+    """:func:`base_model_spec` with a recipe's model settings (``spec``) and the placement overrides."""
+    base = base_model_spec(model_name, adapters, adapter_option)
+    if spec is not None:
+        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
+    if placement:
+        base = dataclasses.replace(base, **placement)
+    return base
+
+
 def load_model_and_adapters(
     model_name: str | None,
     adapters: Sequence[str],
@@ -85,11 +109,7 @@ def load_model_and_adapters(
     Returns:
         ``(model, tokenizer)``.
     """
-    base = base_model_spec(model_name, adapters, adapter_option)
-    if spec is not None:
-        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
-    if placement:
-        base = dataclasses.replace(base, **placement)
+    base = _placed_spec(model_name, adapters, spec, placement, adapter_option)
     key = "--model" if model_name is not None else f"{adapter_option} {adapters[0]}: base_model_name_or_path"
     model, tokenizer = load_model(base, key=key)
     names = []
@@ -119,3 +139,35 @@ def placement_overrides(args: argparse.Namespace) -> dict[str, str]:
     if getattr(args, "device_map", None):
         placement["device"] = args.device_map
     return placement
+
+
+def open_vllm_sampler(
+    model_name: str | None,
+    adapters: Sequence[str],
+    scale: float | None,
+    spec: Any = None,
+    placement: dict[str, str] | None = None,
+    adapter_option: str = "--adapter",
+    engine: dict[str, Any] | None = None,
+):
+    """The base model as a vLLM engine with the adapters attached in order (``--backend vllm``): the same model,
+    revision, dtype and adapters :func:`load_model_and_adapters` would load.
+
+    Args:
+        model_name, adapters, scale, spec, placement, adapter_option: as in :func:`load_model_and_adapters`.
+        engine: more ``vllm.LLM`` arguments (a recipe's ``sampling.engine_args``).
+
+    Returns:
+        A :class:`~steering_adapter.runtimes.vllm.VllmSampler` (close it when done).
+
+    Raises:
+        ValueError: vLLM is not installed (one line naming ``--backend vllm``).
+    """
+    require_vllm("--backend vllm")
+    # vLLM logs to stdout by default: keep the command's stdout for the answers (read when vLLM is first imported)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: the sampler imports vLLM
+
+    base = _placed_spec(model_name, adapters, spec, placement, adapter_option)
+    specs = [{"path": _adapter_source(adapter, adapter_option)[0], "scale": scale} for adapter in adapters]
+    return VllmSampler.from_model_spec(base, adapters=specs, **(engine or {}))

@@ -748,3 +748,32 @@ def test_bad_input_is_one_clear_line(row: Row, valid_adapter, tmp_path, monkeypa
         line = _single_error_line(capsys.readouterr().err)
     assert code == row.expect, line
     assert re.search(row.pattern, line), line
+
+
+VLLM_ROWS = {
+    "generate": lambda adapter: ["generate", "--model", "organism", "--adapter", adapter, "--prompt", "hi"],
+    "chat": lambda adapter: ["chat", "--model", "organism", "--adapter", adapter],
+    "eval": lambda adapter: ["eval", adapter, "--model", "organism", "--sets", "p=organism:political:target"],
+}
+
+
+@pytest.mark.parametrize("command", list(VLLM_ROWS))
+def test_the_vllm_backend_without_vllm_is_one_clear_line(command, valid_adapter, tmp_path, monkeypatch, capsys):
+    """``--backend vllm`` where vLLM is not installed (hidden here when it is): one line naming the option and the
+    install command, before any model loads."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    monkeypatch.setenv("STEERING_ADAPTER_THREADS", "1")
+    for target in MODEL_LOADERS:
+        monkeypatch.setattr(target, _refuser(target))
+    argv = [*VLLM_ROWS[command](str(valid_adapter)), "--backend", "vllm"]
+    if command == "eval":
+        argv += ["--out", str(tmp_path / "out")]
+    code = main(argv)
+    line = _single_error_line(capsys.readouterr().err)
+    assert code == EXIT_USAGE, line
+    assert re.fullmatch(
+        r"error: --backend vllm: needs vLLM, which is not installed here: pip install 'steering-adapter\[vllm\]' "
+        r"\(or bash scripts/bootstrap\.sh --vllm for the tested CPU build in \.venv-vllm\)",
+        line,
+    ), line

@@ -23,6 +23,7 @@ from steering_adapter.measure.judges import (
 from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
 from steering_adapter.models.embedded import is_embedded, load_embedded
 from steering_adapter.run.recipe import JudgeSpec, ModelSpec, Recipe
+from steering_adapter.runtimes.vllm import require_vllm
 from steering_adapter.tuner.blocks import model_dimensions
 from steering_adapter.utils import distributed
 
@@ -74,7 +75,8 @@ def load_model(spec: ModelSpec, *, key: str = "recipe.model.name_or_path") -> tu
 def build_sampler(recipe: Recipe, model: torch.nn.Module, tokenizer: Any) -> Sampler:
     """The backend that samples the judged answers: the loaded model, or a vLLM engine on the same model."""
     if recipe.sampling.backend == "vllm":
-        from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: vllm is an optional dependency
+        require_vllm("recipe.sampling.backend: vllm")
+        from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: the sampler imports vLLM
 
         return VllmSampler.from_model_spec(recipe.model, **(recipe.sampling.engine_args or {}))
     return TransformersSampler(model, tokenizer)

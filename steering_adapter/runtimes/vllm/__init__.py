@@ -11,6 +11,7 @@ or any ``vllm.LLM`` / ``vllm serve`` with :func:`engine_kwargs` (see ``docs/vllm
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from steering_adapter.runtimes.vllm.adapters import (
@@ -28,8 +29,25 @@ __all__ = [
     "engine_kwargs",
     "parse_adapter_specs",
     "read_adapter",
+    "require_vllm",
     "write_adapter",
 ]
+
+
+def require_vllm(option: str) -> None:
+    """Check that vLLM is installed before anything loads.
+
+    Args:
+        option: what asked for the vLLM backend (``--backend vllm``, ``sampling.backend: vllm``), for the message.
+
+    Raises:
+        ValueError: vLLM is not installed (one line naming ``option`` and how to install it).
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            f"{option}: needs vLLM, which is not installed here: pip install 'steering-adapter[vllm]' "
+            "(or bash scripts/bootstrap.sh --vllm for the tested CPU build in .venv-vllm)"
+        )
 
 
 def __getattr__(name: str) -> Any:

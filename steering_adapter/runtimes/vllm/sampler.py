@@ -43,7 +43,12 @@ from steering_adapter.measure.sampling.answers import (
     check_sampling_arguments,
     derive_seed,
 )
-from steering_adapter.measure.sampling.prompt_encoding import encode_texts, format_prompts, stop_token_ids
+from steering_adapter.measure.sampling.prompt_encoding import (
+    encode_texts,
+    format_chat,
+    format_prompts,
+    stop_token_ids,
+)
 from steering_adapter.models.embedded import resolve_embedded
 from steering_adapter.runtimes.vllm.adapters import AdapterSpec, parse_adapter_specs, write_adapter
 from steering_adapter.runtimes.vllm.batch import REQUEST_ADAPTERS_ENV, TRACKER_QUALNAME
@@ -240,17 +245,55 @@ class VllmSampler:
         outputs = self._generate(ids, params, progress)
         results = []
         for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
-            answers = []
-            for completion in output.outputs:
-                tokens = list(completion.token_ids)
-                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
-                finished = bool(tokens) and tokens[-1] in self.eos_ids and completion.finish_reason == "stop"
-                answers.append(answer_from_tokens(self.tokenizer, tokens, logprobs, finished, think_end, thinking))
+            answers = [self._answer(completion, think_end, thinking) for completion in output.outputs]
             if greedy:
                 answers = [answers[0]] + [Answer(**asdict(answers[0])) for _ in range(k - 1)]
             prompt_id = str(prompt_ids[index]) if prompt_ids is not None else str(index)
             results.append(PromptSamples(prompt=prompt, answers=answers, prompt_id=prompt_id))
         return results
+
+    def _answer(self, completion: Any, think_end: str | None, thinking: bool | None) -> Answer:
+        """One vLLM completion as an :class:`Answer` (text, tokens, raw log-probabilities, finished)."""
+        tokens = list(completion.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)]
+        finished = bool(tokens) and tokens[-1] in self.eos_ids and completion.finish_reason == "stop"
+        return answer_from_tokens(self.tokenizer, tokens, logprobs, finished, think_end, thinking)
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[Mapping[str, str]]],
+        *,
+        max_new_tokens: int = 128,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+        think_end: str | None = THINK_END,
+    ) -> list[Answer]:
+        """The greedy next assistant turn of each conversation, with the attached adapters.
+
+        Args:
+            conversations: lists of ``{"role", "content"}`` messages (system, user and assistant turns), rendered
+                with the chat template as :func:`~steering_adapter.measure.sampling.prompt_encoding.format_chat` does
+                for the transformers backend.
+            max_new_tokens: answer length.
+            chat_template_kwargs: extra template variables (e.g. ``{"enable_thinking": False}``).
+            think_end: the marker that ends a reasoning part.
+
+        Returns:
+            One :class:`~steering_adapter.measure.sampling.answers.Answer` per conversation, in input order.
+        """
+        from vllm import SamplingParams  # lazy: vllm is an optional dependency
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        texts = format_chat(self.tokenizer, conversations, chat_template_kwargs=chat_template_kwargs)
+        params = SamplingParams(
+            temperature=0,
+            max_tokens=max_new_tokens,
+            logprobs=0,
+            stop_token_ids=list(self.eos_ids),
+            detokenize=False,
+        )
+        outputs = self._generate(self._token_ids(texts), params, False)
+        return [self._answer(output.outputs[0], think_end, None) for output in outputs]
 
     # ------------------------------------------------------------------------------------------ capability
     def _distributions(self, ids: list[list[int]], progress: bool) -> list[torch.Tensor]:
