@@ -13,7 +13,6 @@ from steering_adapter.cli.exit_codes import EXIT_OK
 from steering_adapter.cli.model_loading import (
     check_model_and_adapters,
     load_model_and_adapters,
-    open_vllm_sampler,
     placement_overrides,
 )
 from steering_adapter.measure.benchmarks.harness import (
@@ -94,26 +93,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "--benchmark: lm-evaluation-harness scores the transformers model: use --backend transformers"
         )
 
-    if backend == "vllm":
-        model = open_vllm_sampler(
-            args.model,
-            [args.adapter],
-            args.scale,
-            recipe.model if recipe is not None else None,
-            placement_overrides(args),
-            adapter_option=ADAPTER_ARGUMENT,
-            engine=dict(sampling.engine_args or {}) if sampling is not None else None,
-        )
-        tokenizer = model.tokenizer
-    else:
-        model, tokenizer = load_model_and_adapters(
-            args.model,
-            [args.adapter],
-            args.scale,
-            recipe.model if recipe is not None else None,
-            placement_overrides(args),
-            adapter_option=ADAPTER_ARGUMENT,
-        )
+    model, tokenizer = load_model_and_adapters(
+        args.model,
+        [args.adapter],
+        args.scale,
+        recipe.model if recipe is not None else None,
+        placement_overrides(args),
+        adapter_option=ADAPTER_ARGUMENT,
+        backend=backend,
+        engine=dict(sampling.engine_args or {}) if sampling is not None else None,
+    )
     relevance = None
     if not args.no_relevance and (recipe is None or recipe.relevance):
         relevance = RelevanceScorer()

@@ -10,11 +10,10 @@ from steering_adapter.cli.exit_codes import EXIT_OK
 from steering_adapter.cli.model_loading import (
     check_model_and_adapters,
     load_model_and_adapters,
-    open_vllm_sampler,
     placement_overrides,
 )
 from steering_adapter.measure.judges.backends import TransformersJudgeBackend
-from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler
+from steering_adapter.measure.sampling.backend import Sampler, TransformersSampler, as_sampler
 
 __all__ = ["RESET_COMMAND", "cmd_chat", "cmd_generate"]
 
@@ -24,12 +23,10 @@ RESET_COMMAND = "/reset"
 def _open(args: argparse.Namespace) -> Sampler:
     """The base model with ``--adapter`` attached, on the transformers model or a vLLM engine (``--backend``)."""
     check_model_and_adapters(args.model, args.adapter or [])  # a missing folder fails before the model loads
-    if args.backend == "vllm":
-        return open_vllm_sampler(args.model, args.adapter or [], args.scale, None, placement_overrides(args))
     model, tokenizer = load_model_and_adapters(
-        args.model, args.adapter or [], args.scale, None, placement_overrides(args)
+        args.model, args.adapter or [], args.scale, None, placement_overrides(args), backend=args.backend
     )
-    return TransformersSampler(model, tokenizer)
+    return as_sampler(model, tokenizer)  # a VllmSampler is one already
 
 
 def _generate(sampler: Sampler, prompts: Sequence[str], max_new_tokens: int, temperature: float) -> list[str]:

@@ -20,7 +20,6 @@ __all__ = [
     "base_model_spec",
     "check_model_and_adapters",
     "load_model_and_adapters",
-    "open_vllm_sampler",
     "placement_overrides",
 ]
 
@@ -70,22 +69,6 @@ def base_model_spec(model_name: str | None, adapters: Sequence[str], adapter_opt
     return ModelSpec(name_or_path=name, revision=config.get("revision") or None)
 
 
-def _placed_spec(
-    model_name: str | None,
-    adapters: Sequence[str],
-    spec: Any,
-    placement: dict[str, str] | None,
-    adapter_option: str,
-) -> ModelSpec:
-    """:func:`base_model_spec` with a recipe's model settings (``spec``) and the placement overrides."""
-    base = base_model_spec(model_name, adapters, adapter_option)
-    if spec is not None:
-        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
-    if placement:
-        base = dataclasses.replace(base, **placement)
-    return base
-
-
 def load_model_and_adapters(
     model_name: str | None,
     adapters: Sequence[str],
@@ -93,6 +76,8 @@ def load_model_and_adapters(
     spec: Any = None,
     placement: dict[str, str] | None = None,
     adapter_option: str = "--adapter",
+    backend: str = "transformers",
+    engine: dict[str, Any] | None = None,
 ):
     """The base model with the adapters attached in order. ``spec`` (a recipe's model section) supplies dtype, device
     and system prompt; the model itself and its revision come from :func:`base_model_spec`; ``placement``
@@ -105,11 +90,27 @@ def load_model_and_adapters(
         spec: a recipe's ``ModelSpec``, or None.
         placement: ``ModelSpec`` field overrides (``dtype``, ``device``), or None.
         adapter_option: the option that named the adapters (``--adapter``, ``eval``'s ``ADAPTER``), for messages.
+        backend: ``"transformers"``, or ``"vllm"`` (``--backend vllm``): the same model, revision, dtype and adapters
+            in a vLLM engine.
+        engine: more ``vllm.LLM`` arguments for the vLLM backend (a recipe's ``sampling.engine_args``).
 
     Returns:
-        ``(model, tokenizer)``.
+        ``(model, tokenizer)``; with the vLLM backend the model is a
+        :class:`~steering_adapter.runtimes.vllm.VllmSampler` (close it when done).
+
+    Raises:
+        ValueError: the vLLM backend where vLLM is not installed (one line naming ``--backend vllm``).
     """
-    base = _placed_spec(model_name, adapters, spec, placement, adapter_option)
+    if backend == "vllm":
+        require_vllm("--backend vllm")
+    base = base_model_spec(model_name, adapters, adapter_option)
+    if spec is not None:
+        base = dataclasses.replace(spec, name_or_path=base.name_or_path, revision=base.revision)
+    if placement:
+        base = dataclasses.replace(base, **placement)
+    if backend == "vllm":
+        sampler = _vllm_sampler(base, adapters, scale, adapter_option, engine)
+        return sampler, sampler.tokenizer
     key = "--model" if model_name is not None else f"{adapter_option} {adapters[0]}: base_model_name_or_path"
     model, tokenizer = load_model(base, key=key)
     names = []
@@ -128,6 +129,18 @@ def load_model_and_adapters(
     return model, tokenizer
 
 
+def _vllm_sampler(
+    base: ModelSpec, adapters: Sequence[str], scale: float | None, adapter_option: str, engine: dict[str, Any] | None
+):
+    """A vLLM engine on ``base`` with the adapters attached in order (vLLM's own reader takes the Hub ids)."""
+    # vLLM logs to stdout by default: keep the command's stdout for the answers (read when vLLM is first imported)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: the sampler imports vLLM
+
+    specs = [{"path": _adapter_source(adapter, adapter_option)[0], "scale": scale} for adapter in adapters]
+    return VllmSampler.from_model_spec(base, adapters=specs, **(engine or {}))
+
+
 def placement_overrides(args: argparse.Namespace) -> dict[str, str]:
     """``--dtype`` / ``--device`` / ``--device-map`` (the placement options of ``eval``, ``generate`` and ``chat``) as
     ``ModelSpec`` overrides: only the options given, ``--device-map`` as the ``device``."""
@@ -139,35 +152,3 @@ def placement_overrides(args: argparse.Namespace) -> dict[str, str]:
     if getattr(args, "device_map", None):
         placement["device"] = args.device_map
     return placement
-
-
-def open_vllm_sampler(
-    model_name: str | None,
-    adapters: Sequence[str],
-    scale: float | None,
-    spec: Any = None,
-    placement: dict[str, str] | None = None,
-    adapter_option: str = "--adapter",
-    engine: dict[str, Any] | None = None,
-):
-    """The base model as a vLLM engine with the adapters attached in order (``--backend vllm``): the same model,
-    revision, dtype and adapters :func:`load_model_and_adapters` would load.
-
-    Args:
-        model_name, adapters, scale, spec, placement, adapter_option: as in :func:`load_model_and_adapters`.
-        engine: more ``vllm.LLM`` arguments (a recipe's ``sampling.engine_args``).
-
-    Returns:
-        A :class:`~steering_adapter.runtimes.vllm.VllmSampler` (close it when done).
-
-    Raises:
-        ValueError: vLLM is not installed (one line naming ``--backend vllm``).
-    """
-    require_vllm("--backend vllm")
-    # vLLM logs to stdout by default: keep the command's stdout for the answers (read when vLLM is first imported)
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    from steering_adapter.runtimes.vllm.sampler import VllmSampler  # lazy: the sampler imports vLLM
-
-    base = _placed_spec(model_name, adapters, spec, placement, adapter_option)
-    specs = [{"path": _adapter_source(adapter, adapter_option)[0], "scale": scale} for adapter in adapters]
-    return VllmSampler.from_model_spec(base, adapters=specs, **(engine or {}))
