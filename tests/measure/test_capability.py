@@ -149,12 +149,19 @@ def test_relevance_scores_on_topic_answers_higher():
 
 
 def test_relevance_of_a_pair_never_depends_on_its_company_and_each_text_is_embedded_once():
-    """A pair's score is bit-identical alone (no cache) and among other pairs in any order, texts of one token length
-    sharing a pass or not (a resumed run scores as an uninterrupted one); in one call each distinct text goes through
-    the encoder once, every pass of one shape (SCORE_ROWS rows of one length, no padding); a full cache drops the
-    least recently used texts and still scores every pair right."""
-    from steering_adapter.measure.relevance import SCORE_ROWS, RelevanceScorer
+    """A pair's score is bit-identical alone (no cache) and among other pairs in any order, texts of other token
+    lengths sharing its pass or not (a resumed run scores as an uninterrupted one); in one call each distinct text goes
+    through the encoder once, every pass SCORE_ROWS rows of one length bucket, each row padded (its own length rounded
+    up past a multiple of BUCKET_WIDTH); a full cache drops the least recently used texts and still scores every pair
+    right."""
+    from steering_adapter.measure.relevance import BUCKET_WIDTH, SCORE_ROWS, RelevanceScorer, bucket_length
 
+    assert [bucket_length(n) for n in (1, BUCKET_WIDTH - 1, BUCKET_WIDTH, 2 * BUCKET_WIDTH + 3)] == [
+        BUCKET_WIDTH,
+        BUCKET_WIDTH,
+        2 * BUCKET_WIDTH,
+        3 * BUCKET_WIDTH,
+    ]
     prompts = ["Who wrote Hamlet?", "Who wrote Macbeth?", "How do I bake bread?"]
     answers = ["Shakespeare.", "Knead the dough, let it rise, and bake it for forty minutes.", "Picasso did."]
     uncached = RelevanceScorer(cache_size=0)
@@ -163,14 +170,18 @@ def test_relevance_of_a_pair_never_depends_on_its_company_and_each_text_is_embed
 
     scorer = RelevanceScorer(cache_size=4)
     lengths = {text: len(scorer.tokenizer(text)["input_ids"]) for text in prompts + answers}
-    assert len(set(lengths.values())) == 5  # the two "Who wrote" prompts share a length, and a pass
+    assert len(set(lengths.values())) == 5  # the two "Who wrote" prompts share a length
+    buckets = {bucket_length(n) for n in lengths.values()}
+    assert len(buckets) == 3  # 4, 5 and 6 tokens share the first bucket: texts of different lengths share a pass
     passes = []
     scorer.model.register_forward_pre_hook(lambda module, args, kwargs: passes.append(kwargs), with_kwargs=True)
     order = [2, 0, 1, 0, 2]
     together = scorer.score([prompts[i] for i in order], [answers[i] for i in order])
     assert together == [alone[i] for i in order]
-    assert len(passes) == 5  # 6 distinct texts in 5 token lengths
-    assert {batch["input_ids"].shape[0] for batch in passes} == {SCORE_ROWS}
-    assert all(bool(batch["attention_mask"].all()) for batch in passes)  # no padding
+    assert len(passes) == 3  # 6 distinct texts in 3 buckets, each bucket within one pass
+    assert {batch["input_ids"].shape for batch in passes} == {(SCORE_ROWS, width) for width in buckets}
+    assert not any(bool(batch["attention_mask"][:, -1].any()) for batch in passes)  # every row ends in padding
+    assert {4, 5, 6} <= {int(n) for batch in passes for n in batch["attention_mask"].sum(1)}
+    assert max(len({int(n) for n in batch["attention_mask"].sum(1)}) for batch in passes) == 3  # in one pass
     assert len(scorer._cache) == 4 and list(scorer._cache)[-1] == answers[1]  # the last text used is kept last
     assert scorer.score(prompts, answers) == alone
