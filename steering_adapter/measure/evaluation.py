@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,7 @@ def evaluate(
     conditions: Sequence[str] = CONDITIONS,
     gate_closed: Mapping[str, Sequence[bool]] | None = None,
     base_run: str | os.PathLike | None = None,
+    ungated_run: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """Score every set with steering off (``base``) and on (``steered``) and write the report.
 
@@ -131,7 +132,14 @@ def evaluate(
             steered condition takes these prompts' records from ``base_run`` and samples only the others (each
             set's summary counts them in ``n_gate_closed``).
         base_run: ``out_dir`` of an earlier evaluation of the base condition on the same sets, judge and sampling
-            settings (needed with ``gate_closed``).
+            settings (needed with ``gate_closed``; it may be ``out_dir`` itself when ``conditions`` runs ``"base"``
+            first).
+        ungated_run: ``out_dir`` of an earlier evaluation of the steered condition of the same adapter without its
+            gate (same vectors, blocks and scale) on the same sets, judge and sampling settings. With
+            ``gate_closed``, the prompts whose gate opens take their records (and their base log-probabilities) from
+            it: an open gate steers exactly as the ungated adapter does, so those answers are samples of the gated
+            model too, and with both runs sampled in the same chunks they are the very answers it would give. Each
+            set's summary counts them in ``n_gate_open_reused``.
 
     Returns:
         The :class:`EvaluationReport` (also saved as ``report.json`` and ``report.md``).
@@ -154,6 +162,8 @@ def evaluate(
     gate_closed = dict(gate_closed or {})
     if gate_closed and base_run is None:
         raise ValueError("gate_closed needs base_run, the evaluation whose base answers the closed prompts reuse")
+    if ungated_run is not None and not gate_closed:
+        raise ValueError("ungated_run needs gate_closed, the gate decisions that say which prompts reuse it")
     for eval_set in sets:
         if eval_set.name in gate_closed and len(gate_closed[eval_set.name]) != len(eval_set.prompts):
             raise ValueError(
@@ -178,12 +188,26 @@ def evaluate(
         texts: dict[str, list[str]] = {}
         for condition in conditions:
             log_dir = out / condition / eval_set.name
-            reused: dict[int, tuple[PromptScore, list[Answer]]] = {}
+            reused: dict[int, tuple[PromptScore, list[Answer]]] = {}  # closed gates: base records
+            reused_open: dict[int, tuple[PromptScore, list[Answer]]] = {}  # open gates: the ungated run's records
             if condition == "steered" and eval_set.name in gate_closed:
-                reused = _base_records(
-                    Path(base_run), eval_set, gate_closed[eval_set.name], judge, sampling, settings.unparseable
+                closed = gate_closed[eval_set.name]
+                reused = _reused_records(
+                    Path(base_run) / "base", eval_set, closed, judge, sampling, settings.unparseable, "gate-closed"
                 )
-            todo = [prompt for i, prompt in enumerate(eval_set.prompts) if i not in reused]
+                if ungated_run is not None:
+                    opened = [not is_closed for is_closed in closed]
+                    reused_open = _reused_records(
+                        Path(ungated_run) / "steered",
+                        eval_set,
+                        opened,
+                        judge,
+                        sampling,
+                        settings.unparseable,
+                        "gate-open",
+                    )
+                    _copy_base_logprobs(Path(ungated_run) / "steered" / eval_set.name, log_dir, reused_open.values())
+            todo = [prompt for i, prompt in enumerate(eval_set.prompts) if i not in reused and i not in reused_open]
             own: list[PromptScore] = []
             if todo:
                 with _condition(sampler, condition):
@@ -199,12 +223,17 @@ def evaluate(
                         **keywords,
                     )
             own_records = iter(zip(own, recorded_answers(log_dir, [s.key for s in own]) if own else [], strict=True))
-            merged = [reused[i] if i in reused else next(own_records) for i in range(len(eval_set.prompts))]
+            merged = [
+                reused[i] if i in reused else reused_open[i] if i in reused_open else next(own_records)
+                for i in range(len(eval_set.prompts))
+            ]
             scores = [score for score, _ in merged]
             answers = [group for _, group in merged]
             summary = summarize([s.score for s in scores])
             if reused:
                 summary["n_gate_closed"] = len(reused)
+            if reused_open:
+                summary["n_gate_open_reused"] = len(reused_open)
             if families is not None:
                 summary.update(attack_success([s.score for s in scores], families))
             texts[condition] = [group[0].text for group in answers]
@@ -224,11 +253,19 @@ def evaluate(
                 flat = [a for group in answers for a in group]
                 if condition == "base":  # sampled from the base model: its own log-probabilities
                     base_logprobs = [a.mean_logprob for a in flat]
-                else:  # reused base answers carry their own; the others get a teacher-forced pass
-                    own_answers = [group for i, group in enumerate(answers) if i not in reused]
-                    batch_size = settings.batch_size
+                else:  # reused base answers carry their own; the others get a teacher-forced pass (logged)
+                    steered_records = [record for i, record in enumerate(merged) if i not in reused]
                     scored = iter(
-                        _base_logprobs(sampler, own, own_answers, log_dir, batch_size, sampling) if own else []
+                        _base_logprobs(
+                            sampler,
+                            [score for score, _ in steered_records],
+                            [group for _, group in steered_records],
+                            log_dir,
+                            settings.batch_size,
+                            sampling,
+                        )
+                        if steered_records
+                        else []
                     )
                     base_logprobs = [
                         a.mean_logprob if i in reused else next(scored)
@@ -276,27 +313,67 @@ def evaluate(
     return report
 
 
+def gate_closed_prompts(
+    model: nn.Module | Sampler,
+    tokenizer: Any,
+    adapter_name: str,
+    sets: Sequence[EvalSet],
+    *,
+    batch_size: int,
+    sampling: SamplingSettings,
+) -> dict[str, list[bool]]:
+    """``{set name: [B] bool}``: the prompts of each set whose gate the condition-gated adapter ``adapter_name`` keeps
+    closed (``{}`` when the backend cannot tell), as :func:`evaluate`'s ``gate_closed`` takes them.
+
+    The prompts are batched as :func:`~steering_adapter.measure.scored_runs.score_prompts` batches them (unique
+    prompts, in order, ``batch_size`` per batch), so each decision is the one generation takes. The adapter must be
+    active.
+    """
+    sampler = as_sampler(model, tokenizer)
+    decide = getattr(sampler, "gate_decisions", None)
+    if decide is None:
+        return {}
+    closed: dict[str, list[bool]] = {}
+    for eval_set in sets:
+        unique = list(dict.fromkeys(eval_set.prompts))
+        gates = decide(
+            unique,
+            adapter_name,
+            batch_size=batch_size,
+            system_prompt=sampling.system_prompt,
+            chat_template_kwargs=sampling.chat_template_kwargs,
+        )
+        opened = dict(zip(unique, gates, strict=True))
+        closed[eval_set.name] = [not opened[prompt] for prompt in eval_set.prompts]
+    return closed
+
+
 BASE_LOGPROBS_FILE = "base_logprobs.jsonl"
 
 
-def _base_records(
-    base_run: Path,
+def _reused_records(
+    condition_dir: Path,
     eval_set: EvalSet,
-    closed: Sequence[bool],
+    chosen: Sequence[bool],
     judge: Judge,
     sampling: SamplingSettings,
-    unparseable: str = "keep",
+    unparseable: str,
+    which: str,
 ) -> dict[int, tuple[PromptScore, list[Answer]]]:
-    """``{position: (score, answers)}`` of the gate-closed prompts of ``eval_set``, from the base condition of the
-    evaluation in ``base_run`` (same judge, same sampling settings: the same record keys); each score is computed
-    again from its recorded labels with ``unparseable`` (the base run may have scored them the other way).
+    """``{position: (score, answers)}`` of the ``chosen`` prompts of ``eval_set`` from the records of one condition
+    of an earlier evaluation (``condition_dir``: its ``base/`` or ``steered/`` folder; same judge, same sampling
+    settings: the same record keys); each score is computed again from its recorded labels with ``unparseable`` (the
+    earlier run may have scored them the other way). ``which`` names the chosen prompts in errors.
 
     Raises:
-        ValueError: no finished base scoring of the set there, another judge, or a prompt without a record.
+        ValueError: no finished scoring of the set there, another judge, or a chosen prompt without a record.
     """
-    log_dir = base_run / "base" / eval_set.name
+    condition, log_dir = condition_dir.name, condition_dir / eval_set.name
+    positions = [i for i, is_chosen in enumerate(chosen) if is_chosen]
+    if not positions:
+        return {}
     if not (log_dir / SCORES_FILE).is_file():
-        raise ValueError(f"{log_dir} holds no finished base scoring of set {eval_set.name!r} to reuse")
+        raise ValueError(f"{log_dir} holds no finished {condition} scoring of set {eval_set.name!r} to reuse")
     with open(log_dir / SCORES_FILE, encoding="utf-8") as handle:
         recorded = json.load(handle)
     recorded_judge = recorded["judge"]
@@ -305,13 +382,13 @@ def _base_records(
         raise ValueError(f"{log_dir} was judged by {recorded_judge!r}, this evaluation by {judge_name!r}")
     by_key = {score.key: score for score in load_scores(log_dir)}
     settings = sampling.to_dict()
-    positions = [i for i, is_closed in enumerate(closed) if is_closed]
     keys = [prompt_key(eval_set.prompts[i], settings) for i in positions]
     missing = [eval_set.prompts[i] for i, key in zip(positions, keys, strict=True) if key not in by_key]
     if missing:
         raise ValueError(
-            f"{log_dir} has no base record of {len(missing)} gate-closed prompts of set {eval_set.name!r} "
-            f"(e.g. {missing[0][:80]!r}): score the base condition there with the same prompts and sampling settings"
+            f"{log_dir} has no {condition} record of {len(missing)} {which} prompts of set {eval_set.name!r} "
+            f"(e.g. {missing[0][:80]!r}): score the {condition} condition there with the same prompts and sampling "
+            "settings"
         )
     answers = recorded_answers(log_dir, keys)
     tau, threshold = recorded["tau"], recorded["threshold"]
@@ -321,6 +398,19 @@ def _base_records(
         value = refusal_confidence(score.labels, score.mean_logprobs, tau=tau, unparseable=unparseable)
         rescored[key] = dataclasses.replace(score, score=value, label=classify(value, threshold))
     return {i: (rescored[key], group) for i, key, group in zip(positions, keys, answers, strict=True)}
+
+
+def _copy_base_logprobs(source_dir: Path, log_dir: Path, records: Iterable[tuple[PromptScore, list[Answer]]]) -> None:
+    """Copy into ``log_dir``'s base log-probability log the values ``source_dir``'s log holds for ``records`` (the
+    rest are scored by :func:`_base_logprobs` when they are needed)."""
+    source = JsonlLog(source_dir / BASE_LOGPROBS_FILE)
+    if not source.path.is_file():
+        return
+    known = source.by_key()
+    target = JsonlLog(log_dir / BASE_LOGPROBS_FILE)
+    for score, _ in records:
+        if score.key in known and score.key not in target:
+            target.append_keyed(known[score.key])
 
 
 def _base_logprobs(

@@ -208,6 +208,10 @@ def test_gate_comparison_table_from_hand_reports():
         gate_comparison_markdown(gated, EvaluationReport(sets={"cooking": ungated.sets["cooking"]}))
 
 
+def _gate_test_vectors():
+    return {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) * 3 for layer in (1, 2)}
+
+
 def _gated_model(tokenizer):
     """A gated adapter whose gate (last prompt token of block 0) opens for half of the prompts of ``SETS``, with the
     hand-computed decisions (one prompt at a time, hand-written hook)."""
@@ -228,8 +232,7 @@ def _gated_model(tokenizer):
     ordered = sorted(projections.values())
     threshold = (ordered[2] + ordered[3]) / 2
     config = SteeringConfig(layers=[1, 2], scale=3.0, condition_layer=0, condition_threshold=threshold)
-    vectors = {layer: torch.randn(64, generator=torch.Generator().manual_seed(layer)) * 3 for layer in (1, 2)}
-    model = adapter_from_vectors(tiny_model("llama"), vectors, config, condition=condition)
+    model = adapter_from_vectors(tiny_model("llama"), _gate_test_vectors(), config, condition=condition)
     return model, {s.name: [projections[p] <= threshold for p in s.prompts] for s in SETS}
 
 
@@ -275,6 +278,108 @@ def test_gate_closed_prompts_reuse_the_base_records(tmp_path):
         row = reused.sets[eval_set.name]["steered"]
         assert row["refusal_pct"] == summarize(merged)["refusal_pct"]
         assert row.get("n_gate_closed", 0) == sum(closed[eval_set.name])
+
+
+def test_gate_open_prompts_reuse_the_ungated_records_and_give_the_full_gated_evaluation(tmp_path):
+    """With the gate decisions, the base records (closed gates) and an evaluation of the same vectors without the gate
+    (open gates), the gated steered condition samples and scores nothing, and its records, rates and base
+    log-probabilities are those of a gated evaluation that sampled everything itself (same chunks, same seeds)."""
+    from steering_adapter import SteeringConfig
+    from steering_adapter.measure.evaluation import BASE_LOGPROBS_FILE, recorded_answers
+    from steering_adapter.measure.scored_runs import load_scores
+
+    tokenizer = tiny_tokenizer()
+    model, closed = _gated_model(tokenizer)
+    ungated = adapter_from_vectors(tiny_model("llama"), _gate_test_vectors(), SteeringConfig(layers=[1, 2], scale=3.0))
+    settings = EvaluationSettings(progress=False, plots=False, quality=True)
+    full = evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "full", settings=settings, sampling=SETTINGS)
+    evaluate(
+        ungated,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "ungated",
+        settings=settings,
+        sampling=SETTINGS,
+        conditions=("steered",),
+    )
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    evaluate(
+        model,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "base_only",
+        settings=settings,
+        sampling=SETTINGS,
+        conditions=("base",),
+    )
+    base_only_calls = len(calls)
+    calls.clear()
+    reused = evaluate(
+        model,
+        tokenizer,
+        SETS,
+        ParityJudge(),
+        tmp_path / "reused",
+        settings=settings,
+        sampling=SETTINGS,
+        gate_closed=closed,
+        base_run=tmp_path / "reused",
+        ungated_run=tmp_path / "ungated",
+    )
+    handle.remove()
+    assert len(calls) == base_only_calls  # the steered condition ran no forward pass
+    changed_by_the_gate = 0
+    for eval_set in SETS:
+        row = reused.sets[eval_set.name]["steered"]
+        flags = closed[eval_set.name]
+        assert row.get("n_gate_closed", 0) == sum(flags)
+        assert row.get("n_gate_open_reused", 0) == len(flags) - sum(flags)
+        assert not (tmp_path / "reused" / "steered" / eval_set.name / "answers.jsonl").exists()
+        counts = ("n_gate_closed", "n_gate_open_reused")
+        assert {k: v for k, v in row.items() if k not in counts} == full.sets[eval_set.name]["steered"]
+        full_dir = tmp_path / "full" / "steered" / eval_set.name
+        for prompt, is_closed, score in zip(eval_set.prompts, flags, load_scores(full_dir), strict=True):
+            assert score.prompt == prompt
+            source = tmp_path / ("reused/base" if is_closed else "ungated/steered") / eval_set.name
+            mine = recorded_answers(source, [score.key])[0]
+            assert [a.token_ids for a in mine] == [a.token_ids for a in recorded_answers(full_dir, [score.key])[0]]
+            if not is_closed:
+                base = recorded_answers(tmp_path / "reused" / "base" / eval_set.name, [score.key])[0]
+                changed_by_the_gate += [a.token_ids for a in mine] != [a.token_ids for a in base]
+        assert (tmp_path / "reused" / "steered" / eval_set.name / BASE_LOGPROBS_FILE).is_file() == (
+            sum(flags) < len(flags)
+        )
+    assert changed_by_the_gate >= 2  # open gates do steer: the reused answers are not the base ones
+    with pytest.raises(ValueError, match="ungated_run needs gate_closed"):
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            ParityJudge(),
+            tmp_path / "x",
+            settings=settings,
+            sampling=SETTINGS,
+            conditions=("steered",),
+            ungated_run=tmp_path / "ungated",
+        )
+    with pytest.raises(ValueError, match=r"has no steered record of \d gate-open prompts of set .target."):
+        other = dataclasses.replace(SETTINGS, seed=99)
+        evaluate(
+            model,
+            tokenizer,
+            SETS,
+            ParityJudge(),
+            tmp_path / "y",
+            settings=settings,
+            sampling=other,
+            conditions=("base", "steered"),
+            gate_closed=closed,
+            base_run=tmp_path / "y",
+            ungated_run=tmp_path / "ungated",
+        )
 
 
 def test_gate_closed_bad_input(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from steering_adapter.directions.conditions import ConditionFit
-from steering_adapter.measure.evaluation import EvalSet, evaluate
+from steering_adapter.measure.evaluation import EvalSet, evaluate, gate_closed_prompts
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judges.base import Judge
 from steering_adapter.measure.sampling.backend import Sampler, as_sampler
@@ -242,32 +242,12 @@ def _gate_closed_prompts(
     is gated or the backend cannot tell).
 
     Every gated candidate shares one condition and steers only blocks from the condition block on, so its gate reads
-    the base model's activations: the decisions hold for every candidate and every α. The prompts are batched as
-    :func:`~steering_adapter.measure.scored_runs.score_prompts` batches them (unique prompts, in order), so each
-    decision is the one generation would take."""
+    the base model's activations: the decisions hold for every candidate and every α."""
     gated = next((c for c in candidates if c[2]), None)
-    decide = getattr(sampler, "gate_decisions", None)
-    if gated is None or decide is None:
+    if gated is None:
         return {}
     sampler.activate(gated[0])
-    closed: dict[str, list[bool]] = {}
-    for eval_set in sets:
-        unique = list(dict.fromkeys(eval_set.prompts))
-        opened = dict(
-            zip(
-                unique,
-                decide(
-                    unique,
-                    gated[0],
-                    batch_size=batch_size,
-                    system_prompt=sampling.system_prompt,
-                    chat_template_kwargs=sampling.chat_template_kwargs,
-                ),
-                strict=True,
-            )
-        )
-        closed[eval_set.name] = [not opened[prompt] for prompt in eval_set.prompts]
-    return closed
+    return gate_closed_prompts(sampler, None, gated[0], sets, batch_size=batch_size, sampling=sampling)
 
 
 def save_sweep(result: SweepResult, out_dir: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ import torch
 from steering_adapter.adapter.builder import adapter_from_vectors, save_adapter
 from steering_adapter.directions.conditions import ConditionFit
 from steering_adapter.measure.comparison import benchmarks_markdown, comparison_markdown
-from steering_adapter.measure.evaluation import evaluate
+from steering_adapter.measure.evaluation import evaluate, gate_closed_prompts
 from steering_adapter.measure.evaluation_report import EvaluationReport, adapter_report_markdown
 from steering_adapter.measure.evaluation_settings import EvaluationSettings
 from steering_adapter.measure.judge_agreement import judge_agreement_summary
@@ -93,7 +93,7 @@ def evaluate_and_save(
         unparseable=recipe.scoring.unparseable,  # not in the fingerprint: evaluate rescores the kept records
     )
     sampling = SamplingSettings.from_kwargs(**recipe_sampling(recipe))
-    ungated_report = None
+    ungated_report, ungated_dir = None, None
     gate_fields: dict[str, Any] = {}
     if choice.gated:
         gate_fields = {"condition": condition.direction, **condition.config_fields()}
@@ -102,13 +102,14 @@ def evaluate_and_save(
         log("[evaluate] the chosen vector without its gate, on the test half")
         sampler.add_adapter("ungated", vectors, scale=choice.alpha)
         sampler.activate("ungated")
+        ungated_dir = stage_dir(out / "evaluation_ungated", evaluation_key, log)
         with times("evaluate ungated"):
             ungated_report = evaluate(
                 sampler,
                 tokenizer,
                 test_sets,
                 judge,
-                stage_dir(out / "evaluation_ungated", evaluation_key, log),
+                ungated_dir,
                 settings=dataclasses.replace(evaluation, plots=False),
                 sampling=sampling,
                 conditions=("steered",),
@@ -130,22 +131,34 @@ def evaluate_and_save(
 
     log("[evaluate] before/after on the test half")
     measured: torch.nn.Module | Sampler = peft_model
+    measured_name = "default"
     if not isinstance(sampler, TransformersSampler):  # the same adapter in the sampling engine
         gate = {key: value for key, value in gate_fields.items() if key != "condition"}
         sampler.add_adapter("chosen", vectors, scale=choice.alpha, condition=gate_fields.get("condition"), **gate)
         sampler.activate("chosen")
-        measured = sampler
+        measured, measured_name = sampler, "chosen"
+    evaluation_dir = stage_dir(
+        out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
+    )
+    reuse: dict[str, Any] = {}
+    if ungated_dir is not None:
+        # an open gate steers as the ungated adapter just did, a closed one leaves the base model: the gated answers
+        # are the ungated evaluation's and this evaluation's base ones (same chunks, same seeds), not sampled again
+        closed = gate_closed_prompts(
+            measured, tokenizer, measured_name, test_sets, batch_size=evaluation.batch_size, sampling=sampling
+        )
+        if closed:
+            reuse = {"gate_closed": closed, "base_run": evaluation_dir, "ungated_run": ungated_dir}
     with times("evaluate"):
         report = evaluate(
             measured,
             tokenizer,
             test_sets,
             judge,
-            stage_dir(
-                out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
-            ),
+            evaluation_dir,
             settings=evaluation,
             sampling=sampling,
+            **reuse,
         )
     markdown = adapter_report_markdown(report, ungated_report)
     if benchmarks:
