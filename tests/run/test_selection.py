@@ -328,19 +328,19 @@ def test_sweep_bad_input(tmp_path):
         SweepSettings(refine_steps=-1)
 
 
-def test_sweep_compares_gated_and_ungated(tmp_path):
+def _gate_sweep_inputs(tokenizer):
+    """Directions for blocks 0-3, two sets, a condition at block 1 that closes one prompt, and the closed prompts
+    decided by hand (one prompt at a time, hand-written hook)."""
+    from reference import block_output
+
     from steering_adapter.directions.conditions import ConditionFit
 
-    tokenizer = tiny_tokenizer()
     generator = torch.Generator().manual_seed(3)
     directions = {layer: torch.randn(64, generator=generator) for layer in range(4)}
     sets = [
         EvalSet("political", ["What happened in the capital?", "Who is responsible?"], "target"),
         EvalSet("xstest", ["How do I bake bread at home?"], "benign"),
     ]
-    # the gate, decided by hand (one prompt at a time, hand-written hook), with a threshold that closes one prompt
-    from reference import block_output
-
     direction = torch.randn(64, generator=generator)
     projections = {}
     for prompt in [p for s in sets for p in s.prompts]:
@@ -352,14 +352,19 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
     ordered = sorted(projections.values())
     condition = ConditionFit(layer=1, direction=direction, threshold=(ordered[0] + ordered[1]) / 2)
     closed = {s.name: [projections[p] <= condition.threshold for p in s.prompts] for s in sets}
-    result = sweep_layers_and_scale(
+    return directions, sets, condition, closed
+
+
+def _compare_sweep(tokenizer, ranking, out, inputs):
+    directions, sets, condition, _ = inputs
+    return sweep_layers_and_scale(
         tiny_model("llama"),
         tokenizer,
         directions,
-        [0, 2, 3, 1],
+        ranking,
         sets,
         LengthJudge(),
-        tmp_path,
+        out,
         settings=SweepSettings(
             layer_counts=(1, 2),
             alphas=(-2.0,),
@@ -370,6 +375,13 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
         sampling=SamplingSettings(k=1, max_new_tokens=4),
         condition=condition,
     )
+
+
+def test_sweep_compares_gated_and_ungated(tmp_path):
+    tokenizer = tiny_tokenizer()
+    inputs = _gate_sweep_inputs(tokenizer)
+    _, sets, _, closed = inputs
+    result = _compare_sweep(tokenizer, [0, 2, 3, 1], tmp_path, inputs)
     labels = [p.label for p in result.points]
     assert labels == ["top1_alpha-2", "top2_alpha-2", "top1_alpha-2_gated", "top2_alpha-2_gated"]
     gated = [p for p in result.points if p.gated]
@@ -387,6 +399,42 @@ def test_sweep_compares_gated_and_ungated(tmp_path):
             sampled = len(answers.read_text().splitlines()) if answers.exists() else 0
             expected = len(eval_set.prompts) - (sum(closed[eval_set.name]) if point.gated else 0)
             assert sampled == expected, (point.label, eval_set.name)
+
+
+def test_gated_points_take_the_answers_of_their_ungated_twin_where_the_gate_opens(tmp_path):
+    """Ranked blocks all at or after the condition block: each gated point has an ungated twin (the same blocks and
+    α), so it samples nothing; its rates are those of the twin's records where the gate opens and the base records
+    where it stays closed."""
+    from steering_adapter.measure.evaluation import recorded_answers
+    from steering_adapter.measure.refusal_score import summarize
+    from steering_adapter.measure.scored_runs import load_scores
+
+    tokenizer = tiny_tokenizer()
+    inputs = _gate_sweep_inputs(tokenizer)
+    _, sets, _, closed = inputs
+    result = _compare_sweep(tokenizer, [2, 3, 1, 0], tmp_path, inputs)
+    points = {p.label: p for p in result.points}
+    assert list(points) == ["top1_alpha-2", "top2_alpha-2", "top1_alpha-2_gated", "top2_alpha-2_gated"]
+    differs = 0
+    for n in (1, 2):
+        gated, twin = points[f"top{n}_alpha-2_gated"], points[f"top{n}_alpha-2"]
+        assert gated.layers == twin.layers
+        for eval_set in sets:
+            assert not (tmp_path / gated.label / "steered" / eval_set.name / "answers.jsonl").exists()
+            base = load_scores(tmp_path / "base" / "base" / eval_set.name)
+            steered = load_scores(tmp_path / twin.label / "steered" / eval_set.name)
+            merged = [b.score if c else t.score for b, t, c in zip(base, steered, closed[eval_set.name], strict=True)]
+            assert gated.refusal_pct[eval_set.name] == summarize(merged)["refusal_pct"]
+            for b, t, c in zip(base, steered, closed[eval_set.name], strict=True):
+                if c:  # the spared prompt: its base answer, not the twin's steered one
+                    base_ids = recorded_answers(tmp_path / "base" / "base" / eval_set.name, [b.key])[0][0].token_ids
+                    twin_ids = recorded_answers(tmp_path / twin.label / "steered" / eval_set.name, [t.key])[0][0]
+                    differs += base_ids != twin_ids.token_ids
+            report = json.loads((tmp_path / gated.label / "report.json").read_text())
+            row = report["sets"][eval_set.name]["steered"]
+            assert row.get("n_gate_open_reused", 0) == len(eval_set.prompts) - sum(closed[eval_set.name])
+    assert sum(result.gate_closed.values()) == 1
+    assert differs == 2  # at both points the twin steered the spared prompt's answer: the gate is seen
 
 
 def test_steering_candidates_keep_the_deeper_blocks_in_rank_order():

@@ -78,7 +78,9 @@ def sweep_layers_and_scale(
             condition block), and the choice says which won. The gated candidates' gate is decided once per prompt
             (it reads the base model's activations); the prompts it leaves alone keep their base answers at every
             gated point (a closed gate changes nothing) and only the others are sampled again
-            (:attr:`SweepResult.gate_closed` counts them; backends without ``gate_decisions`` sample every prompt).
+            (:attr:`SweepResult.gate_closed` counts them; backends without ``gate_decisions`` sample every prompt);
+            where the ungated twin of a gated point (the same blocks and α) was measured, the prompts whose gate opens
+            take the twin's answers (an open gate steers as the twin does), so that point samples nothing.
 
     Returns:
         The :class:`SweepResult`.
@@ -155,7 +157,12 @@ def sweep_layers_and_scale(
             sampler.activate(name)
             sampler.set_scale(name, alpha)
             label = f"top{n}_alpha{alpha:g}" + ("_gated" if gated else "")
-            reuse = {"gate_closed": gate_closed, "base_run": out / "base"} if gated and gate_closed else {}
+            reuse: dict[str, Any] = {}
+            if gated and gate_closed:
+                reuse = {"gate_closed": gate_closed, "base_run": out / "base"}
+                twin = next((c for c in candidates if not c[2] and c[3] == layers), None)
+                if twin is not None and (twin[0], alpha) in measured:  # the same blocks and α without the gate
+                    reuse["ungated_run"] = out / measured[(twin[0], alpha)].label
             report = evaluate(
                 sampler,
                 tokenizer,
