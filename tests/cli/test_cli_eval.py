@@ -13,7 +13,13 @@ from steering_adapter import adapter_from_vectors, save_adapter
 from steering_adapter.cli import EXIT_OK, main
 from steering_adapter.measure.judges.pattern import DEFAULT_REFUSAL_PATTERNS, PatternJudge
 from steering_adapter.models.organism import load_organism
-from steering_adapter.utils.threads import THREADS_ENV, configure_threads, default_threads, physical_cores
+from steering_adapter.utils.threads import (
+    THREADS_ENV,
+    busy_cores,
+    configure_threads,
+    default_threads,
+    physical_cores,
+)
 
 FAST = ["--k", "1", "--max-new-tokens", "6", "--no-relevance", "--no-progress", "--batch-size", "32"]
 
@@ -133,12 +139,52 @@ def test_threads_option_and_environment(monkeypatch):
         with pytest.raises(ValueError, match="must be an integer"):
             configure_threads()
         monkeypatch.delenv(THREADS_ENV)
-        monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+        monkeypatch.setattr("steering_adapter.utils.threads.busy_cores", lambda: 0.2)
         assert configure_threads() == physical_cores()  # an idle machine: every core
+        monkeypatch.setattr("steering_adapter.utils.threads.busy_cores", lambda: None)  # no /proc/stat
+        monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+        assert configure_threads() == physical_cores()
         with pytest.raises(ValueError, match=">= 1"):
             configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cores_reads_the_kernel_counters(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+
+    def write(user, system, idle, iowait):
+        stat.write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 0 0 0\ncpu1 1 0 0 0\nintr 5\n")
+
+    write(1000, 200, 5000, 50)
+    # over the interval: 60 + 40 busy ticks, 90 + 10 idle ones on 2 CPUs -> one core's worth busy
+    monkeypatch.setattr("steering_adapter.utils.threads.time.sleep", lambda seconds: write(1060, 240, 5090, 60))
+    assert busy_cores(stat) == pytest.approx(1.0)
+    assert busy_cores(tmp_path / "missing") is None
+    stat.write_text("not the kernel's counters\n")
+    assert busy_cores(stat) is None
+
+
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    import subprocess
+    import sys
+
+    if busy_cores() is None:
+        pytest.skip("no /proc/stat on this platform")
+    spinner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nprint(flush=True)\nend = time.time() + 20\nwhile time.time() < end: pass",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        spinner.stdout.readline()  # it runs
+        assert busy_cores(interval=0.5) >= 0.8
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_default_threads_leave_busy_cores_alone():
