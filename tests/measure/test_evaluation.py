@@ -292,42 +292,21 @@ def test_gate_open_prompts_reuse_the_ungated_records_and_give_the_full_gated_eva
     model, closed = _gated_model(tokenizer)
     ungated = adapter_from_vectors(tiny_model("llama"), _gate_test_vectors(), SteeringConfig(layers=[1, 2], scale=3.0))
     settings = EvaluationSettings(progress=False, plots=False, quality=True)
-    full = evaluate(model, tokenizer, SETS, ParityJudge(), tmp_path / "full", settings=settings, sampling=SETTINGS)
-    evaluate(
-        ungated,
-        tokenizer,
-        SETS,
-        ParityJudge(),
-        tmp_path / "ungated",
-        settings=settings,
-        sampling=SETTINGS,
-        conditions=("steered",),
-    )
+
+    def evaluated(adapter, folder, sampling=SETTINGS, **kwargs):
+        return evaluate(
+            adapter, tokenizer, SETS, ParityJudge(), tmp_path / folder, settings=settings, sampling=sampling, **kwargs
+        )
+
+    full = evaluated(model, "full")
+    evaluated(ungated, "ungated", conditions=("steered",))
     calls = []
     handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    evaluate(
-        model,
-        tokenizer,
-        SETS,
-        ParityJudge(),
-        tmp_path / "base_only",
-        settings=settings,
-        sampling=SETTINGS,
-        conditions=("base",),
-    )
+    evaluated(model, "base_only", conditions=("base",))
     base_only_calls = len(calls)
     calls.clear()
-    reused = evaluate(
-        model,
-        tokenizer,
-        SETS,
-        ParityJudge(),
-        tmp_path / "reused",
-        settings=settings,
-        sampling=SETTINGS,
-        gate_closed=closed,
-        base_run=tmp_path / "reused",
-        ungated_run=tmp_path / "ungated",
+    reused = evaluated(
+        model, "reused", gate_closed=closed, base_run=tmp_path / "reused", ungated_run=tmp_path / "ungated"
     )
     handle.remove()
     assert len(calls) == base_only_calls  # the steered condition ran no forward pass
@@ -338,8 +317,13 @@ def test_gate_open_prompts_reuse_the_ungated_records_and_give_the_full_gated_eva
         assert row.get("n_gate_closed", 0) == sum(flags)
         assert row.get("n_gate_open_reused", 0) == len(flags) - sum(flags)
         assert not (tmp_path / "reused" / "steered" / eval_set.name / "answers.jsonl").exists()
-        counts = ("n_gate_closed", "n_gate_open_reused")
-        assert {k: v for k, v in row.items() if k not in counts} == full.sets[eval_set.name]["steered"]
+        # the same rates and measures; the base perplexity within rounding (a closed gate's answers carry the log-
+        # probabilities of their generation, the full run scores them in a teacher-forced pass)
+        expected = dict(full.sets[eval_set.name]["steered"])
+        assert row["base_perplexity"] == pytest.approx(expected.pop("base_perplexity"), rel=1e-5)
+        assert {
+            k: v for k, v in row.items() if k not in ("n_gate_closed", "n_gate_open_reused", "base_perplexity")
+        } == (expected)
         full_dir = tmp_path / "full" / "steered" / eval_set.name
         for prompt, is_closed, score in zip(eval_set.prompts, flags, load_scores(full_dir), strict=True):
             assert score.prompt == prompt
@@ -354,32 +338,10 @@ def test_gate_open_prompts_reuse_the_ungated_records_and_give_the_full_gated_eva
         )
     assert changed_by_the_gate >= 2  # open gates do steer: the reused answers are not the base ones
     with pytest.raises(ValueError, match="ungated_run needs gate_closed"):
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            ParityJudge(),
-            tmp_path / "x",
-            settings=settings,
-            sampling=SETTINGS,
-            conditions=("steered",),
-            ungated_run=tmp_path / "ungated",
-        )
+        evaluated(model, "x", conditions=("steered",), ungated_run=tmp_path / "ungated")
     with pytest.raises(ValueError, match=r"has no steered record of \d gate-open prompts of set .target."):
         other = dataclasses.replace(SETTINGS, seed=99)
-        evaluate(
-            model,
-            tokenizer,
-            SETS,
-            ParityJudge(),
-            tmp_path / "y",
-            settings=settings,
-            sampling=other,
-            conditions=("base", "steered"),
-            gate_closed=closed,
-            base_run=tmp_path / "y",
-            ungated_run=tmp_path / "ungated",
-        )
+        evaluated(model, "y", other, gate_closed=closed, base_run=tmp_path / "y", ungated_run=tmp_path / "ungated")
 
 
 def test_gate_closed_bad_input(tmp_path):
