@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_inputs import MINIMAL_RECIPE, MODEL_LOADERS, edit_config, unused_port
+from cli_inputs import MINIMAL_RECIPE, MODEL_LOADERS, edit_config, refuse_calls, unused_port
 from huggingface_hub import constants  # after tests/conftest.py set HF_ENDPOINT; patched per row below
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
@@ -742,8 +742,7 @@ def test_bad_input_is_one_clear_line(row: Row, valid_adapter, tmp_path, monkeypa
     else:
         monkeypatch.setenv("STEERING_ADAPTER_THREADS", "1")
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused_port()}")  # never a real Hub
-        for target in row.refuse:
-            monkeypatch.setattr(target, _refuser(target))
+        refuse_calls(monkeypatch, row.refuse, _refuser)
         code = main(call)
         line = _single_error_line(capsys.readouterr().err)
     assert code == row.expect, line
@@ -764,8 +763,7 @@ def test_the_vllm_backend_without_vllm_is_one_clear_line(command, valid_adapter,
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     monkeypatch.setenv("STEERING_ADAPTER_THREADS", "1")
-    for target in MODEL_LOADERS:
-        monkeypatch.setattr(target, _refuser(target))
+    refuse_calls(monkeypatch, MODEL_LOADERS, _refuser)
     argv = [*VLLM_ROWS[command](str(valid_adapter)), "--backend", "vllm"]
     if command == "eval":
         argv += ["--out", str(tmp_path / "out")]

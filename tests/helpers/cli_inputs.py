@@ -1,10 +1,13 @@
-"""Pieces the CLI bad-input tests share: a minimal recipe, the model loaders a refused input must not reach, an
-unused local port (an unreachable Hub or judge endpoint) and a config editor for saved adapters."""
+"""Pieces the CLI bad-input tests share: a minimal recipe, the model loaders a refused input must not reach (and a
+safe way to refuse them), an unused local port (an unreachable Hub or judge endpoint) and a config editor for saved
+adapters."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,19 @@ MODEL_LOADERS = (
     "steering_adapter.run.stages.load.load_model",
     "steering_adapter.cli.model_loading.load_model",
 )
+
+
+def refuse_calls(monkeypatch: Any, targets: Iterable[str], refuser: Callable[[str], Callable[..., Any]]) -> None:
+    """Patch every dotted ``module.function`` of ``targets`` with ``refuser(target)`` for one test.
+
+    Every module is imported before the first patch: a module first imported while another module's function is
+    patched binds the patched function at import (``from … import load_model``), monkeypatch's undo then "restores"
+    that for the rest of the session, and a later test that loads a model fails far from the cause."""
+    targets = list(targets)
+    for target in targets:
+        importlib.import_module(target.rpartition(".")[0])
+    for target in targets:
+        monkeypatch.setattr(target, refuser(target))
 
 
 def unused_port() -> int:
