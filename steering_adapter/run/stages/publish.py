@@ -140,16 +140,16 @@ def evaluate_and_save(
     evaluation_dir = stage_dir(
         out / "evaluation", fingerprint(evaluation_key, gate_key(condition) if choice.gated else None), log
     )
-    reuse: dict[str, Any] = {}
-    if ungated_dir is not None:
-        # an open gate steers as the ungated adapter just did, a closed one leaves the base model: the gated answers
-        # are the ungated evaluation's and this evaluation's base ones (same chunks, same seeds), not sampled again
-        closed = gate_closed_prompts(
-            measured, tokenizer, measured_name, test_sets, batch_size=evaluation.batch_size, sampling=sampling
-        )
-        if closed:
-            reuse = {"gate_closed": closed, "base_run": evaluation_dir, "ungated_run": ungated_dir}
     with times("evaluate"):
+        reuse: dict[str, Any] = {}
+        if ungated_dir is not None:
+            # an open gate steers as the ungated adapter just did, a closed one leaves the base model: the gated
+            # answers are the ungated evaluation's and this evaluation's base ones (same chunks, same seeds)
+            closed = gate_closed_prompts(
+                measured, tokenizer, measured_name, test_sets, batch_size=evaluation.batch_size, sampling=sampling
+            )
+            if closed:
+                reuse = {"gate_closed": closed, "base_run": evaluation_dir, "ungated_run": ungated_dir}
         report = evaluate(
             measured,
             tokenizer,
