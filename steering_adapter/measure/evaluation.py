@@ -409,8 +409,8 @@ def _copy_base_logprobs(source_dir: Path, log_dir: Path, records: Iterable[tuple
     known = source.by_key()
     target = JsonlLog(log_dir / BASE_LOGPROBS_FILE)
     for score, _ in records:
-        if score.key in known and score.key not in target:
-            target.append_keyed(known[score.key])
+        if score.key in known:
+            target.append_keyed(known[score.key])  # once per key: duplicate prompts share one
 
 
 def _base_logprobs(
