@@ -54,7 +54,7 @@ class RelevanceScorer:
     position, so every pass takes the encoder's masked attention path (a pass without padding could take another
     kernel). Buckets rather than exact lengths: answers come in dozens of lengths, and passes of one exact length
     were mostly filler rows (measured on the organism main job's 1275 distinct texts: 94k encoder positions in 453
-    passes, 49k in 211 with buckets of 8). It keeps the embeddings of the last ``cache_size`` texts: a sweep's
+    passes, 50k in 209 with buckets of 8). It keeps the embeddings of the last ``cache_size`` texts: a sweep's
     prompts, asked again at every point, and the base answers that gated points reuse are embedded once per run.
 
     Args:
